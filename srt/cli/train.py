@@ -1,0 +1,95 @@
+"""``srt-train``: stage 1 (critic feedback -> SFT), stage 2 (self-feedback -> DPO), or both."""
+
+from __future__ import annotations
+
+import click
+
+from srt.cli.common import config_option, echo_plugins, run_cli, set_option
+from srt.config import load_config
+from srt.registry import BENCHMARKS, CRITICS
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="srt")
+def cli() -> None:
+    """Self-Refinement Tuning: train a model to answer, critique and refine its own answers.
+
+    \b
+    stage1  instructions -> responses -> critic feedback + refinements -> SFT
+    stage2  stage-1 model critiques itself -> preference pairs -> DPO
+    run     stage 1 then stage 2 (stage2.rounds times) in one output tree
+    Every command resumes when re-run with the same config and output directory.
+    """
+
+
+@cli.command()
+def plugins() -> None:
+    """List installed critic and benchmark plugins and where they come from."""
+    echo_plugins([CRITICS, BENCHMARKS])
+
+
+@cli.command()
+@config_option
+@set_option
+def validate(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Validate a config file (with overrides) and print the resolved config."""
+    import yaml
+
+    from srt.config import config_to_dict
+
+    cfg = load_config(config_path, overrides)
+    click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+@cli.command()
+@config_option
+@set_option
+@click.option("--show", "show", type=int, default=3, show_default=True, help="Number of examples to print.")
+@click.option("--records", "records_path", type=click.Path(dir_okay=False), default=None,
+              help="Feedback records JSONL (default: the stage-1 records of the run's output directory).")
+@click.option("--view", type=click.Choice(["sft", "dpo"]), default="sft", show_default=True)
+def preprocess(config_path: str, overrides: tuple[str, ...], show: int, records_path: str | None, view: str) -> None:
+    """Tokenize training data and print examples with the trained tokens marked."""
+    from srt.pipeline.preview import preview_from_config
+
+    cfg = load_config(config_path, overrides)
+    click.echo(preview_from_config(cfg, records_path=records_path, n=show, view=view))
+
+
+@cli.command()
+@config_option
+@set_option
+def stage1(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Generate, critique, filter, and SFT on response -> feedback -> refinement."""
+    from srt.pipeline.stage1 import run_stage1
+
+    run_stage1(load_config(config_path, overrides), config_path=config_path)
+
+
+@cli.command()
+@config_option
+@set_option
+@click.option("--model", "model_path", default=None, help="Stage-1 model folder (default: the run's stage-1 model).")
+def stage2(config_path: str, overrides: tuple[str, ...], model_path: str | None) -> None:
+    """Self-feedback preference pairs from the stage-1 model, then DPO."""
+    from srt.pipeline.stage2 import run_stage2
+
+    run_stage2(load_config(config_path, overrides), config_path=config_path, start_model=model_path)
+
+
+@cli.command()
+@config_option
+@set_option
+def run(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Stage 1 then stage 2 (stage2.rounds rounds) in one output tree; resumable at any step."""
+    from srt.pipeline.run import run_all
+
+    run_all(load_config(config_path, overrides), config_path=config_path)
+
+
+def main() -> None:
+    run_cli(cli)
+
+
+if __name__ == "__main__":
+    main()

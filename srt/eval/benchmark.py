@@ -1,0 +1,52 @@
+"""The benchmark protocol: what every benchmark plugin (entry-point group ``srt.benchmarks``) implements.
+
+A benchmark declares its data, how the model answers (``plain``: the model's answer as is; ``srt``:
+response -> feedback -> refinement, the refinement is the answer) and how answers are scored. It
+returns per-sample results and metrics; the harness (:mod:`srt.eval.runner`) caches generations,
+writes per-sample JSONL, the summary JSON, the side-by-side table and the plots.
+
+A plugin class is built with ``Cls.from_config(settings)`` where ``settings`` is the benchmark's
+mapping in the eval config (data files, shots, answer mode, judge...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
+
+AnswerMode = Literal["plain", "srt"]
+
+
+@dataclass
+class BenchmarkResult:
+    metrics: dict[str, float]  # e.g. {"win_rate": 61.2, "standard_error": 3.1}
+    samples: list[dict[str, Any]]  # one JSON-able dict per item (id, prompt, answer, score/pref...)
+    meta: dict[str, Any] = field(default_factory=dict)  # task config hash, data hash, notes, warnings
+    # Optional histogram-like data for plots, e.g. {"self_scores": [7, 8, ...]}
+    plots: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class EvalContext:
+    output_dir: Path  # per (model, benchmark) directory for this run
+    cache_dir: Path  # generation cache (resumable)
+    seed: int = 0
+    # Builds a critic plugin by name for judging: make_critic(name, settings) -> srt.critic.Critic
+    make_critic: Callable[[str, dict[str, Any]], Any] | None = None
+
+
+@runtime_checkable
+class Benchmark(Protocol):
+    name: str
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any]) -> "Benchmark": ...
+
+    def describe(self) -> dict[str, Any]:
+        """Task settings for the run record (hashed into the task config hash)."""
+        ...
+
+    def run(self, model: Any, ctx: EvalContext) -> BenchmarkResult:
+        """Evaluate ``model`` (a :class:`srt.eval.model.EvalModel`)."""
+        ...
