@@ -1,0 +1,67 @@
+"""On-disk cache of critic completions, so a restarted run never pays for the same call twice.
+
+One JSON file per key (``<dir>/<key[:2]>/<key>.json``), written to a temporary file and moved into
+place with ``os.replace``: a crash leaves either the old state or the full entry, never half a file,
+and concurrent writers (threads or processes) of the same key simply race to an identical result.
+Only successful completions are stored; entries never hold an API key (they are keyed by the
+settings that change the output, see :func:`cache_key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CACHE_DIR = Path("~/.cache/srt/critic_cache")
+
+
+def cache_key(settings: dict[str, Any], prompt: str) -> str:
+    """sha256 over the output-affecting settings and the prompt (canonical JSON, sorted keys)."""
+    payload = json.dumps({"settings": settings, "prompt": prompt}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class CompletionCache:
+    def __init__(self, directory: str | os.PathLike[str] | None):
+        self.directory = Path(directory if directory is not None else DEFAULT_CACHE_DIR).expanduser()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self._path(key)
+        try:
+            with open(path, encoding="utf-8") as f:
+                entry = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            # A damaged entry (disk trouble, manual edit) is a miss, not a crash: the call is redone.
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("text"), str):
+            return None
+        return entry
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({**entry, "key": key}, f, ensure_ascii=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.directory.glob("??/*.json")) if self.directory.exists() else 0
