@@ -1,0 +1,260 @@
+"""Critic for data with gold answers (math word problems): offline, deterministic, no model.
+
+Each request carries ``reference``: a gold solution in GSM8K style (``...worked steps...\\n#### 42``)
+or just the final number. The critic extracts the response's final numeric answer, compares it
+with the gold answer, and writes feedback in the critic output format of
+:mod:`srt.critic_template`, with the gold solution (cleaned into a worked solution ending
+``The answer is N.``) as the improved response.
+
+Final answer of a text: the first number after the *last* answer marker (``####``, ``answer is``,
+``answer:``, ``\\boxed{``); without a marker (or a marker followed by no number), the last number in
+the text. Numbers may carry thousands commas, decimals, a sign, ``$`` or ``%``, or be a fraction
+``a/b``; they are compared exactly (``1,234`` == ``1234.0``).
+
+Rubric (``Overall Score``):
+
+====  =======================================================================
+10    correct final answer, reasoning shown, final answer stated explicitly
+ 9    correct final answer, reasoning shown, but the answer is only implicit
+ 7    correct final answer without reasoning (a bare number)
+ 4    wrong final answer, with reasoning shown
+ 3    wrong final answer, no reasoning
+ 2    no numeric final answer, but some attempt (5+ words)
+ 1    no numeric final answer and (almost) nothing else
+====  =======================================================================
+
+"Reasoning shown" means the text outside the final-answer statement holds at least one number and
+at least three words (or a calculation such as ``48 + 24``). The cleaned gold solution of a GSM8K
+item therefore scores 10, so as a refinement it beats any wrong response and ties a correct,
+worked one. A bare-number gold becomes ``The answer is N.``, which scores 7: it beats wrong
+answers, ties bare correct ones, and loses to a correct worked response (the pair is then
+rightly filtered out).
+
+``mode="score"`` scores the given text by the same rubric and writes only the feedback part.
+A request without a reference, or with a reference that holds no number, is a reply with
+``error`` set (counted as a critic error by the pipeline), never an exception.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from srt.critic import CritiqueReply, CritiqueRequest
+from srt.critic_template import TEMPLATE_HASH, TEMPLATE_VERSION, render_critique
+from srt.errors import CriticError
+
+NO_REFERENCE_ERROR = "reference critic needs a gold answer"
+
+# A number not glued to a word or another number: sign (ASCII or Unicode minus) only when it is
+# not a binary minus ("48-24" gives 48 and 24), thousands commas, decimals, an optional fraction.
+# The look-behind is ASCII-only so numbers inside CJK text ("共72个") still count.
+_NUMBER_RE = re.compile(
+    r"(?<![A-Za-z0-9_.])(?P<sign>(?<![0-9)])[-\u2212])?"
+    r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?(?:/(?P<den>\d+)(?![\d.]))?"
+)
+# Answer markers; the first number after the last one is the final answer.
+_MARKER_RE = re.compile(r"####|\\boxed\{|\banswer\b(?:\*\*)?\s*(?:is\b|:|=)", re.IGNORECASE)
+_CALCULATION_RE = re.compile(r"\d\s*[-+*/×÷x=]\s*[-\u2212]?\$?\d")
+_GSM8K_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" calculator annotations
+_GOLD_ANSWER_LINE_RE = re.compile(r"^[ \t]*####[ \t]*(?P<answer>[^\n]*)$", re.MULTILINE)
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The value of the first number in ``text`` (``"$1,234.50"`` -> 1234.5), or None."""
+    m = _NUMBER_RE.search(text)
+    return _value(m) if m else None
+
+
+def _value(m: re.Match) -> Fraction:
+    value = Fraction(m.group("int").replace(",", "") + (m.group("frac") or ""))
+    if m.group("den") and int(m.group("den")) != 0:
+        value /= int(m.group("den"))
+    return -value if m.group("sign") else value
+
+
+def format_number(value: Fraction) -> str:
+    """Canonical form: ``1234``, ``-5``, ``2.5``, ``1/3`` (no commas)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    # Terminating decimals print as decimals, others stay fractions.
+    denominator = value.denominator
+    for p in (2, 5):
+        while denominator % p == 0:
+            denominator //= p
+    if denominator == 1:
+        return f"{float(value):.10f}".rstrip("0").rstrip(".")
+    return f"{value.numerator}/{value.denominator}"
+
+
+@dataclass
+class AnswerAnalysis:
+    answer: Fraction | None  # the final numeric answer, None when the text has no number
+    explicit: bool  # stated after an answer marker ("The answer is 72", "#### 72")
+    shows_work: bool  # reasoning outside the final-answer statement (see the module doc)
+    words: int
+
+
+def analyze_answer(text: str) -> AnswerAnalysis:
+    """Find the final answer of ``text`` and whether reasoning is shown around it."""
+    words = len(text.split())
+    answer_match, explicit, statement_start = None, False, None
+    markers = list(_MARKER_RE.finditer(text))
+    if markers:
+        m = _NUMBER_RE.search(text, markers[-1].end())
+        if m is not None:
+            answer_match, explicit, statement_start = m, True, markers[-1].start()
+    if answer_match is None:
+        numbers = list(_NUMBER_RE.finditer(text))
+        if not numbers:
+            return AnswerAnalysis(None, False, False, words)
+        answer_match, statement_start = numbers[-1], numbers[-1].start()
+    # The work is everything outside the final-answer statement (a check may follow it).
+    work = text[:statement_start] + " " + text[answer_match.end():]
+    shows_work = bool(_CALCULATION_RE.search(work)) or (
+        _NUMBER_RE.search(work) is not None and len(work.split()) >= 3
+    )
+    return AnswerAnalysis(_value(answer_match), explicit, shows_work, words)
+
+
+def gold_answer(reference: str) -> Fraction | None:
+    """The gold final answer: after ``####`` when present, else the final answer of the text."""
+    lines = list(_GOLD_ANSWER_LINE_RE.finditer(reference))
+    if lines:
+        value = parse_number(lines[-1].group("answer"))
+        if value is not None:
+            return value
+    return analyze_answer(reference).answer
+
+
+def clean_gold_solution(reference: str, answer: Fraction) -> str:
+    """The gold solution as a clean worked solution ending ``The answer is N.``."""
+    text = _GSM8K_CALCULATOR_RE.sub("", reference)
+    text = _GOLD_ANSWER_LINE_RE.sub("", text).strip()
+    final = f"The answer is {format_number(answer)}."
+    if not text or _NUMBER_RE.fullmatch(text.rstrip(".").strip().lstrip("$")):
+        return final  # a bare-number reference ("42")
+    last_line = text.splitlines()[-1]
+    last = analyze_answer(last_line)
+    if last.explicit and last.answer == answer:
+        return text  # already ends with its own answer statement
+    return f"{text}\n{final}"
+
+
+class ReferenceCriticSettings(BaseModel):
+    """The ``critic:`` section for ``name: reference`` (unknown keys are an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Answers within this relative tolerance count as equal (1e-6: only rounding noise).
+    rel_tolerance: float = 1e-6
+
+
+@dataclass
+class RubricResult:
+    score: int
+    weaknesses: list[str]
+    suggestions: list[str]
+
+
+def grade(text: str, gold: Fraction, rel_tolerance: float = 1e-6) -> RubricResult:
+    """Score ``text`` against the gold answer by the rubric of the module doc, with feedback."""
+    a = analyze_answer(text)
+    gold_s = format_number(gold)
+    if a.answer is None:
+        weak = ["The response gives no numeric final answer, so the question is left unanswered."]
+        sugg = [
+            "Work through the problem step by step, computing each intermediate quantity.",
+            f"End with the final answer as a number, in the form 'The answer is N.'.",
+        ]
+        return RubricResult(2 if a.words >= 5 else 1, weak, sugg)
+    got_s = format_number(a.answer)
+    correct = abs(a.answer - gold) <= Fraction(rel_tolerance) * max(1, abs(gold))
+    if correct:
+        if a.shows_work and a.explicit:
+            return RubricResult(
+                10,
+                [f"No significant weaknesses: the final answer {got_s} is correct and the reasoning is shown."],
+                ["Keep the worked steps; briefly double-check each calculation before stating the answer."],
+            )
+        if a.shows_work:
+            return RubricResult(
+                9,
+                [f"The final answer {got_s} is correct, but it is never stated explicitly; the reader must "
+                 "guess which number is the answer."],
+                [f"Finish with an explicit statement of the result: 'The answer is {got_s}.'."],
+            )
+        return RubricResult(
+            7,
+            [f"The final answer {got_s} is correct, but no reasoning is shown, so it cannot be checked."],
+            ["Show the intermediate steps: name each quantity, the operation used, and its result.",
+             f"Then state the result: 'The answer is {got_s}.'."],
+        )
+    weak = [f"The final answer {got_s} is wrong: the correct answer is {gold_s}."]
+    if a.shows_work:
+        weak.append("The reasoning contains an error: re-check which quantities are combined and each calculation.")
+        sugg = [
+            "Re-read the question and list the given quantities before computing.",
+            "Verify each step's arithmetic and that it answers what is asked.",
+            f"Recompute the result, which should be {gold_s}, and state it as 'The answer is {gold_s}.'.",
+        ]
+        return RubricResult(4, weak, sugg)
+    weak.append("No reasoning is shown, so the error cannot be located.")
+    sugg = [
+        "Solve the problem step by step, showing each intermediate calculation.",
+        f"Check the result (it should be {gold_s}) and state it as 'The answer is {gold_s}.'.",
+    ]
+    return RubricResult(3, weak, sugg)
+
+
+def _bullets(items: list[str]) -> str:
+    return "\n".join(f"- {item}" for item in items)
+
+
+class ReferenceCritic:
+    name = "reference"
+
+    def __init__(self, settings: ReferenceCriticSettings):
+        self.settings = settings
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> "ReferenceCritic":
+        try:
+            parsed = ReferenceCriticSettings.model_validate(dict(settings or {}))
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<settings>'}: {e['msg']}" for e in err.errors()
+            )
+            raise CriticError(f"critic 'reference': invalid settings: {problems}") from None
+        return cls(parsed)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": None,  # rule-based: no model
+            "rubric": "reference-v1",
+            "rel_tolerance": self.settings.rel_tolerance,
+            "template_version": TEMPLATE_VERSION,
+            "template_hash": TEMPLATE_HASH,
+        }
+
+    def critique(self, requests: Sequence[CritiqueRequest]) -> list[CritiqueReply]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: CritiqueRequest) -> CritiqueReply:
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}  # no model is called
+        if not request.reference or not request.reference.strip():
+            return CritiqueReply(text=None, error=NO_REFERENCE_ERROR, usage=usage)
+        gold = gold_answer(request.reference)
+        if gold is None:
+            return CritiqueReply(
+                text=None, error=f"reference of {request.id!r} holds no numeric final answer", usage=usage
+            )
+        result = grade(request.response or "", gold, self.settings.rel_tolerance)
+        improved = None if request.mode == "score" else clean_gold_solution(request.reference, gold)
+        text = render_critique(_bullets(result.weaknesses), _bullets(result.suggestions), result.score, improved)
+        return CritiqueReply(text=text, usage=usage)
