@@ -70,8 +70,8 @@ class GenerationConfig(_Strict):
 
 
 class FilterConfig(_Strict):
-    require_complete_feedback: bool = True  # paper filter 1: weaknesses, suggestions and a score
-    # Paper filter 2: keep when refinement_score >= response score (stage 1) ...
+    # Filter 1 (always on): the critique must parse into weaknesses, suggestions, a score and a
+    # refinement. Filter 2: the re-scored refinement must not be worse than the response.
     refinement_vs_response: Literal[">=", ">"] = ">="
     min_refinement_score: int | None = Field(None, ge=1, le=10)
 
@@ -101,7 +101,7 @@ class SFTConfig(_Strict):
     gradient_checkpointing: bool = False
     mask_response: bool = False
     ablation: Literal["no_weaknesses", "no_suggestions", "no_score", "no_feedback", "refinement_only"] | None = None
-    truncation: Literal["drop", "truncate_right"] = "truncate_right"
+    truncation: Literal["drop", "truncate_right", "truncate_left_response"] = "drop"  # counted and reported
     group_by_length: bool = True
     packing: bool = False
     merge_lora: bool = True  # export merged weights too, so stage 2 can start from them
@@ -120,6 +120,8 @@ class DPOConfig(_Strict):
     micro_batch_size: int = Field(1, ge=1)
     global_batch_size: int = Field(32, ge=1)
     max_length: int = Field(2048, ge=16)
+    max_prompt_length: int | None = Field(None, ge=1)
+    truncation: Literal["drop", "truncate"] = "truncate"  # counted and reported
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-7))
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False

@@ -14,7 +14,12 @@ from srt.registry import list_plugins
 
 def run_cli(group: click.Group) -> None:
     """Entry point wrapper: SrtError -> ``Error: <message>`` on stderr, exit status 2."""
-    logging.basicConfig(level=os.environ.get("SRT_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    # Only srt's own logger gets a handler: Lightning and transformers keep theirs (no duplicates).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    srt_log = logging.getLogger("srt")
+    srt_log.addHandler(handler)
+    srt_log.setLevel(os.environ.get("SRT_LOG_LEVEL", "INFO"))
     try:
         group.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -1,0 +1,207 @@
+"""The feedback chain shared by both stages: generate -> critique -> re-score -> filter.
+
+Stage 1 runs it with an external critic (API, local model, reference answers); stage 2 with the
+``self`` critic. Every step appends to a JSONL file as it goes, so a killed run resumes where it
+stopped: finished generations and critic calls are never redone (nor re-paid).
+
+Files in a step directory:
+  responses.jsonl   one FeedbackRecord per instruction, feedback still empty
+  critic_calls.jsonl  one row per critic call (mode "critique" or "score"), raw text or error
+  records.jsonl     kept records (passed the filters)           <- training data
+  rejects.jsonl     everything kept aside, with the reason     <- nothing is dropped silently
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from srt import critic_template as ct
+from srt.critic import CritiqueReply, CritiqueRequest
+from srt.records import CriticInfo, Feedback, FeedbackRecord, InstructionRecord, JsonlWriter, read_jsonl, write_jsonl_atomic
+
+log = logging.getLogger(__name__)
+
+
+class CriticCall(BaseModel):
+    """One critic call, as made: kept so a restart never repeats (or re-pays) it."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    mode: Literal["critique", "score"]
+    text: str | None = None
+    error: str | None = None
+    usage: dict[str, Any] = {}
+
+
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def generate_responses(generator, instructions: list[InstructionRecord], path: Path, *, sampling_kwargs: dict[str, Any],
+                       seed: int, stage: int, round: int = 0, system_prompt: str | None = None,
+                       chunk_size: int = 64) -> list[FeedbackRecord]:
+    """Answer each instruction once (resumable): returns records with ``response`` set."""
+    from srt.generation import SamplingConfig
+
+    done = {r.id: r for r in read_jsonl(path, FeedbackRecord)} if path.exists() else {}
+    todo = [ins for ins in instructions if ins.id not in done]
+    if done:
+        log.info("responses: %d already generated, %d to go (%s)", len(done), len(todo), path)
+    with JsonlWriter(path) as writer:
+        for chunk_index, chunk in enumerate(_chunks(todo, chunk_size)):
+            # Seed from the chunk's first id, so a resumed run samples what a fresh run would have.
+            sampling = SamplingConfig(**sampling_kwargs, seed=seed + _id_seed(chunk[0].id))
+            outs = generator.chat([ins.instruction for ins in chunk], sampling, system_prompt=system_prompt)
+            for ins, out in zip(chunk, outs):
+                rec = FeedbackRecord(
+                    id=ins.id, instruction=ins.instruction, reference=ins.reference, response=out.text.strip(),
+                    stage=stage, round=round,
+                    meta={**ins.meta, "response_tokens": out.num_new_tokens, "response_finish": out.finish_reason},
+                )
+                writer.write(rec)
+                done[ins.id] = rec
+    return [done[ins.id] for ins in instructions]
+
+
+def _id_seed(rid: str) -> int:
+    import zlib
+
+    return zlib.crc32(rid.encode()) % 1_000_000
+
+
+def _load_calls(path: Path) -> dict[tuple[str, str], CriticCall]:
+    if not path.exists():
+        return {}
+    # A call that failed (error set) is retried on the next run; the latest row for a key wins.
+    return {(c.id, c.mode): c for c in read_jsonl(path, CriticCall)}
+
+
+def run_critic(critic, records: list[FeedbackRecord], path: Path, chunk_size: int = 64) -> dict[tuple[str, str], CriticCall]:
+    """Critique each response, then re-score each parsed refinement in a separate call (resumable)."""
+    calls = _load_calls(path)
+
+    def missing(mode: str, ids: Iterable[str]) -> list[str]:
+        return [i for i in ids if (i, mode) not in calls or calls[(i, mode)].error is not None]
+
+    by_id = {r.id: r for r in records}
+    with JsonlWriter(path) as writer:
+
+        def call(mode: str, ids: list[str], text_of) -> None:
+            for chunk in _chunks(ids, chunk_size):
+                reqs = [CritiqueRequest(id=i, instruction=by_id[i].instruction, response=text_of(i),
+                                        reference=by_id[i].reference, mode=mode) for i in chunk]
+                replies: list[CritiqueReply] = critic.critique(reqs)
+                if len(replies) != len(reqs):
+                    raise RuntimeError(f"critic {critic.name!r} returned {len(replies)} replies for {len(reqs)} requests")
+                for i, rep in zip(chunk, replies):
+                    row = CriticCall(id=i, mode=mode, text=rep.text, error=rep.error, usage=rep.usage or {})
+                    writer.write(row)
+                    calls[(i, mode)] = row
+
+        todo = missing("critique", by_id)
+        if todo:
+            log.info("critic %s: %d critiques to request", critic.name, len(todo))
+            call("critique", todo, lambda i: by_id[i].response)
+        # Re-score only refinements that parsed: the separate call the paper uses against inflation.
+        parsed = {}
+        for i in by_id:
+            c = calls.get((i, "critique"))
+            if c is not None and c.text is not None:
+                p = ct.parse_critique(c.text)
+                if isinstance(p, ct.ParsedCritique):
+                    parsed[i] = p
+        todo = missing("score", parsed)
+        if todo:
+            log.info("critic %s: %d refinements to re-score", critic.name, len(todo))
+            call("score", todo, lambda i: parsed[i].improved_response)
+    return calls
+
+
+@dataclass
+class FilterRule:
+    refinement_vs_response: Literal[">=", ">"] = ">="
+    min_refinement_score: int | None = None
+
+
+@dataclass
+class FilterOutcome:
+    kept: list[FeedbackRecord] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    counters: Counter = field(default_factory=Counter)
+    response_scores: list[int] = field(default_factory=list)  # every parsed critique
+    refinement_scores: list[int] = field(default_factory=list)  # every parsed re-score
+    usage: Counter = field(default_factory=Counter)
+
+
+def build_records(records: list[FeedbackRecord], calls: dict[tuple[str, str], CriticCall], critic_info: CriticInfo,
+                  rule: FilterRule) -> FilterOutcome:
+    """Parse critic output, apply the paper's filters, and count every outcome."""
+    out = FilterOutcome()
+    for rec in records:
+        out.counters["total"] += 1
+        crit, score_call = calls.get((rec.id, "critique")), calls.get((rec.id, "score"))
+        for c in (crit, score_call):
+            if c is not None:
+                for k in ("prompt_tokens", "completion_tokens", "cost_usd"):
+                    out.usage[k] += c.usage.get(k, 0) or 0
+
+        def reject(reason: str, detail: str = "", **extra: Any) -> None:
+            out.counters[reason.split(":")[0]] += 1
+            out.rejects.append({"id": rec.id, "reason": reason, "detail": detail, "record": rec.model_dump(mode="json"), **extra})
+
+        if crit is None or crit.error is not None:
+            reject("critic_error", crit.error if crit else "no critic call recorded")
+            continue
+        parsed = ct.parse_critique(crit.text, require_improved_response=True)
+        if isinstance(parsed, ct.ParseFailure):  # paper filter 1: weaknesses, suggestions, score, refinement
+            reject(f"parse_failure:{parsed.reason}", parsed.message, raw=crit.text)
+            continue
+        out.response_scores.append(parsed.score)
+        if score_call is None or score_call.error is not None:
+            reject("critic_error", score_call.error if score_call else "refinement was not re-scored", raw=crit.text)
+            continue
+        ref_score = ct.parse_score(score_call.text)
+        if isinstance(ref_score, ct.ParseFailure):
+            reject(f"rescore_parse_failure:{ref_score.reason}", ref_score.message, raw=score_call.text)
+            continue
+        out.refinement_scores.append(ref_score)
+        kept = FeedbackRecord(
+            **{**rec.model_dump(exclude={"feedback", "refinement", "refinement_score", "critic"})},
+            feedback=Feedback(weaknesses=parsed.weaknesses, suggestions=parsed.suggestions, score=parsed.score, raw=crit.text),
+            refinement=parsed.improved_response,
+            refinement_score=ref_score,
+            critic=critic_info,
+        )
+        better = ref_score > parsed.score if rule.refinement_vs_response == ">" else ref_score >= parsed.score
+        if not better:
+            reject("refinement_not_better", f"refinement {ref_score} vs response {parsed.score}", kept=kept.model_dump(mode="json"))
+            continue
+        if rule.min_refinement_score is not None and ref_score < rule.min_refinement_score:
+            reject("refinement_below_min", f"refinement {ref_score} < {rule.min_refinement_score}")
+            continue
+        out.counters["kept"] += 1
+        out.kept.append(kept)
+    return out
+
+
+def critic_info(critic) -> CriticInfo:
+    desc = dict(critic.describe())
+    return CriticInfo(
+        name=str(desc.pop("name", getattr(critic, "name", "?"))),
+        model=None if desc.get("model") is None else str(desc.pop("model")),
+        template_version=ct.TEMPLATE_VERSION,
+        template_hash=ct.TEMPLATE_HASH,
+        settings={k: v for k, v in desc.items() if k != "model"},
+    )
+
+
+def save_outcome(step_dir: Path, outcome: FilterOutcome, records_name: str = "records.jsonl") -> None:
+    write_jsonl_atomic(step_dir / records_name, outcome.kept)
+    write_jsonl_atomic(step_dir / "rejects.jsonl", outcome.rejects)

@@ -1,0 +1,71 @@
+"""Stage report: filter counters and the score histograms of initial vs refined responses
+(numbers and a PNG, like Figure 3 of the paper)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+
+def histogram(scores: list[int]) -> dict[int, int]:
+    c = Counter(scores)
+    return {s: c.get(s, 0) for s in range(1, 11)}
+
+
+def _mean(xs: list[int]) -> float | None:
+    return round(sum(xs) / len(xs), 3) if xs else None
+
+
+def write_stage_report(step_dir: Path, *, title: str, counters: Counter, response_scores: list[int],
+                       refinement_scores: list[int], usage: Counter | dict | None = None, extra: dict[str, Any] | None = None) -> dict:
+    report = {
+        "title": title,
+        "counters": dict(counters),
+        "scores": {
+            "response": {"mean": _mean(response_scores), "histogram": histogram(response_scores)},
+            "refinement": {"mean": _mean(refinement_scores), "histogram": histogram(refinement_scores)},
+        },
+        "usage": dict(usage or {}),
+        **(extra or {}),
+    }
+    tmp = step_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    os.replace(tmp, step_dir / "report.json")
+    (step_dir / "report.md").write_text(_markdown(report), encoding="utf-8")
+    plot_score_histograms(step_dir / "scores.png", response_scores, refinement_scores, title)
+    return report
+
+
+def _markdown(report: dict) -> str:
+    lines = [f"# {report['title']}", "", "| outcome | count |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(report["counters"].items())]
+    lines += ["", "| score | responses | refinements |", "| --- | --- | --- |"]
+    h0, h1 = report["scores"]["response"]["histogram"], report["scores"]["refinement"]["histogram"]
+    lines += [f"| {s} | {h0[s]} | {h1[s]} |" for s in range(1, 11)]
+    lines += ["", f"mean score: responses {report['scores']['response']['mean']}, "
+                  f"refinements {report['scores']['refinement']['mean']}", ""]
+    return "\n".join(lines)
+
+
+def plot_score_histograms(path: Path, response_scores: list[int], refinement_scores: list[int], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = list(range(1, 11))
+    h0, h1 = histogram(response_scores), histogram(refinement_scores)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.bar([x - 0.2 for x in xs], [h0[x] for x in xs], width=0.4, label=f"initial response (n={len(response_scores)})")
+    ax.bar([x + 0.2 for x in xs], [h1[x] for x in xs], width=0.4, label=f"refinement (n={len(refinement_scores)})")
+    ax.set_xticks(xs)
+    ax.set_xlabel("critic score")
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
