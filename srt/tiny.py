@@ -1,4 +1,4 @@
-"""A tiny Llama (about 100k parameters) with a byte-level BPE tokenizer, built in-process.
+"""A tiny Llama (about 170k parameters) with a byte-level BPE tokenizer, built in-process.
 
 Used by every test and by ``configs/tiny.yaml``: it runs the whole pipeline on a CPU in seconds
 with real transformers/peft code paths (chat template, left padding, KV cache, LoRA), without any
@@ -95,7 +95,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer, hidden-64 Llama; same seed -> same weights (the global RNG is left untouched)."""
+    """A 2-layer, hidden-64 Llama (~170k parameters); same seed -> same weights (the global RNG is left untouched)."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -107,7 +107,9 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Llama
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        # Untied: with tied embeddings a random model just copies its last input token forever,
+        # which would make generation tests (padding, EOS, stop strings) too easy to pass.
+        tie_word_embeddings=False,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -6,6 +6,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tiny model gains nothing from intra-op threads, and on a small shared machine (2 cores, several
+# pytest workers) they oversubscribe the CPU and make generation ~10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
