@@ -20,6 +20,53 @@ def plugins() -> None:
     echo_plugins([BENCHMARKS, CRITICS])
 
 
+@cli.command()
+@click.option("--model", "models", multiple=True, metavar="[NAME=]PATH",
+              help="Model folder, hub id or 'tiny' (repeatable; compared side by side).")
+@click.option("--benchmarks", default=None, help="Comma-separated benchmark plugins, e.g. alpaca_eval,gsm8k.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Eval YAML config.")
+@click.option("--output", "output_dir", default=None, help="Output directory (default from config).")
+@click.option("--answer-mode", type=click.Choice(["plain", "srt"]), default=None,
+              help="plain: the model's answer; srt: response -> feedback -> refinement, the refinement is the answer.")
+@click.option("--judge", default=None, help="Critic plugin used as judge (overrides the config).")
+@click.option("--seed", type=int, default=None)
+def run(models, benchmarks, config_path, output_dir, answer_mode, judge, seed) -> None:
+    """Run benchmarks on one or more models; writes per-sample JSONL, summary.json, report.md and plots."""
+    from srt.errors import ConfigError
+    from srt.eval.runner import cli_run
+
+    if not models and not config_path:
+        raise ConfigError("give at least one --model (or a --config with models)")
+    summary = cli_run(models, benchmarks, config_path, output_dir, seed=seed, judge=judge, answer_mode=answer_mode)
+    from pathlib import Path
+
+    out = Path(summary["run"]["output_dir"])
+    if (out / "report.md").is_file():
+        click.echo((out / "report.md").read_text(encoding="utf-8"))
+    click.echo(f"results: {out}/summary.json, {out}/report.md")
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, help="Model folder, hub id or 'tiny'.")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {id?, instruction}.")
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="Output JSONL (resumable).")
+@click.option("--mode", type=click.Choice(["srt", "plain", "rerank"]), default="srt", show_default=True,
+              help="srt: the refinement is the answer; rerank: best-of-N by self-score.")
+@click.option("--n", type=int, default=16, show_default=True, help="Candidates for --mode rerank.")
+@click.option("--temperature", type=float, default=None)
+@click.option("--max-new-tokens", type=int, default=None)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+def generate(model_path, input_path, output_path, mode, n, temperature, max_new_tokens, batch_size) -> None:
+    """Answer instructions with self-refinement (or plain / best-of-N re-ranking); keeps the full trace."""
+    import json
+
+    from srt.eval.runner import generate_file
+
+    sampling = {k: v for k, v in {"temperature": temperature, "max_new_tokens": max_new_tokens}.items() if v is not None}
+    stats = generate_file(model_path, input_path, output_path, mode=mode, n=n, sampling=sampling or None, batch_size=batch_size)
+    click.echo(json.dumps({k: v for k, v in stats.items() if k != "model"}, indent=2))
+
+
 def main() -> None:
     run_cli(cli)
 
