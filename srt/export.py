@@ -1,0 +1,126 @@
+"""Export a trained policy as a standard Hugging Face folder, atomically, from rank 0 only.
+
+- Full fine-tuning: the model (config + safetensors) and the tokenizer.
+- LoRA, ``merge_lora=False``: the adapter folder (``adapter_config.json`` + adapter weights, loadable
+  with ``peft.PeftModel.from_pretrained`` / ``AutoPeftModelForCausalLM``) and the tokenizer.
+- LoRA, ``merge_lora=True``: merged full weights (W + scaling * B @ A) that load with plain
+  ``AutoModelForCausalLM.from_pretrained``. The merge is computed into a new state dict, so the
+  live PeftModel is left untouched (training can continue after an export).
+
+Sharded models (FSDP2 / ``ModelParallelStrategy``: parameters are DTensors) are gathered into a full
+CPU state dict first; that gather is a collective, so call ``save_hf`` on **every** rank; only rank 0
+writes. The folder is written to a temporary sibling and renamed into place, so a crash never
+leaves a half-written export under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from srt.errors import ConfigError
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is a dependency, but keep full fine-tuning usable without it
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Gathered CPU state dict if any parameter is sharded (DTensor), else None (use the live one)."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def merged_lora_state_dict(peft_model, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Base-model state dict (HF key names) with every active LoRA delta folded into its weight, on CPU."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    state_dict = peft_model.state_dict() if state_dict is None else state_dict
+    prefix = "base_model.model."
+    merged: dict[str, torch.Tensor] = {}
+    lora_modules = {name: m for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
+    for name, module in lora_modules.items():
+        if not isinstance(module, LoraLinear) or getattr(module, "use_dora", {}).get(module.active_adapters[0], False):
+            raise ConfigError(f"merge_lora supports plain LoRA on Linear layers only; {name} is {type(module).__name__}")
+        weight = state_dict[f"{name}.base_layer.weight"]
+        delta = torch.zeros(weight.shape, dtype=torch.float32, device="cpu")
+        for adapter in module.active_adapters:
+            lora_a = state_dict[f"{name}.lora_A.{adapter}.weight"].float().cpu()
+            lora_b = state_dict[f"{name}.lora_B.{adapter}.weight"].float().cpu()
+            update = lora_b @ lora_a
+            delta += (update.T if module.fan_in_fan_out else update) * module.scaling[adapter]
+        merged[f"{name.removeprefix(prefix)}.weight"] = (weight.float().cpu() + delta).to(weight.dtype)
+    for key, value in state_dict.items():
+        if ".lora_" in key or ".base_layer." in key:
+            continue  # already folded above
+        if "modules_to_save" in key or "original_module" in key:
+            raise ConfigError(f"merge_lora does not support peft modules_to_save ({key})")
+        merged[key.removeprefix(prefix)] = value.detach().cpu()
+    return merged
+
+
+def save_hf(
+    model: torch.nn.Module,
+    output_dir: str | os.PathLike,
+    tokenizer=None,
+    *,
+    merge_lora: bool = False,
+    is_global_zero: bool = True,
+) -> Path:
+    """Write ``model`` (+ ``tokenizer``) as a HF folder at ``output_dir`` (replacing it atomically).
+
+    Call on every rank when the model is sharded; pass ``is_global_zero`` from the trainer/fabric.
+    Returns the output path.
+    """
+    output_dir = Path(output_dir)
+    is_peft = _is_peft(model)
+    if merge_lora and not is_peft:
+        raise ConfigError("merge_lora=True needs a LoRA (peft) model; this model is fully fine-tuned")
+    gathered = _full_state_dict(model)  # collective: every rank must reach this line
+    if not is_global_zero:
+        return output_dir
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir()
+    try:
+        if merge_lora:
+            base = model.get_base_model()
+            base.save_pretrained(tmp_dir, state_dict=merged_lora_state_dict(model, gathered))
+        elif gathered is not None:
+            model.save_pretrained(tmp_dir, state_dict=gathered)  # peft filters the adapter weights itself
+        else:
+            model.save_pretrained(tmp_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp_dir)
+        _replace_dir(tmp_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` is moved aside first and deleted afterwards."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,231 @@
+"""Stage 1: supervised fine-tuning on ``instruction -> response -> feedback -> refinement``.
+
+``CausalLMModule`` holds what SFT and DPO share: building the policy (full fine-tuning or LoRA),
+gradient checkpointing, AdamW + cosine-with-warmup, HF export. ``SFTModule`` adds the masked
+next-token loss. Mixed precision (bf16) comes from the Trainer's ``precision``; gradient
+accumulation is the Trainer's ``accumulate_grad_batches`` (see :func:`accumulation_for_global_batch`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from srt.errors import ConfigError
+from srt.losses import IGNORE_INDEX
+
+
+def accumulation_for_global_batch(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """Gradient-accumulation steps so that micro_batch * world_size * steps == global_batch."""
+    if min(global_batch, micro_batch, world_size) < 1:
+        raise ConfigError(f"batch sizes must be >= 1 (global={global_batch}, micro={micro_batch}, world={world_size})")
+    per_step = micro_batch * world_size
+    if global_batch % per_step:
+        raise ConfigError(
+            f"global_batch_size {global_batch} is not divisible by micro_batch_size {micro_batch} x "
+            f"{world_size} device(s) = {per_step}; pick a global batch that is a multiple of {per_step}"
+        )
+    return global_batch // per_step
+
+
+def build_optimizer(params, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW; as in HF Trainer, 1-D tensors (biases, norm scales) get no weight decay."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters (is the model frozen, or is the LoRA target list empty?)")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
+
+
+def cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float) -> dict[str, Any]:
+    """Lightning scheduler dict: linear warmup over ceil(ratio * total) steps, then cosine to 0."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    total_steps = max(1, int(total_steps))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
+    return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+
+
+def apply_lora(model, lora: dict[str, Any]):
+    """Wrap ``model`` with fresh LoRA adapters: ``{r, alpha, dropout, target_modules}``."""
+    from peft import LoraConfig, get_peft_model
+
+    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        raise ConfigError(f"unknown lora option(s) {sorted(unknown)}; use r, alpha, dropout, target_modules")
+    config = LoraConfig(
+        r=int(lora.get("r", 16)),
+        lora_alpha=lora.get("alpha", 32),
+        lora_dropout=float(lora.get("dropout", 0.05)),
+        target_modules=lora.get("target_modules", "all-linear"),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def is_peft_model(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+class CausalLMModule(L.LightningModule):
+    """Shared base: a causal LM policy (full or LoRA) + optimizer/scheduler + HF export.
+
+    ``model`` is a name/path or an already-loaded ``PreTrainedModel``; either way the policy is
+    built in :meth:`configure_model` (so sharding strategies can wrap it). A ``PeftModel`` passed in keeps training its own
+    adapter (``lora`` must then be None).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | torch.nn.Module,
+        tokenizer=None,
+        *,
+        lora: dict[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.1,
+        dtype: str = "auto",
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "tokenizer"])
+        if lora is not None and not isinstance(lora, dict):
+            lora = dict(lora)  # a pydantic model's .model_dump() or any mapping
+        self.lora = lora
+        self.tokenizer = tokenizer
+        self.model: torch.nn.Module | None = None
+        self.model_name_or_path: str | None = None
+        # A given model is kept in a tuple (not registered as a submodule) until configure_model.
+        self._given_model: tuple[torch.nn.Module, ...] = ()
+        if isinstance(model, torch.nn.Module):
+            if lora is not None and is_peft_model(model):
+                raise ConfigError("model is already a PeftModel: its adapter is trained; set lora to None")
+            self._given_model = (model,)
+        else:
+            self.model_name_or_path = str(model)
+        self._batch_start = 0.0
+
+    # -- model building -------------------------------------------------------------------
+    def load_base_model(self) -> torch.nn.Module:
+        """Load the starting weights (a stage-1 adapter folder is merged by load_model_and_tokenizer)."""
+        from srt.models import load_model_and_tokenizer
+
+        hp = self.hparams
+        model, tokenizer = load_model_and_tokenizer(
+            self.model_name_or_path, dtype=hp.dtype, revision=hp.revision, trust_remote_code=hp.trust_remote_code
+        )
+        if self.tokenizer is None:
+            self.tokenizer = tokenizer
+        return model
+
+    def configure_model(self) -> None:
+        """Build the policy. The Trainer calls this (inside the strategy's init context); outside a
+        Trainer call it yourself before using the module. Idempotent."""
+        if self.model is None:
+            base = self._given_model[0] if self._given_model else self.load_base_model()
+            self._given_model = ()
+            self._setup_policy(base)
+
+    def _setup_policy(self, model: torch.nn.Module) -> None:
+        self.on_base_model(model)
+        if self.lora is not None:
+            model = apply_lora(model, self.lora)
+        elif is_peft_model(model):
+            for name, param in model.named_parameters():  # continue training the loaded adapter
+                param.requires_grad_(".lora_" in name)
+        if self.hparams.gradient_checkpointing:
+            # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        self.model = model
+
+    def on_base_model(self, model: torch.nn.Module) -> None:
+        """Hook: sees the starting weights before LoRA wrapping (DPO keeps a frozen copy here)."""
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    # -- optimization ---------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_optimizer(self.model.parameters(), hp.lr, hp.weight_decay, hp.betas)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError("cannot size the LR schedule: set max_steps or max_epochs on the Trainer")
+        return {"optimizer": optimizer, "lr_scheduler": cosine_with_warmup(optimizer, total, hp.warmup_ratio)}
+
+    def on_train_start(self):
+        # Lightning keeps submodules in whatever mode they were given; HF models load in eval mode.
+        self.model.train()
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._batch_start = time.perf_counter()
+
+    def log_lr(self) -> None:
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    # -- export ---------------------------------------------------------------------------
+    def save_hf(self, output_dir: str | os.PathLike, merge_lora: bool = False):
+        """Export as a HF folder (adapter, merged or full weights + tokenizer); rank 0 writes."""
+        from srt.export import save_hf
+
+        attached = self._trainer is not None
+        is_zero = self.trainer.is_global_zero if attached else True
+        return save_hf(self.model, output_dir, self.tokenizer, merge_lora=merge_lora, is_global_zero=is_zero)
+
+
+class SFTModule(CausalLMModule):
+    """Masked next-token loss over the labelled tokens (labels != -100).
+
+    The loss is the token mean over a micro-batch: sum of CE over labelled tokens / number of
+    labelled tokens. With the data module masking the instruction (and padding) this is TRL's
+    ``completion_only_loss`` semantics. Under gradient accumulation each micro-batch mean is
+    averaged with equal weight (the HF Trainer convention).
+
+    Logs ``train/loss``, ``train/lr``, ``train/tokens_per_s`` (all non-pad tokens / s on this device),
+    ``train/trained_tokens_per_s`` (labelled tokens / s on this device) and ``val/loss``.
+    """
+
+    def masked_lm_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        labels = batch["labels"][:, 1:]
+        num_tokens = (labels != IGNORE_INDEX).sum()
+        if num_tokens == 0:
+            raise ConfigError("an SFT batch has no labelled tokens (all -100): check max_length/truncation")
+        # float() as HF does for its own loss: CE in bf16 loses precision over a large vocabulary.
+        loss_sum = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return loss_sum / num_tokens, num_tokens
+
+    def training_step(self, batch, batch_idx):
+        loss, num_tokens = self.masked_lm_loss(batch)
+        self._step_tokens = (int(num_tokens), int(batch["attention_mask"].sum()))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_lr()
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        elapsed = max(time.perf_counter() - self._batch_start, 1e-9)
+        trained, total = self._step_tokens
+        self.log("train/tokens_per_s", total / elapsed, on_step=True, on_epoch=False)
+        self.log("train/trained_tokens_per_s", trained / elapsed, on_step=True, on_epoch=False)
+
+    def validation_step(self, batch, batch_idx):
+        loss, num_tokens = self.masked_lm_loss(batch)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(num_tokens), prog_bar=True)
+        return loss
