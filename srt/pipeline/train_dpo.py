@@ -1,0 +1,79 @@
+"""Stage-2 training step: FeedbackDataModule (DPO view) + DPOModule + Trainer, resumable.
+
+With ``dpo.reference: precomputed`` (default) the reference log-probs of the starting model are
+computed once in a prediction pass and cached on disk (keyed by data, model, chat template, max
+length and dtype), so training holds a single model.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+import lightning as L
+
+from srt.config import RunConfig
+from srt.errors import SrtError
+from srt.pipeline.training import build_trainer, check_divisible, export_model, fit_resumable, world_size
+
+log = logging.getLogger(__name__)
+
+
+def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_path: Path, step_dir: Path):
+    from srt.dpo_module import ReferenceLogpsCache, compute_reference_logps, file_sha256
+    from srt.models import load_model_and_tokenizer, model_revision
+
+    def compute():
+        model, _ = load_model_and_tokenizer(start_model, dtype=cfg.model.dtype)
+        try:
+            return compute_reference_logps(model, datamodule.predict_dataloader())
+        finally:
+            del model
+            gc.collect()
+
+    cache = ReferenceLogpsCache(step_dir / "reference_logps")
+    return cache.get_or_compute(
+        compute, data_hash=file_sha256(pairs_path), model=f"{start_model}@{model_revision(start_model)}",
+        chat_template=datamodule.tokenizer.chat_template, max_length=cfg.dpo.max_length, dtype=cfg.model.dtype,
+    )
+
+
+def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: Path) -> Path:
+    from srt.data import FeedbackDataModule
+    from srt.dpo_module import DPOModule
+    from srt.models import load_tokenizer
+    from srt.records import read_jsonl, PreferencePair
+
+    d = cfg.dpo
+    if not any(True for _ in read_jsonl(pairs_path, PreferencePair)):
+        raise SrtError(
+            f"no preference pairs in {pairs_path}: the model's refinements never out-scored its responses "
+            f"(see {step_dir / 'report.md'}); nothing to train with DPO"
+        )
+    L.seed_everything(cfg.seed, workers=True)
+    tokenizer = load_tokenizer(start_model)
+    datamodule = FeedbackDataModule(
+        tokenizer, mode="dpo", train_files=[pairs_path], val_fraction=cfg.trainer.val_fraction,
+        batch_size=d.micro_batch_size, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
+        truncation=d.truncation, group_by_length=d.group_by_length, seed=cfg.seed, system_prompt=cfg.model.system_prompt,
+    )
+    datamodule.setup("fit")
+    if d.reference == "precomputed":
+        datamodule.set_reference_logps(precompute_reference(cfg, datamodule, start_model, pairs_path, step_dir))
+    module = DPOModule(
+        start_model, tokenizer, beta=d.beta, loss_type=d.loss_type, label_smoothing=d.label_smoothing,
+        nll_weight=d.nll_weight, reference=d.reference, reference_is_base=d.reference_is_base,
+        check_reference_at_start=d.check_reference_at_start, lora=d.lora.model_dump() if d.lora else None,
+        gradient_checkpointing=d.gradient_checkpointing, lr=d.optim.lr, weight_decay=d.optim.weight_decay,
+        betas=d.optim.betas, warmup_ratio=d.optim.warmup_ratio, dtype=cfg.model.dtype,
+    )
+    accumulate = check_divisible(d.global_batch_size, d.micro_batch_size, world_size(cfg.trainer))
+    trainer = build_trainer(cfg.trainer, step_dir, max_epochs=d.epochs, max_steps=d.max_steps, accumulate=accumulate)
+    fit_resumable(trainer, module, datamodule, step_dir)
+    info = {"stage": 2, "start_model": start_model, "pairs": str(pairs_path), "reference": d.reference,
+            "data_stats": {k: v.as_dict() for k, v in datamodule.stats.items()}, "global_step": trainer.global_step}
+    merge = d.lora is not None and d.merge_lora
+    if merge:
+        module.save_hf(step_dir / "adapter", merge_lora=False)
+    return export_model(module, trainer, step_dir / "model", merge_lora=merge, info=info)
