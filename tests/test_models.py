@@ -8,7 +8,7 @@ import torch
 
 import srt.models as models
 from srt.errors import SrtError
-from srt.models import load_model_and_tokenizer, model_revision, resolve_model_path
+from srt.models import load_model_and_tokenizer, load_tokenizer, model_revision, resolve_model_path
 
 
 def test_tiny_is_built_once_into_the_cache(tmp_path, monkeypatch):
@@ -84,6 +84,8 @@ def test_lora_adapter_folder_loads_merged(tmp_path, tiny_model, tiny_tokenizer, 
         assert torch.allclose(model(ids).logits, expected, atol=1e-5)
         assert not torch.allclose(base, expected, atol=1e-3)
     assert tokenizer.get_vocab() == tiny_tokenizer.get_vocab()
+    # The tokenizer alone (no weights) from the adapter folder falls back to the base model's.
+    assert load_tokenizer(tmp_path / "adapter").chat_template == tiny_tokenizer.chat_template
 
 
 def test_model_revision(tmp_path, tiny_model_dir):
