@@ -1,0 +1,47 @@
+"""GSM8K: grade-school math, 8-shot chain of thought, exact match of the final number (paper, Table 2).
+
+Runs lm-eval's shipped ``gsm8k_cot`` task (see ``tasks/srt_gsm8k.yaml``) and reports both of its
+answer extractions: ``strict_match`` (the answer must follow "The answer is") and
+``flexible_extract`` (the last number in the generation).
+
+Settings (all optional)::
+
+    gsm8k:
+      data_files: my_gsm8k.jsonl   # {"question", "answer": "... #### 42"} per line; default: the shipped 12-problem fixture
+      hub: false                   # true: lm-eval's `gsm8k_cot` on openai/gsm8k (1,319 test problems; needs the network)
+      num_fewshot: 8               # default: the task's 8 CoT exemplars
+      limit: null                  # first N problems only
+      max_gen_toks: null           # default: lm-eval's 256
+      answer_mode: null            # plain | srt (default: the model's)
+      apply_chat_template: false   # plain mode: wrap lm-eval's prompt in the chat template
+      srt_max_new_tokens: null     # srt mode: tokens for response + feedback + refinement
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from srt.errors import ConfigError
+
+from .lm_eval_bridge import LmEvalBenchmark, RenderedTasks, render_tasks, resolve_data_file
+
+TASK = "gsm8k_cot"
+
+
+class GSM8KBenchmark(LmEvalBenchmark):
+    name = "gsm8k"
+    template = "srt_gsm8k.yaml"
+
+    def tasks(self, out_dir: Path) -> RenderedTasks:
+        files = self.settings["data_files"]
+        if files is None or self.settings["hub"]:
+            return render_tasks(self.template, out_dir, hub=self.settings["hub"])
+        if isinstance(files, dict):
+            if set(files) != {"test"}:
+                raise ConfigError(f"benchmark 'gsm8k': data_files takes a path or {{test: path}}, got keys {sorted(files)}")
+            files = files["test"]
+        test = resolve_data_file(files, "benchmark 'gsm8k' data_files")
+        return render_tasks(self.template, out_dir, data_files={TASK: {"test": test}})
+
+    def summarize(self, per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+        metrics = per_task[TASK]
+        return {k: metrics[k] for k in ("strict_match", "flexible_extract", "strict_match_stderr", "flexible_extract_stderr") if k in metrics}

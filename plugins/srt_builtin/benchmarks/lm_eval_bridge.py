@@ -1,0 +1,510 @@
+"""Shared plumbing for the benchmarks that run through lm-evaluation-harness (gsm8k, tydiqa, mgsm).
+
+The tasks are data: each benchmark has a template in ``tasks/`` naming lm-eval's own shipped
+tasks (``gsm8k_cot``, ``tydiqa_goldp_<lang>``, ``mgsm_native_cot_<lang>``...) and the keys that
+point them at local documents (``dataset_path: json`` + ``data_files``). Prompts, few-shot
+exemplars, stop sequences, answer filters and metrics stay lm-eval's. A run writes one lm-eval
+task YAML per task to ``<output_dir>/lm_eval_tasks/`` (``include:`` of the shipped YAML plus the
+local-data keys) and evaluates them with ``lm_eval.simple_evaluate`` and
+``TaskManager(include_path=<that folder>)``; ``lm_eval --include_path <that folder>`` reproduces
+it outside srt (the folder's README.md has the command).
+
+Answer modes: ``plain`` is lm-eval's ``HFLM`` on the already-loaded model; ``srt`` is
+:class:`SrtLM`, which answers lm-eval's ``generate_until`` requests with the SRT refinement
+(response -> feedback -> refinement, the refinement is the answer) and leaves log-likelihood
+requests to ``HFLM``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from srt.errors import ConfigError
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+DATA_DIR = Path(__file__).parent / "data"
+RENDERED_DIR_NAME = "lm_eval_tasks"
+ANSWER_MODES = ("plain", "srt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashes, data files, offline datasets
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    return sha256_bytes(Path(path).read_bytes())
+
+
+def lm_eval_version() -> str:
+    import lm_eval
+
+    return getattr(lm_eval, "__version__", "unknown")
+
+
+def resolve_data_file(value: str | os.PathLike, where: str) -> Path:
+    """A data file named in a setting: an existing path, or a file name in the shipped ``data/`` folder."""
+    path = Path(value).expanduser()
+    for candidate in (path, DATA_DIR / path):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(f"{where}: data file {str(value)!r} not found (neither as a path nor in {DATA_DIR})")
+
+
+@contextlib.contextmanager
+def datasets_offline() -> Iterator[None]:
+    """Local JSON data never needs the hub: make ``datasets`` fail fast instead of waiting on the network.
+
+    ``datasets`` reads ``HF_DATASETS_OFFLINE`` once at import, so the flag is set on its config too.
+    """
+    import datasets.config
+
+    saved_env = os.environ.get("HF_DATASETS_OFFLINE")
+    saved_flags = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE)
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = saved_flags
+        if saved_env is None:
+            os.environ.pop("HF_DATASETS_OFFLINE", None)
+        else:
+            os.environ["HF_DATASETS_OFFLINE"] = saved_env
+
+
+# ---------------------------------------------------------------------------------------------
+# Task YAMLs
+
+
+def lm_eval_tasks_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+@dataclass
+class RenderedTasks:
+    tasks: list[str]  # lm-eval task names (lm-eval's shipped names, so hub and local runs line up)
+    folder: Path  # the run's task YAMLs: TaskManager(include_path=folder, include_defaults=False)
+    text: str  # what the config hash covers: our template + the shipped YAMLs it includes
+    data_files: dict[str, str] = field(default_factory=dict)  # "task/split" -> absolute path
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def render_tasks(
+    template: str,
+    out_dir: str | os.PathLike,
+    tasks: list[str] | None = None,
+    data_files: dict[str, dict[str, Path]] | None = None,
+    hub: bool = False,
+) -> RenderedTasks:
+    """Write the run's lm-eval task YAMLs from ``tasks/<template>``.
+
+    A template lists lm-eval's shipped tasks (``task`` + ``include``, the shipped YAML relative to
+    ``lm_eval/tasks``) and the keys that switch them to local data (``local``, per task and/or for
+    all). Each task becomes ``<out_dir>/lm_eval_tasks/<task>.yaml``: ``include:`` of the shipped
+    YAML (absolute path) plus the local-data keys with absolute data paths. ``tasks``: keep only
+    these (default: all). ``data_files``: replacements by task and split (otherwise file names are
+    looked up in the shipped ``data/`` folder). ``hub``: leave the shipped data source as it is.
+
+    Only these YAMLs are indexed (``include_defaults=False``): indexing all of lm-eval's ~10k
+    shipped YAMLs takes about 40 s here.
+    """
+    template_text = (TASKS_DIR / template).read_text(encoding="utf-8")
+    cfg = yaml.safe_load(template_text)
+    members = {m["task"]: m for m in cfg["tasks"]}
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in members]
+        if unknown:
+            raise ConfigError(f"{template}: no task(s) {unknown} in this benchmark; known: {sorted(members)}")
+        members = {t: members[t] for t in tasks}
+
+    shipped_dir = lm_eval_tasks_dir()
+    folder = Path(out_dir) / RENDERED_DIR_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    hashed = [template_text]
+    resolved: dict[str, str] = {}
+    for name, member in members.items():
+        include = (shipped_dir / member["include"]).resolve()
+        if not include.is_file():
+            raise ConfigError(f"{template}: lm-eval {lm_eval_version()} has no {member['include']} (task {name})")
+        hashed.append(_yaml_with_includes(include))
+        task_cfg: dict[str, Any] = {"include": str(include), "task": name}
+        if not hub:
+            local = _deep_merge(cfg.get("local") or {}, member.get("local") or {})
+            files = local.get("dataset_kwargs", {}).get("data_files")
+            if files:
+                for split, file_name in files.items():
+                    path = (data_files or {}).get(name, {}).get(split)
+                    path = path if path is not None else resolve_data_file(file_name, f"{template} ({name}/{split})")
+                    files[split] = resolved[f"{name}/{split}"] = str(path)
+            task_cfg.update(local)
+        header = f"# Written by srt from srt_builtin/benchmarks/tasks/{template}.\n"
+        text = header + yaml.safe_dump(task_cfg, sort_keys=False, allow_unicode=True)
+        (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
+    (folder / "README.md").write_text(
+        f"lm-eval task YAMLs of this run. Reproduce outside srt:\n\n"
+        f"    lm_eval --include_path {folder} --tasks {','.join(members)} --model hf --model_args pretrained=...\n",
+        encoding="utf-8",
+    )
+    return RenderedTasks(list(members), folder, "\n".join(hashed), resolved)
+
+
+def _yaml_with_includes(path: Path) -> str:
+    """A shipped YAML's text followed by the texts it includes (they decide the task too)."""
+    texts, seen, todo = [], set(), [path]
+    while todo:
+        current = todo.pop()
+        if current in seen or not current.is_file():
+            continue
+        seen.add(current)
+        text = current.read_text(encoding="utf-8")
+        texts.append(f"# {current.name}\n{text}")
+        for line in text.splitlines():  # `include:` is a path relative to the including YAML
+            if line.startswith("include:"):
+                todo.append(current.parent / line.split(":", 1)[1].strip().strip("'\""))
+    return "\n".join(texts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def build_hflm(model: Any, tokenizer: Any, batch_size: int = 8, **kwargs: Any):
+    """lm-eval's ``HFLM`` around an already-loaded model object (no second load from disk)."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
+
+
+def _lm_eval_base():
+    from lm_eval.api.model import LM
+
+    return LM
+
+
+class SrtLM(_lm_eval_base()):  # type: ignore[misc]
+    """lm-eval model that answers ``generate_until`` with the SRT refinement.
+
+    Each request's context (the few-shot prompt lm-eval built) becomes the user message; the model
+    writes response -> ``### Feedback`` -> ``### Improved Response`` -> refinement in one greedy
+    pass (:meth:`srt.inference.SelfRefiner.answer`) and the refinement, cut at the task's stop
+    sequences like ``HFLM`` cuts its generations, is the answer lm-eval scores. An output without
+    a refinement falls back to the initial response (counted in ``stats``). Log-likelihood
+    requests go to ``hflm`` unchanged.
+    """
+
+    def __init__(self, hflm: Any, generator: Any, max_new_tokens: int, system_prompt: str | None = None):
+        super().__init__()
+        self.hflm = hflm
+        self.generator = generator
+        self.max_new_tokens = max_new_tokens
+        self.system_prompt = system_prompt
+        self.stats: Counter[str] = Counter()
+        self.traces: dict[str, dict[str, Any]] = {}  # context -> SrtAnswer fields, for per-sample logs
+
+    def loglikelihood(self, requests):
+        return self.hflm.loglikelihood(requests)
+
+    def loglikelihood_rolling(self, requests):
+        return self.hflm.loglikelihood_rolling(requests)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
+
+        from srt.generation import SamplingConfig
+        from srt.inference import SelfRefiner
+
+        eos = self.generator.tokenizer.eos_token
+        answers: list[str | None] = [None] * len(requests)
+        # Requests with the same generation settings are answered together.
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(i)
+        for indices in groups.values():
+            gen_kwargs = requests[indices[0]].args[1]
+            temperature = float(gen_kwargs.get("temperature", 0.0)) if gen_kwargs.get("do_sample") else 0.0
+            sampling = SamplingConfig(temperature=temperature, max_new_tokens=self.max_new_tokens)
+            refiner = SelfRefiner(self.generator, sampling=sampling, system_prompt=self.system_prompt)
+            contexts = [requests[i].args[0] for i in indices]
+            until = handle_stop_sequences(gen_kwargs.get("until"), eos=eos)
+            for i, context, result in zip(indices, contexts, refiner.answer(contexts)):
+                answers[i] = postprocess_generated_text(result.answer, stop=until, think_end_token=None)
+                self.traces[context] = {
+                    "srt_response": result.response,
+                    "srt_feedback": result.feedback,
+                    "srt_refinement": result.refinement,
+                    "srt_self_score": result.self_score,
+                    "srt_fallback": result.fallback,
+                    "srt_finish_reason": result.finish_reason,
+                    "srt_raw": result.raw,
+                }
+            self.stats.update(refiner.stats)
+        return answers  # type: ignore[return-value]
+
+
+def make_lm(
+    model: Any,
+    answer_mode: str,
+    batch_size: int | None = None,
+    srt_max_new_tokens: int | None = None,
+):
+    """The lm-eval model for an :class:`srt.eval.model.EvalModel` in the given answer mode."""
+    if answer_mode not in ANSWER_MODES:
+        raise ConfigError(f"answer_mode must be one of {ANSWER_MODES}, got {answer_mode!r}")
+    batch_size = batch_size or getattr(model, "batch_size", 8)
+    if hasattr(model, "hf_lm"):
+        hflm = model.hf_lm(batch_size=batch_size)
+    else:  # a bare object with .model and .tokenizer
+        hflm = build_hflm(model.model, model.tokenizer, batch_size=batch_size)
+    if answer_mode == "plain":
+        return hflm
+    max_new_tokens = srt_max_new_tokens or model.sampling.max_new_tokens
+    return SrtLM(hflm, model.generator, max_new_tokens, system_prompt=getattr(model, "system_prompt", None))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running and reading results
+
+
+def evaluate(
+    lm: Any,
+    rendered: RenderedTasks,
+    *,
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    max_gen_toks: int | None = None,
+    apply_chat_template: bool = False,
+    seed: int = 0,
+    offline: bool = True,
+) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate`` on the rendered group (or the hub tasks), with per-sample logs."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=str(rendered.folder), include_defaults=False)
+    gen_kwargs = {"max_gen_toks": max_gen_toks} if max_gen_toks else None
+    with datasets_offline() if offline else contextlib.nullcontext():
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=rendered.tasks,
+            task_manager=task_manager,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            gen_kwargs=gen_kwargs,
+            apply_chat_template=apply_chat_template,
+            log_samples=True,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    if results is None:  # only on non-zero ranks of a distributed run
+        raise RuntimeError("lm_eval.simple_evaluate returned no results on this process")
+    return results
+
+
+def metric_name(metric: str, filter_name: str) -> str:
+    """lm-eval's ``metric,filter`` key in a readable form: ``exact_match,strict-match`` -> ``strict_match``."""
+    if filter_name == "none":
+        return metric
+    readable = filter_name.replace("-", "_")
+    return readable if metric == "exact_match" else f"{metric}_{readable}"
+
+
+def task_metrics(results: dict[str, Any], task: str) -> dict[str, float]:
+    """The metrics lm-eval reports for one task, renamed (stderr as ``<name>_stderr``); non-numbers dropped."""
+    metrics: dict[str, float] = {}
+    for key, value in results["results"][task].items():
+        if "," not in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        metric, filter_name = key.split(",", 1)
+        if metric.endswith("_stderr"):
+            metrics[metric_name(metric[: -len("_stderr")], filter_name) + "_stderr"] = float(value)
+        else:
+            metrics[metric_name(metric, filter_name)] = float(value)
+    return metrics
+
+
+def task_samples(
+    results: dict[str, Any], task: str, traces: dict[str, dict[str, Any]] | None = None, **extra: Any
+) -> list[dict[str, Any]]:
+    """One row per document: prompt, raw response, target, and per filter the extracted answer and score."""
+    rows: dict[Any, dict[str, Any]] = {}
+    for sample in results["samples"][task]:
+        doc_id = sample["doc_id"]
+        context = sample["arguments"][0][0]
+        row = rows.get(doc_id)
+        if row is None:
+            row = rows[doc_id] = {
+                "id": f"{task}/{doc_id}",
+                "task": task,
+                **extra,
+                "doc_id": doc_id,
+                "prompt": context,
+                "response": sample["resps"][0][0],
+                "target": sample["target"],
+                **((traces or {}).get(context, {})),
+            }
+        filter_name = sample.get("filter", "none")
+        if filter_name != "none":
+            row[f"{metric_name('extracted', filter_name)}"] = sample["filtered_resps"][0]
+        for metric in sample["metrics"]:
+            row[metric_name(metric, filter_name)] = sample[metric]
+    return list(rows.values())
+
+
+def config_hash(rendered: RenderedTasks, settings: dict[str, Any], data_hashes: dict[str, str]) -> str:
+    """sha256 over the task YAMLs (ours and lm-eval's), the run settings and the data file contents."""
+    payload = json.dumps({"settings": settings, "data": data_hashes}, sort_keys=True, default=str)
+    return sha256_bytes((rendered.text + "\n" + payload).encode("utf-8"))
+
+
+def run_meta(
+    rendered: RenderedTasks, settings: dict[str, Any], results: dict[str, Any], lm: Any
+) -> dict[str, Any]:
+    """Provenance for the run record: hashes, versions, the exact task configs lm-eval used."""
+    data_hashes = {key: sha256_file(path) for key, path in rendered.data_files.items()}
+    meta: dict[str, Any] = {
+        "task_config_hash": config_hash(rendered, settings, data_hashes),
+        "lm_eval_version": lm_eval_version(),
+        "lm_eval_tasks": rendered.tasks,
+        "task_yaml_dir": str(rendered.folder),
+        "data_files": rendered.data_files,
+        "data_file_sha256": data_hashes,
+        "n_shot": results.get("n-shot", {}),
+        "n_samples": results.get("n-samples", {}),
+        "lm_eval_configs": json.loads(json.dumps(results.get("configs", {}), default=str)),
+    }
+    if isinstance(lm, SrtLM):
+        meta["srt_stats"] = dict(lm.stats)
+        meta["srt_max_new_tokens"] = lm.max_new_tokens
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings shared by the lm-eval benchmarks
+
+
+COMMON_SETTINGS: dict[str, Any] = {
+    "data_files": None,  # benchmark-specific shape; default: the shipped fixtures
+    "hub": False,  # use lm-eval's shipped hub tasks (real data; needs the network)
+    "num_fewshot": None,  # None: the benchmark's default
+    "limit": None,  # documents per task (None: all)
+    "max_gen_toks": None,  # None: the task's own (lm-eval default 256)
+    "answer_mode": None,  # None: the model's answer_mode
+    "batch_size": None,  # None: the model's batch size
+    "apply_chat_template": False,  # plain mode: render lm-eval's prompt with the chat template
+    "srt_max_new_tokens": None,  # srt mode: budget for response + feedback + refinement
+}
+
+
+def parse_settings(benchmark: str, settings: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Defaults merged with the user's settings; unknown keys and bad numbers are ConfigErrors."""
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ConfigError(f"benchmark {benchmark!r}: unknown setting(s) {unknown}; known: {sorted(defaults)}")
+    merged = {**defaults, **settings}
+    for key in ("num_fewshot", "limit", "max_gen_toks", "batch_size", "srt_max_new_tokens"):
+        value = merged.get(key)
+        if value is None:
+            continue
+        minimum = 0 if key == "num_fewshot" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"benchmark {benchmark!r}: {key} must be an integer >= {minimum}, got {value!r}")
+    if merged.get("answer_mode") not in (None, *ANSWER_MODES):
+        raise ConfigError(f"benchmark {benchmark!r}: answer_mode must be one of {ANSWER_MODES}, got {merged['answer_mode']!r}")
+    for key in ("hub", "apply_chat_template"):
+        if not isinstance(merged.get(key), bool):
+            raise ConfigError(f"benchmark {benchmark!r}: {key} must be true or false, got {merged.get(key)!r}")
+    return merged
+
+
+class LmEvalBenchmark:
+    """Base of the lm-eval benchmarks: settings, the lm-eval run, and the result record.
+
+    A subclass names its YAML template, picks the tasks and data files, and turns lm-eval's
+    per-task metrics into its own (``summarize``).
+    """
+
+    name: str = ""
+    template: str = ""
+    defaults: dict[str, Any] = COMMON_SETTINGS
+
+    def __init__(self, **settings: Any):
+        self.settings = parse_settings(self.name, settings, self.defaults)
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any]):
+        return cls(**(settings or {}))
+
+    def describe(self) -> dict[str, Any]:
+        return {"benchmark": self.name, "template": self.template, **self.settings}
+
+    # -- to override -------------------------------------------------------------------------
+
+    def tasks(self, out_dir: Path) -> RenderedTasks:
+        raise NotImplementedError
+
+    def summarize(self, per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def task_extra(self, task: str) -> dict[str, Any]:
+        return {}
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def answer_mode(self, model: Any) -> str:
+        return self.settings["answer_mode"] or getattr(model, "answer_mode", "plain")
+
+    def run(self, model: Any, ctx: Any):
+        from srt.eval.benchmark import BenchmarkResult
+
+        s = self.settings
+        mode = self.answer_mode(model)
+        rendered = self.tasks(Path(ctx.output_dir))
+        lm = make_lm(model, mode, batch_size=s["batch_size"], srt_max_new_tokens=s["srt_max_new_tokens"])
+        # In srt mode the refiner applies the chat template itself (the SRT turn is an assistant turn).
+        chat = s["apply_chat_template"] and mode == "plain"
+        results = evaluate(
+            lm,
+            rendered,
+            num_fewshot=s["num_fewshot"],
+            limit=s["limit"],
+            max_gen_toks=s["max_gen_toks"],
+            apply_chat_template=chat,
+            seed=getattr(ctx, "seed", 0),
+            offline=not s["hub"],
+        )
+        traces = lm.traces if isinstance(lm, SrtLM) else None
+        per_task = {task: task_metrics(results, task) for task in rendered.tasks}
+        samples = [
+            row for task in rendered.tasks for row in task_samples(results, task, traces, **self.task_extra(task))
+        ]
+        meta = run_meta(rendered, {**self.describe(), "answer_mode": mode, "chat_template": chat}, results, lm)
+        meta["per_task"] = per_task
+        return BenchmarkResult(metrics=self.summarize(per_task), samples=samples, meta=meta)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

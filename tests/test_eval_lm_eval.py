@@ -1,0 +1,176 @@
+"""lm-eval benchmarks (gsm8k, tydiqa, mgsm) on the tiny model, offline, against lm-eval's own backend.
+
+Speed: the tiny model's context is 1,024 tokens and the 8-shot GSM8K CoT prompt is about 1,260
+of its tokens, so the model runs use 1-shot prompts, 2 documents per task and 16-32 new tokens.
+The scoring tests feed hand-written responses through lm-eval's own filters and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from srt.errors import ConfigError
+from srt.eval.benchmark import BenchmarkResult, EvalContext
+from srt.eval.model import EvalModel
+from srt_builtin.benchmarks import lm_eval_bridge as bridge
+from srt_builtin.benchmarks.gsm8k import GSM8KBenchmark
+
+FAST = {"limit": 2, "num_fewshot": 1, "max_gen_toks": 16}
+
+
+@pytest.fixture(scope="module")
+def plain_model(tiny_model_dir):
+    return EvalModel("tiny", str(tiny_model_dir), answer_mode="plain", dtype="float32", batch_size=4)
+
+
+def ctx(tmp_path: Path) -> EvalContext:
+    return EvalContext(output_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+
+
+def load_tasks(rendered: bridge.RenderedTasks) -> dict:
+    """lm-eval Task objects for a rendered folder, documents loaded offline."""
+    from lm_eval.tasks import TaskManager
+
+    with bridge.datasets_offline():
+        return TaskManager(include_path=str(rendered.folder), include_defaults=False).load(rendered.tasks)["tasks"]
+
+
+def score_responses(task, responses: list[str], limit: int | None = None) -> list[dict[str, dict]]:
+    """Run lm-eval's own filter pipeline and metrics on hand-written responses (one per document)."""
+    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    instances = sorted(task.instances, key=lambda inst: inst.doc_id)
+    assert len(instances) == len(responses)
+    for inst, response in zip(instances, responses):
+        inst.resps = [response]
+    task.apply_filters()
+    scored = []
+    for inst in instances:
+        scored.append(
+            {name: task.process_results(inst.doc, [value]) for name, value in inst.filtered_resps.items()}
+        )
+    return scored
+
+
+def gsm8k_docs() -> list[dict]:
+    path = bridge.DATA_DIR / "gsm8k_test.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------
+# GSM8K
+
+
+def test_gsm8k_matches_lm_eval_hf_backend(plain_model, tiny_model_dir, tmp_path):
+    """Our numbers are what `lm_eval` with its own `hf` model reports for the same model, data and settings."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    result = GSM8KBenchmark.from_config(dict(FAST)).run(plain_model, ctx(tmp_path))
+    assert isinstance(result, BenchmarkResult)
+    assert set(result.metrics) >= {"strict_match", "flexible_extract"}
+    assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("strict_match", "flexible_extract"))
+
+    folder = Path(result.meta["task_yaml_dir"])
+    with bridge.datasets_offline():
+        reference = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=f"pretrained={tiny_model_dir},dtype=float32,device=cpu",
+            tasks=["gsm8k_cot"],
+            task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+            batch_size=4,
+            limit=FAST["limit"],
+            num_fewshot=FAST["num_fewshot"],
+            gen_kwargs={"max_gen_toks": FAST["max_gen_toks"]},
+            log_samples=True,
+        )
+    ref = reference["results"]["gsm8k_cot"]
+    assert result.metrics["strict_match"] == ref["exact_match,strict-match"]
+    assert result.metrics["flexible_extract"] == ref["exact_match,flexible-extract"]
+    # Not just equal zeros: the same generations, prompts and targets document by document.
+    ref_rows = bridge.task_samples(reference, "gsm8k_cot")
+    assert [(r["prompt"], r["response"], r["target"]) for r in result.samples] == [
+        (r["prompt"], r["response"], r["target"]) for r in ref_rows
+    ]
+    docs = gsm8k_docs()
+    assert [r["target"] for r in result.samples] == [d["answer"].split("####")[-1].strip() for d in docs[:2]]
+    assert result.samples[0]["prompt"].endswith(f"Q: {docs[0]['question']}\nA:")
+    assert result.samples[0]["prompt"].count("Q: ") == 2  # 1 exemplar + the question
+
+    meta = result.meta
+    assert meta["lm_eval_version"] == lm_eval.__version__
+    assert meta["data_file_sha256"]["gsm8k_cot/test"] == bridge.sha256_file(bridge.DATA_DIR / "gsm8k_test.jsonl")
+    assert len(meta["task_config_hash"]) == 64
+    assert meta["n_shot"]["gsm8k_cot"] == 1
+
+
+def test_gsm8k_filters_score_known_answers(tmp_path):
+    """lm-eval's strict/flexible extraction over our fixture: right answers score 1, wrong ones 0."""
+    rendered = GSM8KBenchmark().tasks(tmp_path)
+    task = load_tasks(rendered)["gsm8k_cot"]
+    docs = gsm8k_docs()
+    golds = [d["answer"].split("####")[-1].strip() for d in docs]
+    assert all(g.isdigit() for g in golds) and len(docs) == 12
+
+    right = [f"Some steps. The answer is {g}." for g in golds]
+    for scores in score_responses(task, right):
+        assert scores["strict-match"]["exact_match"] == 1.0
+        assert scores["flexible-extract"]["exact_match"] == 1.0
+
+    task = load_tasks(rendered)["gsm8k_cot"]
+    # Only the last number counts for flexible-extract; strict needs "The answer is N."
+    loose = [f"First 1000 + 1, so it is {g}" for g in golds]
+    wrong = [f"The answer is {int(g) + 1}." for g in golds]
+    scores = score_responses(task, loose[:6] + wrong[6:])
+    assert [s["strict-match"]["exact_match"] for s in scores] == [0.0] * 12
+    assert [s["flexible-extract"]["exact_match"] for s in scores] == [1.0] * 6 + [0.0] * 6
+
+
+def test_gsm8k_srt_mode_answers_with_the_refinement(tiny_model_dir, tmp_path):
+    """In srt mode lm-eval's generations are SelfRefiner.answer's answers, cut at the task's stop strings."""
+    from srt.inference import SelfRefiner
+    from srt.generation import SamplingConfig
+
+    model = EvalModel("tiny-srt", str(tiny_model_dir), answer_mode="srt", dtype="float32", batch_size=4)
+    bench = GSM8KBenchmark.from_config({**FAST, "srt_max_new_tokens": 24})
+    result = bench.run(model, ctx(tmp_path))
+    assert result.meta["srt_stats"]["answered"] == 2
+    assert result.meta["srt_max_new_tokens"] == 24
+    prompts = [row["prompt"] for row in result.samples]
+    direct = SelfRefiner(model.generator, sampling=SamplingConfig(max_new_tokens=24)).answer(prompts)
+    for row, answer in zip(result.samples, direct):
+        assert row["srt_raw"] == answer.raw
+        expected = answer.answer
+        for stop in ("Q:", "</s>", "<|im_end|>"):
+            expected = expected.split(stop)[0]
+        assert row["response"] == expected
+        assert row["srt_fallback"] == answer.fallback
+        assert 0.0 <= row["flexible_extract"] <= 1.0
+
+
+def test_gsm8k_settings_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting"):
+        GSM8KBenchmark.from_config({"shots": 8})
+    with pytest.raises(ConfigError, match="limit"):
+        GSM8KBenchmark.from_config({"limit": 0})
+    with pytest.raises(ConfigError, match="answer_mode"):
+        GSM8KBenchmark.from_config({"answer_mode": "best"})
+    with pytest.raises(ConfigError, match="not found"):
+        GSM8KBenchmark.from_config({"data_files": "no_such.jsonl"}).tasks(tmp_path)
+
+
+def test_gsm8k_custom_data_file_changes_documents_and_hash(tmp_path):
+    custom = tmp_path / "mine.jsonl"
+    custom.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\n")
+    rendered = GSM8KBenchmark.from_config({"data_files": str(custom)}).tasks(tmp_path / "a")
+    task = load_tasks(rendered)["gsm8k_cot"]
+    docs = list(task.test_docs())
+    assert len(docs) == 1 and task.doc_to_target(docs[0]) == "5"
+    default = GSM8KBenchmark().tasks(tmp_path / "b")
+    h = lambda r: bridge.config_hash(r, {}, {k: bridge.sha256_file(p) for k, p in r.data_files.items()})  # noqa: E731
+    assert h(rendered) != h(default)
+    hub = GSM8KBenchmark.from_config({"hub": True}).tasks(tmp_path / "c")
+    text = (hub.folder / "gsm8k_cot.yaml").read_text()
+    assert "dataset_path" not in text and "gsm8k-cot.yaml" in text  # the shipped hub task, unchanged
