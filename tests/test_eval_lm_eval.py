@@ -168,9 +168,125 @@ def test_gsm8k_custom_data_file_changes_documents_and_hash(tmp_path):
     task = load_tasks(rendered)["gsm8k_cot"]
     docs = list(task.test_docs())
     assert len(docs) == 1 and task.doc_to_target(docs[0]) == "5"
-    default = GSM8KBenchmark().tasks(tmp_path / "b")
-    h = lambda r: bridge.config_hash(r, {}, {k: bridge.sha256_file(p) for k, p in r.data_files.items()})  # noqa: E731
-    assert h(rendered) != h(default)
+    # The task hash the runner resumes by covers the data contents, not just the path.
+    bench = GSM8KBenchmark.from_config({"data_files": str(custom)})
+    before = bench.describe()["tasks_and_data_sha256"]
+    assert before != GSM8KBenchmark().describe()["tasks_and_data_sha256"]
+    custom.write_text(json.dumps({"question": "What is 2 + 4?", "answer": "2 + 4 = 6\n#### 6"}) + "\n")
+    assert bench.describe()["tasks_and_data_sha256"] != before
     hub = GSM8KBenchmark.from_config({"hub": True}).tasks(tmp_path / "c")
     text = (hub.folder / "gsm8k_cot.yaml").read_text()
     assert "dataset_path" not in text and "gsm8k-cot.yaml" in text  # the shipped hub task, unchanged
+
+
+# ---------------------------------------------------------------------------------------------
+# TyDi QA GoldP
+
+
+def test_tydiqa_runs_per_language(plain_model, tmp_path):
+    from srt_builtin.benchmarks.multilingual import TyDiQABenchmark
+
+    result = TyDiQABenchmark.from_config({"limit": 1, "max_gen_toks": 8}).run(plain_model, ctx(tmp_path))
+    langs = TyDiQABenchmark.LANGUAGES
+    for lang in langs:
+        for metric in ("f1", "exact_match"):
+            assert 0.0 <= result.metrics[f"{lang}/{metric}"] <= 1.0
+    assert result.metrics["f1"] == pytest.approx(sum(result.metrics[f"{l}/f1"] for l in langs) / len(langs))
+    assert sorted(row["language"] for row in result.samples) == sorted(langs)
+    # 1-shot (Tulu-2 protocol) with the exemplar from the same language's train split.
+    train = [json.loads(line) for line in (bridge.DATA_DIR / "tydiqa_train.jsonl").read_text(encoding="utf-8").splitlines()]
+    ko = next(row for row in result.samples if row["language"] == "ko")
+    ko_exemplar = next(d for d in train if d["id"].startswith("korean-"))
+    assert ko["prompt"].startswith(f"맥락: {ko_exemplar['context']}")
+    assert f"답변: {ko_exemplar['answers']['text'][0]}\n\n" in ko["prompt"]
+    assert result.meta["n_shot"]["tydiqa_goldp_ko"] == 1
+
+
+def test_tydiqa_f1_and_exact_match_on_known_answers(tmp_path):
+    """lm-eval's TyDi QA scoring (SQuAD-style, language-aware) on hand-written answers, per script."""
+    from srt_builtin.benchmarks.multilingual import TyDiQABenchmark
+
+    bench = TyDiQABenchmark.from_config({"languages": ["en", "ar", "ru", "ko", "te"]})
+    tasks = load_tasks(bench.tasks(tmp_path))
+
+    def scores(lang: str, responses: list[str]) -> list[tuple[float, float]]:
+        out = score_responses(tasks[f"tydiqa_goldp_{lang}"], responses)
+        return [(float(s["none"]["exact_match"]), s["none"]["f1"]) for s in out]
+
+    # en: gold "Warsaw" / "in Warsaw": a longer sentence gets partial credit against the best gold,
+    # "in Warsaw": P = 2/5, R = 1 -> F1 = 4/7; articles and case are ignored.
+    en = scores("en", ["She was born in Warsaw", "THE Mediterranean sea"])
+    assert en[0][0] == 0.0 and en[0][1] == pytest.approx(4 / 7)
+    assert en[1] == (1.0, 1.0)
+    # ar: the article "ال" is stripped for Arabic, so "البخارى" matches "بخارى"; a wrong number scores 0.
+    assert scores("ar", ["البخارى", "1000 كيلومتر"]) == [(1.0, 1.0), (0.0, 0)]
+    # ru: punctuation and case are ignored; "в Сибири" vs "в Восточной Сибири": P = 1, R = 2/3 -> F1 = 0.8.
+    ru = scores("ru", ["В 1828 году.", "в Сибири"])
+    assert ru[0] == (1.0, 1.0)
+    assert ru[1][0] == 0.0 and ru[1][1] == pytest.approx(0.8)
+    # ko and te (Hangul, Telugu script): exact spans match; whitespace tokens decide partial credit.
+    assert scores("ko", ["1443년", "제주도에 있다"]) == [(1.0, 1.0), (0.0, 0)]
+    assert scores("te", ["బంగాళాఖాతంలో"]) == [(1.0, 1.0)]
+
+
+def test_tydiqa_fixture_answers_are_spans_of_their_passages():
+    for name in ("tydiqa_train.jsonl", "tydiqa_dev.jsonl"):
+        for line in (bridge.DATA_DIR / name).read_text(encoding="utf-8").splitlines():
+            doc = json.loads(line)
+            for text, start in zip(doc["answers"]["text"], doc["answers"]["answer_start"]):
+                assert doc["context"][start : start + len(text)] == text, doc["id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# MGSM
+
+
+def test_mgsm_runs_per_language(plain_model, tmp_path):
+    from srt_builtin.benchmarks.multilingual import MGSMBenchmark
+
+    result = MGSMBenchmark.from_config({"limit": 1, "max_gen_toks": 16}).run(plain_model, ctx(tmp_path))
+    for lang in MGSMBenchmark.FIXTURE_LANGUAGES:
+        for metric in ("strict_match", "flexible_extract"):
+            assert 0.0 <= result.metrics[f"{lang}/{metric}"] <= 1.0
+    assert 0.0 <= result.metrics["flexible_extract"] <= 1.0
+    de = next(row for row in result.samples if row["language"] == "de")
+    assert de["prompt"] == "Frage: Lena hat 7 Äpfel. Sie kauft noch 5 Äpfel dazu. Wie viele Äpfel hat sie jetzt?\nSchritt-für-Schritt-Antwort:"
+    assert de["target"] == "12"
+
+
+def test_mgsm_native_answer_phrases_score(tmp_path):
+    """lm-eval's per-language strict regexes and flexible extraction on hand-written answers."""
+    from srt_builtin.benchmarks.multilingual import MGSMBenchmark
+
+    bench = MGSMBenchmark.from_config({"languages": ["de", "ja", "zh", "sw"]})
+    tasks = load_tasks(bench.tasks(tmp_path))
+    phrases = {"de": "Die Antwort lautet {}.", "ja": "答えは{}です。", "zh": "答案是 {}。", "sw": "Jibu ni {}."}
+    golds = [12, 14, 24]
+    for lang, phrase in phrases.items():
+        right = score_responses(tasks[f"mgsm_native_cot_{lang}"], [phrase.format(g) for g in golds])
+        assert [s["strict-match"]["exact_match"] for s in right] == [1.0, 1.0, 1.0], lang
+    # The English phrase is not German: strict fails, the last number still counts for flexible.
+    tasks = load_tasks(bench.tasks(tmp_path))
+    scored = score_responses(tasks["mgsm_native_cot_de"], ["The answer is 12.", "Die Antwort lautet 15.", "7 + 5 = 12 ... 24"])
+    assert [s["strict-match"]["exact_match"] for s in scored] == [0.0, 0.0, 0.0]
+    assert [s["flexible-extract"]["exact_match"] for s in scored] == [1.0, 0.0, 1.0]
+
+
+def test_mgsm_settings_errors(tmp_path):
+    from srt_builtin.benchmarks.multilingual import MGSMBenchmark, TyDiQABenchmark
+
+    with pytest.raises(ConfigError, match="num_fewshot"):
+        MGSMBenchmark.from_config({"num_fewshot": 8})
+    with pytest.raises(ConfigError, match="unknown language"):
+        MGSMBenchmark.from_config({"languages": ["xx"]})
+    with pytest.raises(ConfigError, match="variant"):
+        MGSMBenchmark.from_config({"variant": "cot"})
+    with pytest.raises(ConfigError, match="no local data for task mgsm_native_cot_th"):
+        MGSMBenchmark.from_config({"languages": ["th"]}).tasks(tmp_path)
+    with pytest.raises(ConfigError, match="data_files"):
+        TyDiQABenchmark.from_config({"data_files": "dev.jsonl"}).tasks(tmp_path)
+    # Hub mode needs no local file for any language: the shipped tasks as they are.
+    hub = MGSMBenchmark.from_config({"hub": True, "variant": "direct"})
+    assert len(hub.languages) == 11
+    rendered = hub.tasks(tmp_path / "hub")
+    assert "dataset_path" not in (rendered.folder / "mgsm_direct_th.yaml").read_text()

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,12 +152,16 @@ def render_tasks(
         task_cfg: dict[str, Any] = {"include": str(include), "task": name}
         if not hub:
             local = _deep_merge(cfg.get("local") or {}, member.get("local") or {})
-            files = local.get("dataset_kwargs", {}).get("data_files")
-            if files:
-                for split, file_name in files.items():
-                    path = (data_files or {}).get(name, {}).get(split)
-                    path = path if path is not None else resolve_data_file(file_name, f"{template} ({name}/{split})")
-                    files[split] = resolved[f"{name}/{split}"] = str(path)
+            given = (data_files or {}).get(name, {})
+            files = {
+                split: str(given[split] if split in given else resolve_data_file(file_name, f"{template} ({name}/{split})"))
+                for split, file_name in (local.get("dataset_kwargs", {}).get("data_files") or {}).items()
+            }
+            files.update({split: str(path) for split, path in given.items()})
+            if not files:
+                raise ConfigError(f"{template}: no local data for task {name}; give it data_files or use hub: true")
+            local.setdefault("dataset_kwargs", {})["data_files"] = files
+            resolved.update({f"{name}/{split}": path for split, path in files.items()})
             task_cfg.update(local)
         header = f"# Written by srt from srt_builtin/benchmarks/tasks/{template}.\n"
         text = header + yaml.safe_dump(task_cfg, sort_keys=False, allow_unicode=True)
@@ -459,7 +464,16 @@ class LmEvalBenchmark:
         return cls(**(settings or {}))
 
     def describe(self) -> dict[str, Any]:
-        return {"benchmark": self.name, "template": self.template, **self.settings}
+        """Settings plus a hash of what else decides the task: the YAMLs (ours and lm-eval's) and data contents."""
+        described = {"benchmark": self.name, "template": self.template, **self.settings}
+        if hasattr(self, "languages"):
+            described["languages"] = self.languages
+        with tempfile.TemporaryDirectory() as tmp:
+            rendered = self.tasks(Path(tmp))
+        data_hashes = {key: sha256_file(path) for key, path in rendered.data_files.items()}
+        described["tasks_and_data_sha256"] = config_hash(rendered, {}, data_hashes)
+        described["lm_eval_version"] = lm_eval_version()
+        return described
 
     # -- to override -------------------------------------------------------------------------
 
