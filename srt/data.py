@@ -13,7 +13,8 @@ the chosen or the rejected completion plus end-of-turn (trained).
 
 Loss masks are built from segment spans, never by searching the rendered text: every segment is
 tokenized on its own (``add_special_tokens=False``) and carries a ``train`` flag; the ids are
-concatenated. The prompt text comes from the tokenizer's own chat template, and the end-of-turn
+concatenated (special-token strings inside the data, such as a literal ``</s>`` in a response,
+stay plain text). The prompt text comes from the tokenizer's own chat template, and the end-of-turn
 text is what that template writes after an assistant message, cut right after the EOS token. The
 template therefore owns BOS (exactly one, checked) and EOS is always the last trained token (pad is
 masked by position, so ``pad == eos`` cannot hide the EOS label).
@@ -255,13 +256,18 @@ def dpo_segments(pair: PreferencePair, chat: ChatFormat) -> tuple[str, list[Segm
     )
 
 
-def _tokenize_texts(tokenizer, texts: list[str], desc: str, chunk: int = 1024) -> list[list[int]]:
-    """Tokenize many texts (batched: the fast tokenizer works in parallel), no special tokens added."""
+def _tokenize_texts(tokenizer, texts: list[str], desc: str, *, literal: bool, chunk: int = 1024) -> list[list[int]]:
+    """Tokenize many texts (batched: the fast tokenizer works in parallel), no special tokens added.
+
+    ``literal``: data text (response, feedback, completion...), where a special-token string such
+    as ``</s>`` is plain text and must not become the EOS id (the model would learn to stop there).
+    Template text (prompt, end of turn) keeps its special tokens.
+    """
     out: list[list[int]] = []
     with tqdm(total=len(texts), desc=desc, unit="seg", disable=len(texts) < 20_000, leave=False) as bar:
         for start in range(0, len(texts), chunk):
             batch = texts[start : start + chunk]
-            out.extend(tokenizer(batch, add_special_tokens=False)["input_ids"])
+            out.extend(tokenizer(batch, add_special_tokens=False, split_special_tokens=literal)["input_ids"])
             bar.update(len(batch))
     return out
 
@@ -293,10 +299,19 @@ def _labels(stored: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     return ids, ids.masked_fill(~stored["train_mask"], IGNORE_INDEX)
 
 
+_TEMPLATE_SEGMENTS = ("prompt", "eos")  # rendered by the chat template: special tokens are meant
+
+
 def _tokenize_segment_lists(tokenizer, segment_lists: list[list[Segment]], desc: str) -> list[list[tuple[str, list[int], bool]]]:
-    texts = [text for segments in segment_lists for _, text, _ in segments]
-    flat = iter(_tokenize_texts(tokenizer, texts, desc))
-    return [[(name, next(flat), train) for name, _, train in segments] for segments in segment_lists]
+    """Each segment tokenized on its own; returns [(name, ids, train)] per list."""
+    flat = [(name, text) for segments in segment_lists for name, text, _ in segments]
+    ids: list[list[int] | None] = [None] * len(flat)
+    for literal in (False, True):
+        where = [k for k, (name, _) in enumerate(flat) if (name not in _TEMPLATE_SEGMENTS) == literal]
+        for k, seg_ids in zip(where, _tokenize_texts(tokenizer, [flat[k][1] for k in where], desc, literal=literal)):
+            ids[k] = seg_ids
+    it = iter(ids)
+    return [[(name, next(it), train) for name, _, train in segments] for segments in segment_lists]
 
 
 def build_sft_examples(
@@ -766,8 +781,9 @@ class FeedbackDataModule(L.LightningDataModule):
                 examples = build_dpo_examples(self.tokenizer, records, self.config, chat=chat, stats=stats, desc=f"tokenize {split}")
                 self.datasets[split] = DPODataset(examples)
             self.stats[split] = stats
-            log = logger.warning if (stats.truncated or stats.dropped_too_long or stats.rejected) else logger.info
-            log("%s data (%s): %s", split, self.mode, stats.summary())
+            if self._rank_and_world()[0] == 0:  # every rank tokenizes; one of them reports
+                log = logger.warning if (stats.truncated or stats.dropped_too_long or stats.rejected) else logger.info
+                log("%s data (%s): %s", split, self.mode, stats.summary())
         if not len(self.datasets["train"]):
             raise ConfigError(f"no usable training examples: {self.stats['train'].summary()}")
         if self._ref_logps is not None:

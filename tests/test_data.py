@@ -82,6 +82,17 @@ def test_sft_sequence_spans(tiny_tokenizer):
     assert (ids == tiny_tokenizer.bos_token_id).sum() == 1 and ids[0] == tiny_tokenizer.bos_token_id
 
 
+def test_special_token_strings_in_data_stay_text(tiny_tokenizer):
+    tok = tiny_tokenizer
+    item = sft_item(tok, record(response="Use </s> to stop.", refinement="Write <s> or </s> literally."),
+                    max_length=512)
+    # Only the template's EOS ids: end of the user turn and end of the sequence.
+    assert (item["input_ids"] == tok.eos_token_id).nonzero().flatten().tolist() == [
+        len(tok(tiny_prompt("What is the capital of France?"))["input_ids"]) - 4, len(item["input_ids"]) - 1]
+    assert (item["input_ids"] == tok.bos_token_id).sum() == 1
+    assert trained_text(tok, item).startswith("Use </s> to stop.")
+
+
 def test_sft_system_prompt_and_mask_response(tiny_tokenizer):
     item = sft_item(tiny_tokenizer, record(), max_length=512, system_prompt="Be kind.", mask_response=True)
     assert masked_text(tiny_tokenizer, item) == tiny_prompt("What is the capital of France?", "Be kind.") + "Paris."
@@ -506,3 +517,38 @@ def test_preview_marks_trained_tokens(tiny_tokenizer):
     assert out.count("== example") == 1 and "rejected 1 (no feedback: 1)" in out
     out = preview_records(tiny_tokenizer, [pair(0)], 5, DPODataConfig(max_length=512), color=False)
     assert "-- chosen:" in out and "⟦Hello there, friend!</s>⟧" in out and "⟦hi</s>⟧" in out
+
+
+class _WriteIdsPerRank(L.LightningModule):
+    """Writes the pair ids each rank trains on, per epoch (ddp_spawn workers share no memory)."""
+
+    def __init__(self, out_dir: str):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.out_dir = out_dir
+
+    def training_step(self, batch, _):
+        path = f"{self.out_dir}/rank{self.global_rank}-epoch{self.current_epoch}.txt"
+        with open(path, "a") as f:
+            f.write("".join(f"{i}\n" for i in batch["ids"]) + "--\n")
+        return (self.w * batch["chosen_input_ids"].float().mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_ddp_spawn_shards_train_data_disjointly(tiny_tokenizer, tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    pairs = [pair(i, prompt="Say hi. " * (1 + i % 5)) for i in range(10)]
+    dm = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=2, max_length=256, seed=3)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, logger=False, enable_checkpointing=False,
+                        strategy=DDPStrategy(process_group_backend="gloo", start_method="spawn"),
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(_WriteIdsPerRank(str(tmp_path)), datamodule=dm)
+    for epoch in range(2):
+        shards = [(tmp_path / f"rank{r}-epoch{epoch}.txt").read_text().split("--\n")[:-1] for r in range(2)]
+        assert len(shards[0]) == len(shards[1]) == 3  # 5 examples a rank, batch 2: same step count
+        ids = [[i for b in s for i in b.split()] for s in shards]
+        assert sorted(ids[0] + ids[1]) == sorted(p.id for p in pairs)  # disjoint, complete
+    assert (tmp_path / "rank0-epoch0.txt").read_text() != (tmp_path / "rank0-epoch1.txt").read_text()

@@ -30,8 +30,12 @@ _pieces = st.one_of(
     st.sampled_from(list("abc xyz\n\t.,!?#[]:-") + ["你", "好", "世界", "😀", "🚀", "👍🏽", "e\u0301", "\u0303",
                                                     "👩\u200d💻", "مرحبا", "ж", "ß", "\r\n"]),
 )
-text = (st.lists(_pieces, min_size=1, max_size=30).map("".join)
-        .filter(lambda t: t.strip() and not any(s in t for s in SPECIAL)))
+# Data text may spell special tokens ("</s>"): they must stay plain text. The user text goes
+# through the chat template, which cannot tell them apart, so it is kept free of them.
+_special_strings = st.sampled_from(SPECIAL)
+text = st.lists(st.one_of(_pieces, _special_strings), min_size=1, max_size=30).map("".join).filter(str.strip)
+user_text = (st.lists(_pieces, min_size=1, max_size=30).map("".join)
+             .filter(lambda t: t.strip() and not any(s in t for s in SPECIAL)))
 
 
 def tiny_prompt(instruction: str, system: str | None = None) -> str:
@@ -43,8 +47,8 @@ def decode(tok, ids) -> str:
     return tok.decode(list(ids), skip_special_tokens=False)
 
 
-def n_tokens(tok, s: str) -> int:
-    return len(tok(s, add_special_tokens=False)["input_ids"])
+def n_tokens(tok, s: str, data_text: bool = False) -> int:
+    return len(tok(s, add_special_tokens=False, split_special_tokens=data_text)["input_ids"])
 
 
 def expected_assistant(resp, w, s, score, ref, ablation) -> str:
@@ -64,9 +68,9 @@ def expected_assistant(resp, w, s, score, ref, ablation) -> str:
 
 @SETTINGS
 @given(
-    instruction=text, response=text, weaknesses=text, suggestions=text, refinement=text,
+    instruction=user_text, response=text, weaknesses=text, suggestions=text, refinement=text,
     score=st.integers(1, 10),
-    system=st.one_of(st.none(), text),
+    system=st.one_of(st.none(), user_text),
     mask_response=st.booleans(),
     ablation=st.sampled_from([None, "no_weaknesses", "no_suggestions", "no_score", "no_feedback", "refinement_only"]),
 )
@@ -89,14 +93,16 @@ def test_sft_mask_is_exactly_the_intended_spans(tiny_tokenizer, instruction, res
     assert decode(tok, ids[labels != IGNORE_INDEX]) == assistant
     assert torch.equal(labels[labels != IGNORE_INDEX], ids[labels != IGNORE_INDEX])
     # The mask is one masked prefix (the prompt tokens, tokenized on their own), then one trained run.
-    k = n_tokens(tok, tiny_prompt(instruction, system)) + (n_tokens(tok, response) if masked_response else 0)
+    k = n_tokens(tok, tiny_prompt(instruction, system)) + (n_tokens(tok, response, data_text=True) if masked_response else 0)
     assert (labels[:k] == IGNORE_INDEX).all() and (labels[k:] != IGNORE_INDEX).all()
     assert labels[-1] == tok.eos_token_id
     assert (ids == tok.bos_token_id).sum() == 1 and ids[0] == tok.bos_token_id
+    # Special-token strings in the data stay text: EOS ids only end the user turn and the sequence.
+    assert (ids == tok.eos_token_id).sum() == 2 + (system is not None)
 
 
 @SETTINGS
-@given(prompt=text, chosen=text, rejected=text)
+@given(prompt=user_text, chosen=text, rejected=text)
 def test_dpo_mask_is_exactly_the_completion(tiny_tokenizer, prompt, chosen, rejected):
     tok = tiny_tokenizer
     pair = PreferencePair(id="p", prompt=prompt, chosen=chosen, rejected=rejected)
@@ -113,10 +119,11 @@ def test_dpo_mask_is_exactly_the_completion(tiny_tokenizer, prompt, chosen, reje
         k = n_tokens(tok, tiny_prompt(prompt))
         assert (labels[:k] == IGNORE_INDEX).all() and (labels[k:] != IGNORE_INDEX).all()
         assert labels[-1] == tok.eos_token_id and (ids == tok.bos_token_id).sum() == 1
+        assert (ids == tok.eos_token_id).sum() == 2
 
 
 @SETTINGS
-@given(texts=st.lists(st.tuples(text, text, text), min_size=1, max_size=5))
+@given(texts=st.lists(st.tuples(user_text, text, text), min_size=1, max_size=5))
 def test_collated_rows_equal_items_and_pads_carry_no_loss(tiny_tokenizer, texts):
     tok = tiny_tokenizer
     recs = [FeedbackRecord(id=str(i), instruction=a, response=b, refinement=c, stage=1,
@@ -136,7 +143,7 @@ def test_collated_rows_equal_items_and_pads_carry_no_loss(tiny_tokenizer, texts)
 
 @SETTINGS
 @given(
-    texts=st.lists(st.tuples(text, text, text), min_size=1, max_size=6),
+    texts=st.lists(st.tuples(user_text, text, text), min_size=1, max_size=6),
     max_length=st.integers(8, 80),
     truncation=st.sampled_from(["drop", "truncate_right", "truncate_left_response"]),
 )
