@@ -54,7 +54,9 @@ class EvalModel:
     ``path``: anything :func:`srt.models.resolve_model_path` understands (``tiny``, a local folder,
     a hub id). ``answer_mode``: ``plain`` (the model's answer) or ``srt`` (the refinement of its
     own response -> feedback -> refinement pass). ``sampling``: decoding of answers (default:
-    greedy, 1024 new tokens). ``cache_dir``: where generations are cached (the runner sets it).
+    greedy, 1024 new tokens). ``candidate_sampling``: the ``rerank`` candidates (default T=0.7,
+    same length and seed). ``score_sampling``: self-scores (default greedy, 512 new tokens).
+    ``cache_dir``: where generations are cached (the runner sets it).
     """
 
     def __init__(
@@ -69,6 +71,8 @@ class EvalModel:
         revision: str | None = None,
         device: str = "cpu",
         cache_dir: str | Path | None = None,
+        candidate_sampling: SamplingConfig | dict[str, Any] | None = None,
+        score_sampling: SamplingConfig | dict[str, Any] | None = None,
     ):
         if answer_mode not in ANSWER_MODES:
             raise ConfigError(f"model {name!r}: answer_mode must be one of {ANSWER_MODES}, got {answer_mode!r}")
@@ -80,6 +84,13 @@ class EvalModel:
         self.dtype = dtype
         self.batch_size = batch_size
         self.sampling = sampling_config(sampling, temperature=0.0, max_new_tokens=1024)
+        self.candidate_sampling = sampling_config(
+            candidate_sampling,
+            temperature=0.7,
+            max_new_tokens=self.sampling.max_new_tokens,
+            seed=self.sampling.seed,
+        )
+        self.score_sampling = sampling_config(score_sampling, temperature=0.0, max_new_tokens=512)
         self.system_prompt = system_prompt
         self.revision = revision
         self.device = device
@@ -132,8 +143,14 @@ class EvalModel:
         """Drop the weights (the next use loads them again)."""
         self._generator = None
 
-    def refiner(self, **kwargs: Any) -> SelfRefiner:
-        return SelfRefiner(self.generator, sampling=self.sampling, system_prompt=self.system_prompt, **kwargs)
+    def refiner(self) -> SelfRefiner:
+        return SelfRefiner(
+            self.generator,
+            sampling=self.sampling,
+            candidate_sampling=self.candidate_sampling,
+            score_sampling=self.score_sampling,
+            system_prompt=self.system_prompt,
+        )
 
     def hf_lm(self, batch_size: int | None = None, **kwargs: Any):
         """This model as lm-eval's ``HFLM`` (the already-loaded model object, not a re-load)."""
@@ -171,7 +188,13 @@ class EvalModel:
         return self._identity
 
     def decoding(self) -> dict[str, Any]:
-        return {"answer_mode": self.answer_mode, "sampling": asdict(self.sampling), "system_prompt": self.system_prompt}
+        return {
+            "answer_mode": self.answer_mode,
+            "sampling": asdict(self.sampling),
+            "candidate_sampling": asdict(self.candidate_sampling),
+            "score_sampling": asdict(self.score_sampling),
+            "system_prompt": self.system_prompt,
+        }
 
     def describe(self) -> dict[str, Any]:
         """For the run record: model path, revision, chat template hash, decoding settings, seed."""
@@ -209,10 +232,15 @@ class EvalModel:
         if mode not in MODES:
             raise ConfigError(f"unknown answer mode {mode!r}; use one of {', '.join(MODES)}")
         scoring = scoring or self._default_scoring()
-        settings: dict[str, Any] = {"mode": mode, **self.decoding()}
-        settings.pop("answer_mode")
+        # Only what decides these outputs: a change of, say, score_sampling keeps plain answers cached.
+        settings: dict[str, Any] = {"mode": mode, "sampling": asdict(self.sampling), "system_prompt": self.system_prompt}
         if mode == "rerank":
-            settings.update(n=n, scoring=scoring)
+            settings.update(
+                n=n,
+                scoring=scoring,
+                candidate_sampling=asdict(self.candidate_sampling),
+                score_sampling=asdict(self.score_sampling),
+            )
 
         def compute(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
             refiner = self.refiner()
@@ -235,7 +263,12 @@ class EvalModel:
         ``critic_prompt`` (the critic prompt as a user message; default for ``plain`` models).
         """
         via = via or self._default_scoring()
-        settings = {"task": "self_score", "via": via, "system_prompt": self.system_prompt}
+        settings = {
+            "task": "self_score",
+            "via": via,
+            "score_sampling": asdict(self.score_sampling),
+            "system_prompt": self.system_prompt,
+        }
 
         def compute(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
             scores = self.refiner().score(

@@ -52,6 +52,8 @@ class ModelSpec(_Strict):
     dtype: str = "auto"
     batch_size: int = Field(8, ge=1)
     sampling: dict[str, Any] = Field(default_factory=dict)  # temperature, top_p, max_new_tokens, seed, stop
+    candidate_sampling: dict[str, Any] = Field(default_factory=dict)  # rerank candidates (default T=0.7)
+    score_sampling: dict[str, Any] = Field(default_factory=dict)  # self-scores (default greedy, 512 tokens)
     system_prompt: str | None = None
     revision: str | None = None
     device: str = "cpu"
@@ -99,6 +101,8 @@ def model_from_spec(spec: ModelSpec | dict[str, Any] | str) -> EvalModel:
         dtype=spec.dtype,
         batch_size=spec.batch_size,
         sampling=spec.sampling,
+        candidate_sampling=spec.candidate_sampling,
+        score_sampling=spec.score_sampling,
         system_prompt=spec.system_prompt,
         revision=spec.revision,
         device=spec.device,
@@ -364,6 +368,8 @@ def generate_file(
     dtype: str = "auto",
     system_prompt: str | None = None,
     scoring: str | None = None,
+    candidate_sampling: dict[str, Any] | None = None,
+    score_sampling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``srt-eval generate``: answer a JSONL of ``{id?, instruction}`` (resumable).
 
@@ -387,6 +393,8 @@ def generate_file(
         dtype=dtype,
         batch_size=batch_size,
         sampling=sampling,
+        candidate_sampling=candidate_sampling,
+        score_sampling=score_sampling,
         system_prompt=system_prompt,
     )
     stats = {"items": len(items), "already_done": len(items) - len(todo), "generated": 0}

@@ -1,0 +1,115 @@
+"""Self-refinement inference on the tiny model: fallback on garbage, refinement on real SRT output."""
+
+import pytest
+import torch
+from eval_helpers import SRT_EXAMPLES, single_thread, srt_turn, train_srt_model
+
+from srt.errors import ConfigError
+from srt.generation import Generator, SamplingConfig
+from srt.inference import SelfRefiner, strip_srt_tail
+
+_threads = pytest.fixture(autouse=True, scope="module")(single_thread)
+
+
+@pytest.fixture(scope="module")
+def srt_model_dir(tmp_path_factory):
+    from srt.tiny import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    return train_srt_model(build_tiny_model(tokenizer), tokenizer, tmp_path_factory.mktemp("srt-tiny"))
+
+
+@pytest.fixture(scope="module")
+def srt_generator(srt_model_dir):
+    return Generator.from_pretrained(str(srt_model_dir), dtype="float32", batch_size=4)
+
+
+def test_unparseable_output_falls_back_to_the_response_and_is_counted(tiny_model, tiny_tokenizer):
+    refiner = SelfRefiner(Generator(tiny_model, tiny_tokenizer), SamplingConfig(temperature=1.0, max_new_tokens=10))
+    answers = refiner.answer(["Hi", "What is 2+2?", "Name a color."])
+    for a in answers:
+        assert a.mode == "srt" and a.fallback and not a.parsed and a.refinement is None
+        assert a.failure == "missing_feedback"
+        assert a.answer == a.response == a.raw.strip()  # untrained: no header, the whole text is the response
+        assert a.num_new_tokens > 0
+    assert refiner.stats["answered"] == 3
+    assert refiner.stats["fallback_unparseable"] == 3
+    assert refiner.stats["parsed"] == 0
+
+
+def test_well_formed_srt_output_answers_with_the_refinement(srt_generator):
+    refiner = SelfRefiner(srt_generator, SamplingConfig(max_new_tokens=80))
+    answers = refiner.answer([ex["instruction"] for ex in SRT_EXAMPLES])
+    for answer, ex in zip(answers, SRT_EXAMPLES):
+        assert answer.raw == srt_turn(ex)  # the model really generated the SRT chain
+        assert answer.parsed and not answer.fallback and answer.failure is None
+        assert answer.answer == answer.refinement == ex["refinement"]
+        assert answer.response == ex["response"]
+        assert answer.self_score == ex["score"]
+        assert f"Overall Score: [[{ex['score']}]]" in answer.feedback
+        assert answer.finish_reason == "eos"
+    assert refiner.stats["parsed"] == 2 and refiner.stats["fallback_unparseable"] == 0
+
+
+def test_truncated_chain_falls_back_and_counts_truncation(srt_generator):
+    # Cut before the refinement header: no refinement, so the response is the answer.
+    refiner = SelfRefiner(srt_generator, SamplingConfig(max_new_tokens=15))
+    (answer,) = refiner.answer([SRT_EXAMPLES[0]["instruction"]])
+    assert "### Feedback" in answer.raw and "### Improved Response" not in answer.raw
+    assert answer.fallback and answer.answer == SRT_EXAMPLES[0]["response"]
+    assert answer.finish_reason == "length"
+    assert refiner.stats["truncated"] == 1 and refiner.stats["fallback_unparseable"] == 1
+
+
+def test_plain_mode_stops_before_the_srt_tail(srt_generator):
+    refiner = SelfRefiner(srt_generator, SamplingConfig(max_new_tokens=80))
+    answers = refiner.plain([ex["instruction"] for ex in SRT_EXAMPLES])
+    assert [a.answer for a in answers] == [ex["response"] for ex in SRT_EXAMPLES]
+    assert all(a.finish_reason == "stop" and a.num_new_tokens < 20 for a in answers)
+
+
+def test_self_score_and_rerank_pick_the_best_scored_candidate(srt_generator):
+    score_sampling = SamplingConfig(max_new_tokens=40)
+    refiner = SelfRefiner(
+        srt_generator,
+        SamplingConfig(max_new_tokens=40),
+        candidate_sampling=SamplingConfig(temperature=0.7, max_new_tokens=40, seed=1),
+        score_sampling=score_sampling,
+    )
+    scores = refiner.score([ex["instruction"] for ex in SRT_EXAMPLES], [ex["response"] for ex in SRT_EXAMPLES])
+    assert [s.score for s in scores] == [ex["score"] for ex in SRT_EXAMPLES]
+    assert all("Weaknesses:" in s.feedback and "### Improved Response" not in s.feedback for s in scores)
+
+    answers = refiner.rerank([ex["instruction"] for ex in SRT_EXAMPLES], n=3)
+    for answer in answers:
+        assert answer.mode == "rerank" and len(answer.candidates) == 3
+        values = [c["score"] if c["score"] is not None else 0 for c in answer.candidates]
+        best = values.index(max(values))  # ties: the first sampled
+        assert answer.answer == answer.candidates[best]["response"]
+        assert answer.self_score == answer.candidates[best]["score"]
+        assert all("### Feedback" not in c["response"] for c in answer.candidates)
+    assert refiner.stats["scored"] == 2 + 6
+    with pytest.raises(ConfigError, match="n must be >= 1"):
+        refiner.rerank(["x"], n=0)
+
+
+def test_unscored_candidates_rank_last(tiny_model, tiny_tokenizer):
+    """Garbage self-scores: no candidate scores, the first sample is kept and counted."""
+    refiner = SelfRefiner(
+        Generator(tiny_model, tiny_tokenizer),
+        candidate_sampling=SamplingConfig(temperature=1.0, max_new_tokens=6),
+        score_sampling=SamplingConfig(max_new_tokens=6),
+    )
+    (answer,) = refiner.rerank(["Hi"], n=2, via="critic_prompt")
+    assert [c["score"] for c in answer.candidates] == [None, None]
+    assert answer.answer == answer.candidates[0]["response"] and answer.self_score is None
+    assert refiner.stats["rerank_all_unscored"] == 1 and refiner.stats["score_parse_failures"] == 2
+
+
+def test_strip_srt_tail():
+    assert strip_srt_tail("Paris.\n\n### Feedback\nWeaknesses: x") == "Paris."
+    assert strip_srt_tail("Paris.\n## feedback\nx") == "Paris."
+    # Only a header line cuts: a sentence about feedback stays.
+    text = "Give feedback: ### Feedback is a header.\nMore."
+    assert strip_srt_tail(text) == text
+    assert strip_srt_tail("  plain answer \n") == "plain answer"
