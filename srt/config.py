@@ -64,6 +64,7 @@ class SamplingSettings(_Strict):
 class GenerationConfig(_Strict):
     backend: Literal["hf", "openai"] = "hf"  # in-process transformers, or an OpenAI-compatible server (vLLM/TGI)
     batch_size: int = Field(8, ge=1)
+    chunk_size: int = Field(64, ge=1)  # results are appended to disk every chunk: a kill loses at most one
     response: SamplingSettings = Field(default_factory=lambda: SamplingSettings(temperature=0.7, max_new_tokens=512))
     critique: SamplingSettings = Field(default_factory=lambda: SamplingSettings(temperature=0.0, max_new_tokens=2048))
     server: dict[str, Any] = Field(default_factory=dict)  # for backend=openai: base_url, model, api_key_env, max_concurrency

@@ -46,10 +46,11 @@ def collect_feedback(cfg: RunConfig, step_dir: Path, *, model_path: str, instruc
     records = fb.generate_responses(
         generator, instructions, step_dir / "responses.jsonl", sampling_kwargs=cfg.generation.response.model_dump(),
         seed=cfg.seed, stage=stage, round=round, system_prompt=cfg.model.system_prompt,
+        chunk_size=cfg.generation.chunk_size,
     )
     # The self critic reuses the generator (the model being trained); others load their own.
     critic = create_critic(critic_name, critic_settings, policy=generator)
-    calls = fb.run_critic(critic, records, step_dir / "critic_calls.jsonl")
+    calls = fb.run_critic(critic, records, step_dir / "critic_calls.jsonl", chunk_size=cfg.generation.chunk_size)
     outcome = fb.build_records(records, calls, fb.critic_info(critic), rule)
     del generator, critic
     gc.collect()

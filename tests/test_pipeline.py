@@ -1,0 +1,161 @@
+"""Stage-1 pipeline on the tiny model: filters and counters, outputs, manifest, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from srt.config import RunConfig, apply_overrides
+from srt.critic_template import render_critique
+from srt.pipeline import feedback as fb
+from srt.records import CriticInfo, FeedbackRecord, read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "configs" / "data" / "word_problems_stage1.jsonl"
+
+
+def tiny_config(tmp_path, model_dir, **extra) -> dict:
+    cfg = {
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "model": {"path": str(model_dir), "dtype": "float32"},
+        "data": {"stage1": {"path": str(DATA), "fields": {"id": "id", "instruction": "instruction", "reference": "answer"}, "limit": 8}},
+        "generation": {"batch_size": 4, "chunk_size": 2, "response": {"temperature": 0.7, "max_new_tokens": 8}},
+        "critic": {"name": "reference"},
+        "sft": {"epochs": 2, "micro_batch_size": 2, "global_batch_size": 4, "max_length": 512, "optim": {"lr": 1e-3}},
+        "trainer": {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 1, "checkpoint_every_n_steps": 1},
+    }
+    return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in extra.items()])
+
+
+# -- filters ----------------------------------------------------------------------------------------
+
+INFO = CriticInfo(name="test", template_version="v", template_hash="h")
+
+
+def rec(i: str) -> FeedbackRecord:
+    return FeedbackRecord(id=i, instruction=f"q{i}", response=f"r{i}", stage=1)
+
+
+def call(i, mode, text=None, error=None):
+    return {(i, mode): fb.CriticCall(id=i, mode=mode, text=text, error=error)}
+
+
+def test_filters_count_every_outcome():
+    records = [rec(str(k)) for k in range(6)]
+    calls = {}
+    calls |= call("0", "critique", render_critique("w", "s", 4, "better")) | call("0", "score", "Overall Score: [[6]]")  # kept
+    calls |= call("1", "critique", render_critique("w", "s", 4, "same")) | call("1", "score", "Overall Score: [[4]]")  # tie
+    calls |= call("2", "critique", render_critique("w", "s", 7, "worse")) | call("2", "score", "Overall Score: [[3]]")  # worse
+    calls |= call("3", "critique", "no structure at all")  # parse failure
+    calls |= call("4", "critique", error="HTTP 500 after 6 retries")  # critic error
+    calls |= call("5", "critique", render_critique("w", "s", 2, "x")) | call("5", "score", "Overall Score: [[11]]")  # bad rescore
+
+    ge = fb.build_records(records, calls, INFO, fb.FilterRule(">="))
+    assert [r.id for r in ge.kept] == ["0", "1"]
+    assert ge.counters["refinement_not_better"] == 1 and ge.counters["parse_failure"] == 1
+    assert ge.counters["critic_error"] == 1 and ge.counters["rescore_parse_failure"] == 1
+    assert ge.counters["total"] == 6 and len(ge.rejects) == 4  # nothing dropped silently
+    assert {r["reason"] for r in ge.rejects} >= {"parse_failure:missing_weaknesses", "critic_error", "refinement_not_better"}
+    assert sorted(ge.response_scores) == [2, 4, 4, 7] and sorted(ge.refinement_scores) == [3, 4, 6]
+    kept = ge.kept[0]
+    assert kept.feedback.score == 4 and kept.refinement == "better" and kept.refinement_score == 6
+
+    gt = fb.build_records(records, calls, INFO, fb.FilterRule(">"))
+    assert [r.id for r in gt.kept] == ["0"] and gt.counters["refinement_not_better"] == 2
+
+    minimum = fb.build_records(records, calls, INFO, fb.FilterRule(">=", min_refinement_score=5))
+    assert [r.id for r in minimum.kept] == ["0"] and minimum.counters["refinement_below_min"] == 1
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+
+
+def test_stage1_end_to_end(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from srt.pipeline.stage1 import run_stage1
+
+    cfg = RunConfig.model_validate(tiny_config(tmp_path, tiny_model_dir))
+    model_dir = run_stage1(cfg)
+    out = Path(cfg.output_dir) / "stage1"
+    kept = list(read_jsonl(out / "records.jsonl", FeedbackRecord))
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    report = json.loads((out / "report.json").read_text())
+    assert report["counters"]["total"] == 8 == len(kept) + len(rejects)
+    # The reference critic gives the gold solution the top score, so every refinement is kept.
+    assert all(r.refinement_score == 10 and r.feedback.score < 10 and "####" not in r.refinement for r in kept)
+    assert sum(report["scores"]["refinement"]["histogram"].values()) == len(kept)
+    assert (out / "scores.png").stat().st_size > 1000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["versions"]["torch"] and manifest["critic_template"]["hash"]
+    assert manifest["data"]["instructions"]["sha256"] and manifest["model"]["revision"].startswith("sha256:")
+    calls = list(read_jsonl(out / "critic_calls.jsonl", fb.CriticCall))
+    assert len(calls) == 16  # one critique and one separate re-score per response
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert model.num_parameters() > 0 and (model_dir / "srt_done.json").is_file()
+    # A second run finds everything done and redoes nothing.
+    before = (out / "critic_calls.jsonl").read_bytes()
+    assert run_stage1(cfg) == model_dir and (out / "critic_calls.jsonl").read_bytes() == before
+
+
+def _run_cli(cfg_path: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SRT_LOG_LEVEL": "INFO"}
+    code = "import sys; from srt.cli.train import main; sys.argv=['srt-train', *sys.argv[1:]]; main()"
+    return subprocess.Popen([sys.executable, "-c", code, "stage1", "--config", str(cfg_path)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_for(predicate, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.parametrize("kill_at", ["generation", "training"])
+def test_stage1_resumes_after_kill(tmp_path, tiny_model_dir, kill_at):
+    import yaml
+
+    cfg = tiny_config(tmp_path, tiny_model_dir, **{"sft.epochs": 4})
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = Path(cfg["output_dir"]) / "stage1"
+    proc = _run_cli(cfg_path, tmp_path / "first.log")
+    if kill_at == "generation":
+        hit = _wait_for(lambda: _lines(out / "responses.jsonl") >= 2, proc)
+    else:
+        hit = _wait_for(lambda: (out / "checkpoints" / "last.ckpt").exists(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert hit, (tmp_path / "first.log").read_text()[-3000:]
+    assert not (out / "model" / "srt_done.json").exists()
+    partial = (out / "responses.jsonl").read_bytes().splitlines()[:2]
+
+    second = _run_cli(cfg_path, tmp_path / "second.log")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    log = (tmp_path / "second.log").read_text()
+    responses = (out / "responses.jsonl").read_bytes().splitlines()
+    ids = [json.loads(line)["id"] for line in responses]
+    assert len(ids) == len(set(ids)) == 8  # nothing generated twice
+    assert responses[:2] == partial  # finished generations were kept, not redone
+    calls = list(read_jsonl(out / "critic_calls.jsonl", fb.CriticCall))
+    assert len({(c.id, c.mode) for c in calls}) == len(calls) == 16
+    if kill_at == "training":
+        assert "resuming training from" in log
+    done = json.loads((out / "model" / "srt_done.json").read_text())
+    # 8 records, micro-batch 2, global batch 4 -> 2 optimizer steps per epoch, 4 epochs.
+    assert done["global_step"] == 8
