@@ -76,6 +76,7 @@ def test_dpo_precomputed_raises_margins_and_accuracy(tiny_model, tiny_tokenizer)
 
 def test_dpo_lora_adapter_disabled_trains(tiny_model, tiny_tokenizer):
     dm = data_module(tiny_tokenizer)
+    torch.manual_seed(0)  # LoRA A matrices are initialized from the global RNG
     module = DPOModule(
         tiny_model, tiny_tokenizer, beta=0.1, lr=1e-2, warmup_ratio=0.0, reference="adapter_disabled",
         reference_is_base=True, lora={"r": 8, "alpha": 16, "dropout": 0.0},
