@@ -8,7 +8,6 @@ from transformers import AutoModelForCausalLM
 from srt.data import FeedbackDataModule
 from srt.dpo_module import DPOModule, ReferenceLogpsCache, compute_reference_logps, concatenated_forward
 from srt.errors import ConfigError
-from srt.losses import dpo_loss
 
 PAIRS = [
     {"id": "p0", "prompt": "What is the capital of France?", "chosen": "The capital of France is Paris.",
@@ -198,8 +197,14 @@ def test_reference_cache_roundtrip(tmp_path, tiny_model, tiny_tokenizer):
     assert not list((tmp_path / "cache").glob(".*tmp*"))
 
 
-def test_dpo_loss_helper_consistency():
-    # compute_batch relies on dpo_loss returning rewards; at equal inputs the sigmoid loss is ln 2.
-    x = torch.tensor([-3.0, -7.0])
-    losses, c, r = dpo_loss(x, x, x, x)
-    assert torch.allclose(losses, torch.full_like(x, math.log(2)))
+def test_predict_step_matches_compute_reference_logps(tiny_model, tiny_tokenizer):
+    dm = data_module(tiny_tokenizer)
+    expected = compute_reference_logps(tiny_model, dm.predict_dataloader())
+    module = DPOModule(tiny_model, tiny_tokenizer)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    outputs = trainer.predict(module, dataloaders=dm.predict_dataloader())
+    got = {i: (c, r) for out in outputs for i, c, r in
+           zip(out["ids"], out["ref_chosen_logps"].tolist(), out["ref_rejected_logps"].tolist())}
+    assert got.keys() == expected.keys()
+    for i in got:
+        assert abs(got[i][0] - expected[i][0]) < 1e-4 and abs(got[i][1] - expected[i][1]) < 1e-4
