@@ -1,7 +1,6 @@
 """Self-refinement inference on the tiny model: fallback on garbage, refinement on real SRT output."""
 
 import pytest
-import torch
 from eval_helpers import SRT_EXAMPLES, single_thread, srt_turn, train_srt_model
 
 from srt.errors import ConfigError

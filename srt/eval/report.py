@@ -156,8 +156,12 @@ def plot_histograms(summary: dict[str, Any], plot_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         if values:
             lo, hi = math.floor(min(values)), math.ceil(max(values))
+            if all(float(v).is_integer() and 1 <= v <= 10 for v in values):
+                lo, hi = 1, 10  # critic scores: always show the whole 1..10 scale
             bins = [x - 0.5 for x in range(lo, hi + 2)] if hi - lo <= 20 else 20
             ax.hist(list(per_model.values()), bins=bins, label=list(per_model), alpha=0.8)
+            if isinstance(bins, list):
+                ax.set_xticks(range(lo, hi + 1))
             ax.legend(fontsize=8)
         ax.set_title(f"{bench}: {key}", fontsize=9)
         ax.set_ylabel("count")

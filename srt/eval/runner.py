@@ -375,7 +375,8 @@ def generate_file(
 
     Each output line: ``id``, ``instruction``, ``answer``, ``mode`` and ``trace`` (raw text, parsed
     response/feedback/refinement, self score; rerank candidates). Items whose id is already in the
-    output are skipped. Returns the stats (also written to ``<output>.stats.json``).
+    output are skipped. ``rerank`` self-scores with the SRT self-critique unless ``scoring`` is
+    ``critic_prompt`` (for plain chat models). Returns the stats (also in ``<output>.stats.json``).
     """
     from srt.inference import MODES
     from srt.records import JsonlWriter, existing_ids
@@ -404,8 +405,12 @@ def generate_file(
     with JsonlWriter(output_path) as writer:
         for start in tqdm(range(0, len(todo), chunk), desc="generate", unit="chunk"):
             batch = todo[start : start + chunk]
-            for item, result in zip(batch, model.answers(batch, "generate", mode=mode, n=n, scoring=scoring, cache_dir=None)):
-                writer.write({"id": item["id"], "instruction": item["instruction"], "answer": result["answer"], "mode": mode, "trace": result["trace"]})
+            results = model.answers(batch, "generate", mode=mode, n=n, scoring=scoring or "srt", cache_dir=None)
+            for item, result in zip(batch, results):
+                writer.write(
+                    {"id": item["id"], "instruction": item["instruction"], "answer": result["answer"], "mode": mode,
+                     "trace": result["trace"]}
+                )
                 stats["generated"] += 1
     stats.update(_trace_stats(output_path, mode))
     stats["model"] = model.describe()

@@ -19,8 +19,11 @@ Length-controlled win rate, offline. alpaca_eval fits a GLM on the annotations; 
 downloads ``df_gamed.csv``. We use ``glm_name="length_controlled_minimal"`` (length term + model
 term only) and hand alpaca_eval a local stand-in for ``df_gamed.csv`` (the minimal formula does not
 read the difficulties it holds), so it runs offline on any instruction set. It is reported as
-None with a warning when it does not apply: fewer than ``lc_min_items`` judged pairs, or the GLM
-fit fails. On custom sets it is a within-run length correction, not a leaderboard number.
+None with a warning when it does not apply: fewer than ``lc_min_items`` judged pairs, one side
+never winning, a failed fit, or a fit that shrank every weight to zero (exactly 50% by
+construction). Its standard error is not reported: the minimal GLM predicts one probability for
+all instructions, so alpaca_eval's per-item standard error is 0 by construction. On custom sets
+it is a within-run length correction, not a leaderboard number.
 
 Data (``data:``): ``fixture`` (default; 16 hand-written items shipped with srt), a local
 ``.json``/``.jsonl`` with ``instruction`` and ``output`` (the reference; optional ``id``,
@@ -289,9 +292,15 @@ def length_controlled(
             out = get_length_controlled_winrate(df, glm_name=glm_name, save_weights_dir=None, is_warn_extreme_changes=False)
     except Exception as err:  # e.g. all lengths equal (no length signal), a single class
         return none, f"length-controlled win rate not computed: alpaca_eval's GLM failed ({type(err).__name__}: {err})"
-    result = {"length_controlled_winrate": _plain(out["length_controlled_winrate"]), "lc_standard_error": _plain(out["lc_standard_error"])}
-    if result["length_controlled_winrate"] is None:
+    rate = _plain(out["length_controlled_winrate"])
+    if rate is None:
         return none, "length-controlled win rate not computed: alpaca_eval's GLM returned NaN"
+    if rate == 50.0:
+        # The L1-regularized fit zeroed every weight (too little data): 50% by construction, not a measurement.
+        return none, "length-controlled win rate not computed: alpaca_eval's GLM shrank all weights to zero (too few items)"
+    # With the minimal formula every prediction is the same number, so alpaca_eval's per-item
+    # standard error is 0 by construction; it says nothing about uncertainty: not reported.
+    result = {"length_controlled_winrate": rate, "lc_standard_error": None}
     return result, None
 
 
