@@ -152,6 +152,17 @@ class CausalLMModule(L.LightningModule):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         self.model = model
+        if self.device_mesh is not None:  # ModelParallelStrategy (fsdp2): shard now, before the optimizer exists
+            from srt.distributed import shard_model_fsdp2
+
+            shard_kwargs = getattr(self.trainer.strategy, "shard_kwargs", dict)()
+            shard_model_fsdp2(model, self.device_mesh, **shard_kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # ddp_spawn hands the trained weights back to the main process, whose policy was never built
+        # (and Lightning loads them non-strictly there, so they would otherwise be dropped silently).
+        self.configure_model()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_base_model(self, model: torch.nn.Module) -> None:
         """Hook: sees the starting weights before LoRA wrapping (DPO keeps a frozen copy here)."""
