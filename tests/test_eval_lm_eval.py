@@ -94,6 +94,12 @@ def test_gsm8k_matches_lm_eval_hf_backend(plain_model, tiny_model_dir, tmp_path)
     assert [(r["prompt"], r["response"], r["target"]) for r in result.samples] == [
         (r["prompt"], r["response"], r["target"]) for r in ref_rows
     ]
+    # Plain generations are cached by lm-eval under the run's cache_dir, keyed by the model's identity.
+    from sqlitedict import SqliteDict
+
+    (db,) = (tmp_path / "cache" / "lm_eval").glob("tiny-*.db")
+    with SqliteDict(str(db)) as cached:
+        assert sorted(cached.values()) == sorted(r["response"] for r in result.samples)
     docs = gsm8k_docs()
     assert [r["target"] for r in result.samples] == [d["answer"].split("####")[-1].strip() for d in docs[:2]]
     assert result.samples[0]["prompt"].endswith(f"Q: {docs[0]['question']}\nA:")
@@ -131,15 +137,13 @@ def test_gsm8k_filters_score_known_answers(tmp_path):
 def test_gsm8k_srt_mode_answers_with_the_refinement(tiny_model_dir, tmp_path):
     """In srt mode lm-eval's generations are SelfRefiner.answer's answers, cut at the task's stop strings."""
     from srt.inference import SelfRefiner
-    from srt.generation import SamplingConfig
 
-    model = EvalModel("tiny-srt", str(tiny_model_dir), answer_mode="srt", dtype="float32", batch_size=4)
-    bench = GSM8KBenchmark.from_config({**FAST, "srt_max_new_tokens": 24})
+    model = EvalModel("tiny-srt", str(tiny_model_dir), answer_mode="srt", dtype="float32", sampling={"max_new_tokens": 24})
+    bench = GSM8KBenchmark.from_config(dict(FAST))
     result = bench.run(model, ctx(tmp_path))
-    assert result.meta["srt_stats"]["answered"] == 2
-    assert result.meta["srt_max_new_tokens"] == 24
+    assert result.meta["srt_stats"]["answered"] == 2 and result.meta["srt_stats"]["cached"] == 0
     prompts = [row["prompt"] for row in result.samples]
-    direct = SelfRefiner(model.generator, sampling=SamplingConfig(max_new_tokens=24)).answer(prompts)
+    direct = SelfRefiner(model.generator, sampling=model.sampling).answer(prompts)
     for row, answer in zip(result.samples, direct):
         assert row["srt_raw"] == answer.raw
         expected = answer.answer
@@ -148,6 +152,10 @@ def test_gsm8k_srt_mode_answers_with_the_refinement(tiny_model_dir, tmp_path):
         assert row["response"] == expected
         assert row["srt_fallback"] == answer.fallback
         assert 0.0 <= row["flexible_extract"] <= 1.0
+    # A second run answers from the generation cache, with the same results.
+    again = bench.run(model, ctx(tmp_path))
+    assert again.meta["srt_stats"]["cached"] == 2
+    assert [r["response"] for r in again.samples] == [r["response"] for r in result.samples]
 
 
 def test_gsm8k_settings_errors(tmp_path):
@@ -250,7 +258,8 @@ def test_mgsm_runs_per_language(plain_model, tmp_path):
             assert 0.0 <= result.metrics[f"{lang}/{metric}"] <= 1.0
     assert 0.0 <= result.metrics["flexible_extract"] <= 1.0
     de = next(row for row in result.samples if row["language"] == "de")
-    assert de["prompt"] == "Frage: Lena hat 7 Äpfel. Sie kauft noch 5 Äpfel dazu. Wie viele Äpfel hat sie jetzt?\nSchritt-für-Schritt-Antwort:"
+    question = "Lena hat 7 Äpfel. Sie kauft noch 5 Äpfel dazu. Wie viele Äpfel hat sie jetzt?"
+    assert de["prompt"] == f"Frage: {question}\nSchritt-für-Schritt-Antwort:"
     assert de["target"] == "12"
 
 

@@ -7,19 +7,25 @@ answer extractions: ``strict_match`` (the answer must follow "The answer is") an
 Settings (all optional)::
 
     gsm8k:
-      data_files: my_gsm8k.jsonl   # {"question", "answer": "... #### 42"} per line; default: the shipped 12-problem fixture
-      hub: false                   # true: lm-eval's `gsm8k_cot` on openai/gsm8k (1,319 test problems; needs the network)
+      data_files: my_gsm8k.jsonl   # {"question", "answer": "... #### 42"} per line; default: shipped fixture (12)
+      hub: false                   # true: lm-eval's `gsm8k_cot` on openai/gsm8k (1,319 problems; needs network)
       num_fewshot: 8               # default: the task's 8 CoT exemplars
       limit: null                  # first N problems only
       max_gen_toks: null           # default: lm-eval's 256
       answer_mode: null            # plain | srt (default: the model's)
       apply_chat_template: false   # plain mode: wrap lm-eval's prompt in the chat template
-      srt_max_new_tokens: null     # srt mode: tokens for response + feedback + refinement
+      cache: true                  # reuse generations cached by earlier runs (same model, prompts, settings)
+
+In ``srt`` answer mode the prompt lm-eval builds is the user message, the model answers with
+response -> feedback -> refinement under its own sampling settings (``max_new_tokens`` covers the
+whole SRT turn; ``max_gen_toks`` does not apply) and the refinement, cut at the task's stop
+sequences, is scored.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
 from srt.errors import ConfigError
 
 from .lm_eval_bridge import LmEvalBenchmark, RenderedTasks, render_tasks, resolve_data_file
@@ -44,4 +50,5 @@ class GSM8KBenchmark(LmEvalBenchmark):
 
     def summarize(self, per_task: dict[str, dict[str, float]]) -> dict[str, float]:
         metrics = per_task[TASK]
-        return {k: metrics[k] for k in ("strict_match", "flexible_extract", "strict_match_stderr", "flexible_extract_stderr") if k in metrics}
+        names = ("strict_match", "flexible_extract", "strict_match_stderr", "flexible_extract_stderr")
+        return {k: metrics[k] for k in names if k in metrics}

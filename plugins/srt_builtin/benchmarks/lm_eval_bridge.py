@@ -25,7 +25,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -211,21 +211,22 @@ class SrtLM(_lm_eval_base()):  # type: ignore[misc]
     """lm-eval model that answers ``generate_until`` with the SRT refinement.
 
     Each request's context (the few-shot prompt lm-eval built) becomes the user message; the model
-    writes response -> ``### Feedback`` -> ``### Improved Response`` -> refinement in one greedy
-    pass (:meth:`srt.inference.SelfRefiner.answer`) and the refinement, cut at the task's stop
-    sequences like ``HFLM`` cuts its generations, is the answer lm-eval scores. An output without
-    a refinement falls back to the initial response (counted in ``stats``). Log-likelihood
-    requests go to ``hflm`` unchanged.
+    writes response -> ``### Feedback`` -> ``### Improved Response`` -> refinement in one pass
+    (``answer``: normally :meth:`srt.eval.model.EvalModel.answers` in ``srt`` mode, i.e.
+    :meth:`srt.inference.SelfRefiner.answer`, cached and resumable) and the refinement, cut at
+    the task's stop sequences as ``HFLM`` cuts its generations, is what lm-eval scores. An output
+    without a refinement falls back to the initial response (counted in ``stats``). The model's
+    own sampling settings apply (its ``max_new_tokens`` is the budget for the whole SRT turn).
+    Log-likelihood requests go to ``hflm`` unchanged.
     """
 
-    def __init__(self, hflm: Any, generator: Any, max_new_tokens: int, system_prompt: str | None = None):
+    def __init__(self, hflm: Any, answer: Callable[[list[str]], list[dict[str, Any]]], eos: str | None = None):
         super().__init__()
         self.hflm = hflm
-        self.generator = generator
-        self.max_new_tokens = max_new_tokens
-        self.system_prompt = system_prompt
+        self.answer = answer  # contexts -> [{"answer": str, "trace": SrtAnswer.to_dict(), "cached": bool}]
+        self.eos = eos
         self.stats: Counter[str] = Counter()
-        self.traces: dict[str, dict[str, Any]] = {}  # context -> SrtAnswer fields, for per-sample logs
+        self.traces: dict[str, dict[str, Any]] = {}  # context -> SRT trace fields, for per-sample logs
 
     def loglikelihood(self, requests):
         return self.hflm.loglikelihood(requests)
@@ -236,44 +237,46 @@ class SrtLM(_lm_eval_base()):  # type: ignore[misc]
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
 
-        from srt.generation import SamplingConfig
-        from srt.inference import SelfRefiner
-
-        eos = self.generator.tokenizer.eos_token
-        answers: list[str | None] = [None] * len(requests)
-        # Requests with the same generation settings are answered together.
-        groups: dict[str, list[int]] = {}
-        for i, request in enumerate(requests):
-            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(i)
-        for indices in groups.values():
-            gen_kwargs = requests[indices[0]].args[1]
-            temperature = float(gen_kwargs.get("temperature", 0.0)) if gen_kwargs.get("do_sample") else 0.0
-            sampling = SamplingConfig(temperature=temperature, max_new_tokens=self.max_new_tokens)
-            refiner = SelfRefiner(self.generator, sampling=sampling, system_prompt=self.system_prompt)
-            contexts = [requests[i].args[0] for i in indices]
-            until = handle_stop_sequences(gen_kwargs.get("until"), eos=eos)
-            for i, context, result in zip(indices, contexts, refiner.answer(contexts)):
-                answers[i] = postprocess_generated_text(result.answer, stop=until, think_end_token=None)
-                self.traces[context] = {
-                    "srt_response": result.response,
-                    "srt_feedback": result.feedback,
-                    "srt_refinement": result.refinement,
-                    "srt_self_score": result.self_score,
-                    "srt_fallback": result.fallback,
-                    "srt_finish_reason": result.finish_reason,
-                    "srt_raw": result.raw,
-                }
-            self.stats.update(refiner.stats)
-        return answers  # type: ignore[return-value]
+        contexts = [request.args[0] for request in requests]
+        unique = list(dict.fromkeys(contexts))
+        by_context = dict(zip(unique, self.answer(unique)))
+        answers = []
+        for request, context in zip(requests, contexts):
+            result = by_context[context]
+            until = handle_stop_sequences(request.args[1].get("until"), eos=self.eos)
+            answers.append(postprocess_generated_text(result["answer"], stop=until, think_end_token=None))
+            trace = result.get("trace") or {}
+            self.traces[context] = {
+                "srt_response": trace.get("response"),
+                "srt_feedback": trace.get("feedback"),
+                "srt_refinement": trace.get("refinement"),
+                "srt_self_score": trace.get("self_score"),
+                "srt_fallback": trace.get("fallback"),
+                "srt_finish_reason": trace.get("finish_reason"),
+                "srt_raw": trace.get("raw"),
+                "srt_cached": result.get("cached", False),
+            }
+        for context in unique:
+            trace = self.traces[context]
+            self.stats["answered"] += 1
+            self.stats["fallback_unparseable"] += bool(trace["srt_fallback"])
+            self.stats["truncated"] += trace["srt_finish_reason"] == "length"
+            self.stats["cached"] += bool(trace["srt_cached"])
+        return answers
 
 
 def make_lm(
     model: Any,
     answer_mode: str,
     batch_size: int | None = None,
-    srt_max_new_tokens: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_key: str = "lm_eval",
 ):
-    """The lm-eval model for an :class:`srt.eval.model.EvalModel` in the given answer mode."""
+    """The lm-eval model for an :class:`srt.eval.model.EvalModel` in the given answer mode.
+
+    ``plain``: lm-eval's ``HFLM`` on the loaded model. ``srt``: :class:`SrtLM`, answering through
+    ``model.answers(..., mode="srt")`` (cached under ``cache_dir``/``cache_key``).
+    """
     if answer_mode not in ANSWER_MODES:
         raise ConfigError(f"answer_mode must be one of {ANSWER_MODES}, got {answer_mode!r}")
     batch_size = batch_size or getattr(model, "batch_size", 8)
@@ -283,8 +286,29 @@ def make_lm(
         hflm = build_hflm(model.model, model.tokenizer, batch_size=batch_size)
     if answer_mode == "plain":
         return hflm
-    max_new_tokens = srt_max_new_tokens or model.sampling.max_new_tokens
-    return SrtLM(hflm, model.generator, max_new_tokens, system_prompt=getattr(model, "system_prompt", None))
+
+    def answer(contexts: list[str]) -> list[dict[str, Any]]:
+        items = [{"id": sha256_bytes(c.encode("utf-8"))[:16], "instruction": c} for c in contexts]
+        return model.answers(items, cache_key, mode="srt", cache_dir=cache_dir)
+
+    return SrtLM(hflm, answer, eos=model.tokenizer.eos_token)
+
+
+def lm_eval_cache_path(model: Any, cache_dir: str | os.PathLike | None, settings: dict[str, Any]) -> str | None:
+    """Where lm-eval caches plain generations for this model (its sqlite cache keys only on the request)."""
+    if cache_dir is None or not hasattr(model, "identity"):
+        return None
+    identity = {
+        **model.identity(),
+        "chat_template_hash": model.chat_template_hash,
+        "dtype": getattr(model, "dtype", None),
+        **settings,
+    }
+    key = sha256_bytes(json.dumps(identity, sort_keys=True, default=str).encode("utf-8"))[:16]
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in str(model.name))
+    folder = Path(cache_dir) / "lm_eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"{safe}-{key}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +325,7 @@ def evaluate(
     apply_chat_template: bool = False,
     seed: int = 0,
     offline: bool = True,
+    use_cache: str | None = None,
 ) -> dict[str, Any]:
     """``lm_eval.simple_evaluate`` on the rendered group (or the hub tasks), with per-sample logs."""
     import lm_eval
@@ -318,6 +343,7 @@ def evaluate(
             gen_kwargs=gen_kwargs,
             apply_chat_template=apply_chat_template,
             log_samples=True,
+            use_cache=use_cache,
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -402,7 +428,6 @@ def run_meta(
     }
     if isinstance(lm, SrtLM):
         meta["srt_stats"] = dict(lm.stats)
-        meta["srt_max_new_tokens"] = lm.max_new_tokens
     return meta
 
 
@@ -419,7 +444,7 @@ COMMON_SETTINGS: dict[str, Any] = {
     "answer_mode": None,  # None: the model's answer_mode
     "batch_size": None,  # None: the model's batch size
     "apply_chat_template": False,  # plain mode: render lm-eval's prompt with the chat template
-    "srt_max_new_tokens": None,  # srt mode: budget for response + feedback + refinement
+    "cache": True,  # reuse generations from earlier runs (under the run's cache_dir)
 }
 
 
@@ -430,7 +455,7 @@ def parse_settings(benchmark: str, settings: dict[str, Any] | None, defaults: di
     if unknown:
         raise ConfigError(f"benchmark {benchmark!r}: unknown setting(s) {unknown}; known: {sorted(defaults)}")
     merged = {**defaults, **settings}
-    for key in ("num_fewshot", "limit", "max_gen_toks", "batch_size", "srt_max_new_tokens"):
+    for key in ("num_fewshot", "limit", "max_gen_toks", "batch_size"):
         value = merged.get(key)
         if value is None:
             continue
@@ -438,10 +463,16 @@ def parse_settings(benchmark: str, settings: dict[str, Any] | None, defaults: di
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(f"benchmark {benchmark!r}: {key} must be an integer >= {minimum}, got {value!r}")
     if merged.get("answer_mode") not in (None, *ANSWER_MODES):
-        raise ConfigError(f"benchmark {benchmark!r}: answer_mode must be one of {ANSWER_MODES}, got {merged['answer_mode']!r}")
-    for key in ("hub", "apply_chat_template"):
+        raise ConfigError(
+            f"benchmark {benchmark!r}: answer_mode must be one of {ANSWER_MODES}, got {merged['answer_mode']!r}"
+        )
+    for key in ("hub", "apply_chat_template", "cache"):
         if not isinstance(merged.get(key), bool):
             raise ConfigError(f"benchmark {benchmark!r}: {key} must be true or false, got {merged.get(key)!r}")
+    if merged["hub"] and merged.get("data_files") is not None:
+        raise ConfigError(
+            f"benchmark {benchmark!r}: data_files and hub: true exclude each other (hub data comes from lm-eval's task)"
+        )
     return merged
 
 
@@ -497,9 +528,11 @@ class LmEvalBenchmark:
         s = self.settings
         mode = self.answer_mode(model)
         rendered = self.tasks(Path(ctx.output_dir))
-        lm = make_lm(model, mode, batch_size=s["batch_size"], srt_max_new_tokens=s["srt_max_new_tokens"])
-        # In srt mode the refiner applies the chat template itself (the SRT turn is an assistant turn).
+        cache_dir = getattr(ctx, "cache_dir", None) if s["cache"] else None
+        lm = make_lm(model, mode, batch_size=s["batch_size"], cache_dir=cache_dir, cache_key=f"lm_eval_{self.name}")
+        # In srt mode the SRT turn is an assistant turn: the model's chat template is always applied.
         chat = s["apply_chat_template"] and mode == "plain"
+        use_cache = lm_eval_cache_path(model, cache_dir, {"answer_mode": mode}) if mode == "plain" else None
         results = evaluate(
             lm,
             rendered,
@@ -509,6 +542,7 @@ class LmEvalBenchmark:
             apply_chat_template=chat,
             seed=getattr(ctx, "seed", 0),
             offline=not s["hub"],
+            use_cache=use_cache,
         )
         traces = lm.traces if isinstance(lm, SrtLM) else None
         per_task = {task: task_metrics(results, task) for task in rendered.tasks}

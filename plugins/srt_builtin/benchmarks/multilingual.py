@@ -6,7 +6,7 @@ report every metric per language (``<lang>/<metric>``) and its plain mean over t
 
 Settings shared with ``gsm8k`` (see :mod:`srt_builtin.benchmarks.gsm8k`): ``hub``, ``num_fewshot``,
 ``limit`` (documents per language), ``max_gen_toks``, ``answer_mode``, ``batch_size``,
-``apply_chat_template``, ``srt_max_new_tokens``; plus ``languages`` and the ``data_files`` below.
+``apply_chat_template``, ``cache``; plus ``languages`` and the ``data_files`` below.
 """
 
 from __future__ import annotations
