@@ -127,6 +127,7 @@ class DPOConfig(_Strict):
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
     group_by_length: bool = True
+    packing: bool = False  # pack each batch's chosen/rejected sequences into rows (no padding, same pairs per step)
     merge_lora: bool = True
 
 

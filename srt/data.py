@@ -31,6 +31,7 @@ plain ordered loaders; under DDP Lightning shards them with its own ``Distribute
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -554,12 +555,154 @@ class DPOCollator:
         for side in ("chosen_", "rejected_"):
             batch.update(_pad_side(items, side, self.pad_token_id, self.pad_to_multiple_of))
         batch["ids"] = [it["id"] for it in items]
-        with_ref = ["ref_chosen_logps" in it for it in items]
-        if any(with_ref):
-            if not all(with_ref):
-                raise ValueError("some items of the batch carry reference log-probs and some do not")
-            for key in ("ref_chosen_logps", "ref_rejected_logps"):
-                batch[key] = torch.tensor([float(it[key]) for it in items], dtype=torch.float32)
+        batch.update(_reference_columns(items))
+        return batch
+
+
+def _reference_columns(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    with_ref = ["ref_chosen_logps" in it for it in items]
+    if not any(with_ref):
+        return {}
+    if not all(with_ref):
+        raise ValueError("some items of the batch carry reference log-probs and some do not")
+    return {key: torch.tensor([float(it[key]) for it in items], dtype=torch.float32)
+            for key in ("ref_chosen_logps", "ref_rejected_logps")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing: several examples in one row, without attention across them
+#
+# A packed row concatenates examples; ``position_ids`` restart at 0 for each one, and there is no
+# ``attention_mask``. From that, transformers (``masking_utils.find_packed_sequence_indices``, used
+# for sdpa, eager and flex attention; flash-attention reads the same position_ids as varlen
+# boundaries) builds a block-diagonal causal mask: a token attends only to earlier tokens of its
+# own example, and RoPE sees the same positions as for the example alone. The first label of every
+# example is -100, so no token is predicted from the previous example. Rows are right-padded; a
+# pad run gets its own positions 0..k-1 (its own block) and label -100, and under causal attention
+# no real token ever sees it.
+
+
+def pack_by_length(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing bin packing: groups of indices whose lengths sum to <= ``capacity``.
+
+    Longest first, each into the open row with the least room that still fits it (a new row when
+    none does). Deterministic; rows come out in order of their longest example.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    open_rows: list[tuple[int, int]] = []  # (room left, row index), sorted: bisect finds the best fit
+    for i in order:
+        n = lengths[i]
+        if n > capacity:
+            raise ConfigError(f"a sequence of {n} tokens does not fit a packed row of {capacity} tokens")
+        k = bisect.bisect_left(open_rows, (n, -1))
+        if k == len(open_rows):
+            rows.append([i])
+            room, row = capacity - n, len(rows) - 1
+        else:
+            room, row = open_rows.pop(k)
+            rows[row].append(i)
+            room -= n
+        if room > 0:
+            bisect.insort(open_rows, (room, row))
+    return rows
+
+
+def _packed_row(sequences: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate (input_ids, labels) pairs; position_ids restart and each first label is -100."""
+    labels = [seq_labels.clone() for _, seq_labels in sequences]
+    for seq_labels in labels:
+        seq_labels[0] = IGNORE_INDEX
+    return {
+        "input_ids": torch.cat([ids for ids, _ in sequences]),
+        "labels": torch.cat(labels),
+        "position_ids": torch.cat([torch.arange(len(ids)) for ids, _ in sequences]),
+    }
+
+
+def _pad_packed_rows(rows: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int, multiple: int | None) -> dict[str, torch.Tensor]:
+    longest = max(len(r["input_ids"]) for r in rows)
+    if multiple:
+        longest = math.ceil(longest / multiple) * multiple
+    batch = {
+        "input_ids": torch.full((len(rows), longest), pad_token_id, dtype=torch.long),
+        "labels": torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long),
+        "position_ids": torch.zeros((len(rows), longest), dtype=torch.long),
+    }
+    for k, r in enumerate(rows):
+        n = len(r["input_ids"])
+        for key in batch:
+            batch[key][k, :n] = r[key]
+        batch["position_ids"][k, n:] = torch.arange(longest - n)  # the pad run is its own block
+    batch["num_tokens"] = torch.tensor(sum(len(r["input_ids"]) for r in rows))
+    batch["num_trained_tokens"] = (batch["labels"] != IGNORE_INDEX).sum()
+    return batch
+
+
+class PackedSFTDataset(Dataset):
+    """SFT examples packed into rows of at most ``capacity`` tokens (:func:`pack_by_length`).
+
+    Items: ``{"ids", "input_ids", "labels", "position_ids"}`` for one row (see the section comment).
+    Packed once at construction; the sampler shuffles rows per epoch.
+    """
+
+    def __init__(self, dataset: SFTDataset, capacity: int):
+        self.dataset = dataset
+        self.capacity = capacity
+        self.rows = pack_by_length(dataset.lengths(), capacity)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, r: int) -> dict[str, Any]:
+        items = [self.dataset[i] for i in self.rows[r]]
+        return {"ids": [it["id"] for it in items], **_packed_row([(it["input_ids"], it["labels"]) for it in items])}
+
+    def lengths(self) -> list[int]:
+        example_lengths = self.dataset.lengths()
+        return [sum(example_lengths[i] for i in row) for row in self.rows]
+
+    def fill(self) -> float:
+        """Fraction of the rows' capacity holding real tokens."""
+        return sum(self.lengths()) / max(1, len(self.rows) * self.capacity)
+
+
+class PackedSFTCollator:
+    """Right-pads packed SFT rows: ``input_ids``, ``labels``, ``position_ids`` [R, L] (long),
+    ``num_tokens`` (non-pad tokens) and ``num_trained_tokens``; no ``attention_mask`` on purpose
+    (with one, transformers would not separate the examples)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        return _pad_packed_rows(rows, self.pad_token_id, self.pad_to_multiple_of)
+
+
+class PackedDPOCollator:
+    """Packs the 2B sequences of a batch of B pairs (chosen 0..B-1, then rejected 0..B-1) into rows
+    of at most ``capacity`` tokens: ``input_ids``, ``labels``, ``position_ids`` and
+    ``sequence_ids`` [R, L] (which of the 2B sequences a token belongs to; -1 on padding), plus
+    ``ids`` and the reference log-probs as :class:`DPOCollator` gives them. A step still sees B pairs
+    (the DPO loss is per pair); packing only removes the padding of the chosen/rejected stack."""
+
+    def __init__(self, pad_token_id: int, capacity: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.capacity = capacity
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        sequences = [(it[f"{side}_input_ids"], it[f"{side}_labels"]) for side in ("chosen", "rejected") for it in items]
+        rows = []
+        for row in pack_by_length([len(ids) for ids, _ in sequences], self.capacity):
+            packed = _packed_row([sequences[s] for s in row])
+            packed["sequence_ids"] = torch.cat([torch.full((len(sequences[s][0]),), s) for s in row])
+            rows.append(packed)
+        batch: dict[str, Any] = _pad_packed_rows(rows, self.pad_token_id, self.pad_to_multiple_of)
+        batch["sequence_ids"] = _pad_right([r["sequence_ids"] for r in rows], -1, self.pad_to_multiple_of)
+        batch["ids"] = [it["id"] for it in items]
+        batch.update(_reference_columns(items))
         return batch
 
 
@@ -689,6 +832,10 @@ class FeedbackDataModule(L.LightningDataModule):
 
     ``setup()`` reads and tokenizes once and keeps the examples in memory; ``stats`` then holds a
     :class:`DataStats` per split. See the module docstring for the batch layout and DDP handling.
+
+    ``packing=True`` (see the packing section): SFT examples are packed into rows of at most
+    ``packing_length`` tokens (default ``max_length``) and ``batch_size`` counts rows; DPO keeps
+    ``batch_size`` pairs per batch and packs their chosen/rejected sequences into rows.
     """
 
     def __init__(
@@ -713,6 +860,8 @@ class FeedbackDataModule(L.LightningDataModule):
         ablation: str | None = None,  # sft only
         max_prompt_length: int | None = None,  # dpo only
         pad_to_multiple_of: int | None = None,
+        packing: bool = False,
+        packing_length: int | None = None,  # tokens per packed row; default max_length
     ):
         super().__init__()
         if mode not in ("sft", "dpo"):
@@ -723,6 +872,8 @@ class FeedbackDataModule(L.LightningDataModule):
             raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if packing_length is not None and (not packing or packing_length < max_length):
+            raise ConfigError(f"packing_length ({packing_length}) needs packing=True and must be >= max_length ({max_length})")
         self.tokenizer = tokenizer
         self.mode = mode
         try:
@@ -751,6 +902,8 @@ class FeedbackDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.seed = seed
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.packing = packing
+        self.packing_length = packing_length or max_length
         self.stats: dict[str, DataStats] = {}
         self.datasets: dict[str, SFTDataset | DPODataset] = {}
         self._ref_logps: dict[str, tuple[float, float]] | None = None
@@ -777,6 +930,8 @@ class FeedbackDataModule(L.LightningDataModule):
             if self.mode == "sft":
                 examples = build_sft_examples(self.tokenizer, records, self.config, chat=chat, stats=stats, desc=f"tokenize {split}")
                 self.datasets[split] = SFTDataset(examples)
+                if self.packing:
+                    self.datasets[split] = PackedSFTDataset(self.datasets[split], self.packing_length)
             else:
                 examples = build_dpo_examples(self.tokenizer, records, self.config, chat=chat, stats=stats, desc=f"tokenize {split}")
                 self.datasets[split] = DPODataset(examples)
@@ -784,6 +939,10 @@ class FeedbackDataModule(L.LightningDataModule):
             if self._rank_and_world()[0] == 0:  # every rank tokenizes; one of them reports
                 log = logger.warning if (stats.truncated or stats.dropped_too_long or stats.rejected) else logger.info
                 log("%s data (%s): %s", split, self.mode, stats.summary())
+                if isinstance(self.datasets[split], PackedSFTDataset):
+                    packed = self.datasets[split]
+                    logger.info("%s data: %d examples packed into %d rows of <= %d tokens (%.0f%% filled)",
+                                split, stats.examples, len(packed), packed.capacity, 100 * packed.fill())
         if not len(self.datasets["train"]):
             raise ConfigError(f"no usable training examples: {self.stats['train'].summary()}")
         if self._ref_logps is not None:
@@ -815,7 +974,12 @@ class FeedbackDataModule(L.LightningDataModule):
     # -- loaders ---------------------------------------------------------------------------
 
     @property
-    def collator(self) -> SFTCollator | DPOCollator:
+    def collator(self) -> SFTCollator | DPOCollator | PackedSFTCollator | PackedDPOCollator:
+        pad_id = _pad_id(self.tokenizer)
+        if self.packing and self.mode == "sft":
+            return PackedSFTCollator(pad_id, self.pad_to_multiple_of)
+        if self.packing:
+            return PackedDPOCollator(pad_id, self.packing_length, self.pad_to_multiple_of)
         cls = SFTCollator if self.mode == "sft" else DPOCollator
         return cls(_pad_id(self.tokenizer), self.pad_to_multiple_of)
 
@@ -869,8 +1033,8 @@ class FeedbackDataModule(L.LightningDataModule):
         # The epoch comes back through the trainer (it calls set_epoch); record what shaped the
         # data so a resume with different data settings is noticed.
         return {"seed": self.seed, "mode": self.mode, "config": self.config.model_dump(),
-                "train_examples": len(self.datasets["train"]) if self.datasets else None}
+                "train_examples": len(self.datasets["train"]) if self.datasets else None, "packing": self.packing}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("mode") != self.mode or state.get("config") != self.config.model_dump():
+        if (state.get("mode"), state.get("config"), state.get("packing", False)) != (self.mode, self.config.model_dump(), self.packing):
             logger.warning("resuming with different data settings than the checkpoint: %s", state)

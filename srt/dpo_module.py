@@ -52,7 +52,10 @@ def concatenated_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Ten
 
     Returns summed log-probs and labelled-token counts per side. Right padding with attention
     mask 0 and label -100 cannot change the real tokens' outputs (causal attention).
+    Packed batches (``srt.data.PackedDPOCollator``) go through :func:`packed_forward`.
     """
+    if "sequence_ids" in batch:
+        return packed_forward(model, batch)
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
     sides = ("chosen", "rejected")
     input_ids = torch.cat([_pad_to(batch[f"{s}_input_ids"], width, 0) for s in sides])
@@ -65,6 +68,24 @@ def concatenated_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Ten
         "chosen_logps": logps[:n], "rejected_logps": logps[n:],
         "chosen_tokens": num_tokens[:n], "rejected_tokens": num_tokens[n:],
     }
+
+
+def packed_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """:func:`concatenated_forward` for packed rows: one forward over the rows (position_ids, no
+    attention mask: no attention across sequences), then each token's log-prob is summed into its
+    sequence (``sequence_ids``: chosen 0..B-1, rejected B..2B-1)."""
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    labels, sequence_ids = batch["labels"][:, 1:], batch["sequence_ids"][:, 1:]  # label t+1 is scored at t
+    n = len(batch["ids"])
+    sums = torch.zeros(2 * n, dtype=torch.float32, device=logits.device)
+    counts = torch.zeros(2 * n, dtype=torch.long, device=logits.device)
+    for row_logits, row_labels, row_seq in zip(logits[:, :-1], labels, sequence_ids):
+        scored = row_labels != IGNORE_INDEX
+        row_logits = row_logits[scored].float()  # only scored positions: one [tokens, V] float32 temporary
+        picked = torch.gather(row_logits, -1, row_labels[scored].unsqueeze(-1)).squeeze(-1)
+        sums = sums.index_add(0, row_seq[scored], picked - torch.logsumexp(row_logits, dim=-1))
+        counts = counts.index_add(0, row_seq[scored], torch.ones_like(row_seq[scored]))
+    return {"chosen_logps": sums[:n], "rejected_logps": sums[n:], "chosen_tokens": counts[:n], "rejected_tokens": counts[n:]}
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:

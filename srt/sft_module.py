@@ -167,8 +167,10 @@ class CausalLMModule(L.LightningModule):
     def on_base_model(self, model: torch.nn.Module) -> None:
         """Hook: sees the starting weights before LoRA wrapping (DPO keeps a frozen copy here)."""
 
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        # Packed rows come with position_ids restarting per example and no attention_mask:
+        # transformers then builds the block-diagonal causal mask (see srt.data, packing).
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
 
     # -- optimization ---------------------------------------------------------------------
     def configure_optimizers(self):
@@ -212,7 +214,7 @@ class SFTModule(CausalLMModule):
     """
 
     def masked_lm_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
         labels = batch["labels"][:, 1:]
         num_tokens = (labels != IGNORE_INDEX).sum()
         if num_tokens == 0:
@@ -225,7 +227,8 @@ class SFTModule(CausalLMModule):
 
     def training_step(self, batch, batch_idx):
         loss, num_tokens = self.masked_lm_loss(batch)
-        self._step_tokens = (int(num_tokens), int(batch["attention_mask"].sum()))
+        total = batch["attention_mask"].sum() if "attention_mask" in batch else batch["num_tokens"]  # packed: no mask
+        self._step_tokens = (int(num_tokens), int(total))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log_lr()
         return loss

@@ -57,6 +57,7 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
         tokenizer, mode="dpo", train_files=[pairs_path], val_fraction=cfg.trainer.val_fraction,
         batch_size=d.micro_batch_size, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
         truncation=d.truncation, group_by_length=d.group_by_length, seed=cfg.seed, system_prompt=cfg.model.system_prompt,
+        packing=d.packing,
     )
     datamodule.setup("fit")
     if d.reference == "precomputed":

@@ -28,6 +28,7 @@ def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: 
         tokenizer, mode="sft", train_files=[records_path], val_fraction=cfg.trainer.val_fraction,
         batch_size=s.micro_batch_size, max_length=s.max_length, group_by_length=s.group_by_length, seed=cfg.seed,
         system_prompt=cfg.model.system_prompt, truncation=s.truncation, mask_response=s.mask_response, ablation=s.ablation,
+        packing=s.packing,
     )
     module = SFTModule(
         base_model, tokenizer, lora=s.lora.model_dump() if s.lora else None, gradient_checkpointing=s.gradient_checkpointing,
