@@ -8,6 +8,7 @@ default) become DPO pairs: prompt = instruction, chosen = refinement, rejected =
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from srt.pipeline.manifest import write_manifest
 from srt.pipeline.report import write_stage_report
 from srt.pipeline.stage1 import collect_feedback, stage1_dir
 from srt.pipeline.training import is_done
-from srt.records import PreferencePair, write_jsonl_atomic
+from srt.records import PreferencePair, read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
+NO_PAIRS_FILE = "no_pairs.json"
 
 
 def round_dir(cfg: RunConfig, r: int) -> Path:
@@ -63,6 +65,8 @@ def run_stage2_round(cfg: RunConfig, r: int, start_model: str, config_path: str 
     if is_done(model_dir):
         log.info("stage 2 round %d already finished: %s", r, model_dir)
         return model_dir
+    if (step_dir / NO_PAIRS_FILE).exists():
+        return Path(start_model)
     pairs_path = step_dir / "pairs.jsonl"
     if not (step_dir / "report.json").exists():
         title = f"Stage 2 round {r}: self-feedback"
@@ -78,6 +82,13 @@ def run_stage2_round(cfg: RunConfig, r: int, start_model: str, config_path: str 
         report = write_stage_report(step_dir, title=title, counters=outcome.counters, response_scores=outcome.response_scores,
                                     refinement_scores=outcome.refinement_scores, extra={"pairs": len(pairs)})
         log.info("stage 2 round %d data: %s", r, report["counters"])
+    if not any(True for _ in read_jsonl(pairs_path, PreferencePair)):
+        # A legitimate outcome (e.g. a later round where refinements no longer beat responses):
+        # said loudly, recorded, and the model stays what it was.
+        log.warning("stage 2 round %d: no preference pairs (the model's refinements never out-scored its responses; "
+                    "see %s); skipping DPO, the model stays %s", r, step_dir / "report.md", start_model)
+        (step_dir / NO_PAIRS_FILE).write_text(json.dumps({"round": r, "model": start_model}), encoding="utf-8")
+        return Path(start_model)
     from srt.pipeline.train_dpo import train_dpo
 
     return train_dpo(cfg, start_model=start_model, pairs_path=pairs_path, step_dir=step_dir)
@@ -90,4 +101,7 @@ def run_stage2(cfg: RunConfig, config_path: str | None = None, start_model: str 
         raise ConfigError(f"no finished stage-1 model at {model}: run `srt-train stage1` first, or pass --model")
     for r in range(1, cfg.stage2.rounds + 1):
         model = str(run_stage2_round(cfg, r, model, config_path))
+        if (round_dir(cfg, r) / NO_PAIRS_FILE).exists():
+            log.warning("stopping after round %d: no pairs to learn from; final model: %s", r, model)
+            break
     return Path(model)
