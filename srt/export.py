@@ -32,15 +32,27 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """Gathered CPU state dict if any parameter is sharded (DTensor), else None (use the live one)."""
+def _full_state_dict(model: torch.nn.Module, fsdp_root: torch.nn.Module | None = None) -> dict[str, torch.Tensor] | None:
+    """Gathered CPU state dict if the model is sharded (FSDP1 units or FSDP2 DTensors), else None
+    (use the live one). A collective: every rank must call it; with FSDP1 only rank 0 gets the tensors."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.tensor import DTensor
 
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        # FSDP1: the parameters outside the wrapped layers belong to the root unit (Lightning's
+        # wrapper around the LightningModule), so gather from the root and keep this model's part.
+        name = next((n for n, m in (fsdp_root.named_modules() if fsdp_root is not None else ()) if m is model), None)
+        if name is None:
+            raise ConfigError("the model is sharded with FSDP: pass fsdp_root=, the FSDP-wrapped module that contains it")
+        parts = [p for p in name.split(".") if p not in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")]
+        prefix = ".".join(parts) + "." if parts else ""
+        full = get_model_state_dict(fsdp_root, options=options)
+        return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
     if not any(isinstance(p, DTensor) for p in model.parameters()):
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(model, options=options)
 
 
 def merged_lora_state_dict(peft_model, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -79,17 +91,19 @@ def save_hf(
     *,
     merge_lora: bool = False,
     is_global_zero: bool = True,
+    fsdp_root: torch.nn.Module | None = None,
 ) -> Path:
     """Write ``model`` (+ ``tokenizer``) as a HF folder at ``output_dir`` (replacing it atomically).
 
-    Call on every rank when the model is sharded; pass ``is_global_zero`` from the trainer/fabric.
+    Call on every rank when the model is sharded; pass ``is_global_zero`` from the trainer/fabric,
+    and with FSDP1 ``fsdp_root``, the FSDP root module (``trainer.strategy.model``).
     Returns the output path.
     """
     output_dir = Path(output_dir)
     is_peft = _is_peft(model)
     if merge_lora and not is_peft:
         raise ConfigError("merge_lora=True needs a LoRA (peft) model; this model is fully fine-tuned")
-    gathered = _full_state_dict(model)  # collective: every rank must reach this line
+    gathered = _full_state_dict(model, fsdp_root)  # collective: every rank must reach this line
     if not is_global_zero:
         return output_dir
 

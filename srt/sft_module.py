@@ -198,7 +198,9 @@ class CausalLMModule(L.LightningModule):
 
         attached = self._trainer is not None
         is_zero = self.trainer.is_global_zero if attached else True
-        return save_hf(self.model, output_dir, self.tokenizer, merge_lora=merge_lora, is_global_zero=is_zero)
+        root = self.trainer.strategy.model if attached else None  # FSDP1 gathers through its root unit
+        return save_hf(self.model, output_dir, self.tokenizer, merge_lora=merge_lora, is_global_zero=is_zero,
+                       fsdp_root=root)
 
 
 class SFTModule(CausalLMModule):

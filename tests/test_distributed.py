@@ -171,6 +171,42 @@ def test_shard_model_fsdp2_wraps_decoder_layers_and_keeps_outputs(one_process_gr
 # --------------------------------------------------------------------------------------------- FSDP (FSDP1)
 
 
+def test_fsdp1_export_gathers_through_the_root_unit(one_process_group, tiny_model, tiny_tokenizer, tmp_path):
+    """FSDP1 itself runs on CPU (Lightning's FSDPStrategy refuses to): wrap like the strategy does
+    (the LightningModule is the root unit, decoder layers are units), take one step, export.
+    One rank only (FSDP then uses NO_SHARD): this checks the gather through the root and the key
+    names; a 2-process FSDP1 gather crashes on CPU (gloo), so the multi-rank case is GPU-only."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from srt.export import save_hf
+
+    class Holder(torch.nn.Module):  # stands in for the LightningModule: the policy is its `model`
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return self.model(input_ids=ids).logits
+
+    root = FullyShardedDataParallel(Holder(tiny_model), auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
+                                    use_orig_params=True, device_id=torch.device("cpu"))
+    ids = tiny_tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    torch.optim.SGD(root.parameters(), lr=0.1).zero_grad()
+    root(ids).logsumexp(-1).mean().backward()
+    with pytest.raises(ConfigError, match="fsdp_root"):
+        save_hf(root.module.model, tmp_path / "no-root")
+    save_hf(root.module.model, tmp_path / "sharded", fsdp_root=root)
+    with FullyShardedDataParallel.summon_full_params(root):
+        expected = {k: v.detach().clone() for k, v in root.module.model.state_dict().items()}
+    exported = weights(tmp_path / "sharded")
+    assert sorted(exported) == sorted(expected)
+    assert_same_tensors(exported, expected, atol=0)
+
+
+
+
 def test_fsdp_strategy_from_config():
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import ShardingStrategy
