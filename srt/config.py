@@ -133,6 +133,9 @@ class DPOConfig(_Strict):
 
 class Stage2Config(_Strict):
     rounds: int = Field(1, ge=1)
+    # The paper's stage 2 is self-feedback; another critic can be named for experiments (the tiny
+    # config uses `reference`, since a 172k-parameter model cannot critique itself).
+    critic: dict[str, Any] = Field(default_factory=lambda: {"name": "self"})
     # Paper: keep pairs where the refinement scores strictly higher than the response.
     refinement_vs_response: Literal[">=", ">"] = ">"
     min_refinement_score: int | None = Field(None, ge=1, le=10)

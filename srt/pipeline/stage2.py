@@ -69,11 +69,14 @@ def run_stage2_round(cfg: RunConfig, r: int, start_model: str, config_path: str 
         return Path(start_model)
     pairs_path = step_dir / "pairs.jsonl"
     if not (step_dir / "report.json").exists():
-        title = f"Stage 2 round {r}: self-feedback"
+        critic_name = cfg.stage2.critic.get("name", "self")
+        critic_settings = {k: v for k, v in cfg.stage2.critic.items() if k != "name"}
+        if critic_name == "self":  # decoding of the model's own feedback follows generation.critique
+            critic_settings.setdefault("temperature", cfg.generation.critique.temperature)
+            critic_settings.setdefault("max_new_tokens", cfg.generation.critique.max_new_tokens)
+        title = f"Stage 2 round {r}: {'self-feedback' if critic_name == 'self' else critic_name + ' critic'}"
         outcome = collect_feedback(
-            cfg, step_dir, model_path=start_model, instructions=load_instructions(src), critic_name="self",
-            critic_settings={"temperature": cfg.generation.critique.temperature,
-                             "max_new_tokens": cfg.generation.critique.max_new_tokens}, stage=2, round=r, title=title,
+            cfg, step_dir, model_path=start_model, instructions=load_instructions(src), critic_name=critic_name, critic_settings=critic_settings, stage=2, round=r, title=title,
             rule=fb.FilterRule(cfg.stage2.refinement_vs_response, cfg.stage2.min_refinement_score),
         )
         fb.save_outcome(step_dir, outcome)  # records.jsonl = the self-feedback records that won
