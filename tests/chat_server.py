@@ -1,6 +1,7 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1, for tests of the API critic.
 
-It speaks ``POST /v1/chat/completions`` over real HTTP (stdlib ``ThreadingHTTPServer`` in a
+It speaks ``POST /v1/chat/completions`` (and ``POST /v1/completions`` for raw prompts, greedy
+with ``stop`` strings and vLLM's ``stop_reason``, used by srt.remote_generation) over real HTTP (stdlib ``ThreadingHTTPServer`` in a
 thread, random port), so the critic is tested with the real ``openai`` client, real sockets and
 real timeouts. Replies come from either
 
@@ -100,6 +101,24 @@ class TinyLlamaResponder:
         stopped = bool((generated == self.tokenizer.eos_token_id).any())
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         return text, ids.shape[1], len(generated), "stop" if stopped else "length"
+
+
+    def complete_prompt(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int, int, str, str | None]:
+        """Greedy text completion of a raw prompt, as vLLM's ``/v1/completions`` does it (special
+        tokens added by the tokenizer, stop strings cut from the text)."""
+        import torch
+
+        ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        with self._lock, torch.no_grad():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False)
+        generated = out[0, ids.shape[1] :].tolist()
+        eos_at = next((k for k, t in enumerate(generated) if t == self.tokenizer.eos_token_id), None)
+        text = self.tokenizer.decode(generated[:eos_at], skip_special_tokens=True)
+        hits = [(text.find(s), s) for s in stop if s in text]
+        if hits:
+            at, matched = min(hits)
+            return text[:at], ids.shape[1], len(generated), "stop", matched
+        return text, ids.shape[1], len(generated), "stop" if eos_at is not None else "length", None
 
 
 class ChatServer:
@@ -243,10 +262,14 @@ class _Handler(BaseHTTPRequestHandler):
             chat._leave()
 
     def _handle(self, chat: ChatServer, body: dict[str, Any] | None) -> None:
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        route = self.path.rstrip("/")
+        if route not in ("/v1/chat/completions", "/v1/completions"):
             return self._error(404, f"no route {self.path}")
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or "model" not in body:
-            return self._error(400, "request body must be JSON with 'model' and 'messages'")
+        field, kind = ("messages", list) if route == "/v1/chat/completions" else ("prompt", str)
+        if not isinstance(body, dict) or not isinstance(body.get(field), kind) or "model" not in body:
+            return self._error(400, f"request body must be JSON with 'model' and '{field}'")
+        if route == "/v1/completions" and chat.generator is None:
+            return self._error(400, "/v1/completions needs a server started with model=")
         model = str(body["model"])
         fault = chat._next_fault()
         if fault is not None and fault.kind == "http":
@@ -266,6 +289,15 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.sleep_s)  # the client has hung up by now; the answer below goes nowhere
         if chat.handle_delay_s:
             time.sleep(chat.handle_delay_s)
+        if route == "/v1/completions":
+            stop = body.get("stop") or []
+            text, prompt_tokens, completion_tokens, finish, stop_reason = chat.generator.complete_prompt(
+                body["prompt"], int(body.get("max_tokens") or 16), [stop] if isinstance(stop, str) else stop
+            )
+            payload = _completion_json(model, text, prompt_tokens, completion_tokens, finish)
+            payload.update(object="text_completion", choices=[
+                {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason, "logprobs": None}])
+            return self._send(200, json.dumps(payload).encode())
         text, prompt_tokens, completion_tokens, finish = chat.complete(body)
         payload = _completion_json(model, text, prompt_tokens, completion_tokens, finish)
         return self._send(200, json.dumps(payload).encode())
