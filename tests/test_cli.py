@@ -1,5 +1,6 @@
 """CLI: --help, plugins listing, and user mistakes as one line + non-zero exit (no traceback)."""
 
+import json
 import subprocess
 import sys
 
@@ -43,3 +44,17 @@ def test_validate_prints_resolved_config_with_overrides(tmp_path):
     res = run("train", "validate", "--config", str(cfg), "--set", "dpo.beta=0.1")
     assert res.returncode == 0, res.stderr
     assert "beta: 0.1" in res.stdout
+
+
+def test_check_records_names_file_and_line_and_lenient_writes_rejects(tmp_path):
+    good = {"id": "a", "instruction": "q", "response": "r", "stage": 1}
+    path = tmp_path / "records.jsonl"
+    path.write_text(json.dumps(good) + "\n" + '{"id": "b", "instruction": ""\n' + json.dumps({**good, "id": "c"}) + "\n")
+    res = run("train", "check-records", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{path}:2: invalid JSON" in res.stderr
+    res = run("train", "check-records", str(path), "--lenient")
+    assert res.returncode == 0, res.stderr
+    assert "2 valid feedback records, 1 rejected" in res.stdout
+    rejects = [json.loads(line) for line in (tmp_path / "records.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["file"]) for r in rejects] == [(2, str(path))] and "invalid JSON" in rejects[0]["reason"]

@@ -41,6 +41,24 @@ def validate(config_path: str, overrides: tuple[str, ...]) -> None:
     click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
+@cli.command("check-records")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--kind", type=click.Choice(["feedback", "pair", "instruction"]), default="feedback", show_default=True)
+@click.option("--lenient", is_flag=True, help="Write bad lines to a rejects file (with the reason) instead of stopping.")
+@click.option("--rejects", "rejects_path", default=None, help="Rejects file (default: PATH.rejects.jsonl).")
+def check_records(path: str, kind: str, lenient: bool, rejects_path: str | None) -> None:
+    """Validate a records JSONL file: the first bad line stops with file:line: reason (or --lenient)."""
+    from srt.records import FeedbackRecord, InstructionRecord, JsonlReader, PreferencePair
+
+    model = {"feedback": FeedbackRecord, "pair": PreferencePair, "instruction": InstructionRecord}[kind]
+    reader = JsonlReader(path, model, lenient=lenient, rejects_path=rejects_path)
+    for _ in reader:
+        pass
+    click.echo(f"{path}: {reader.read} valid {kind} records, {reader.rejected} rejected"
+               + (f" (see {reader.rejects_path})" if reader.rejected else "")
+               + (", unterminated last line skipped" if reader.truncated_tail else ""))
+
+
 @cli.command()
 @config_option
 @set_option
