@@ -135,11 +135,12 @@ def one_process_group(tmp_path):
         dist.destroy_process_group()
 
 
-def test_shard_model_fsdp2_wraps_decoder_layers_and_keeps_outputs(one_process_group, tiny_model, tiny_tokenizer,
-                                                                  tmp_path):
+def test_shard_model_fsdp2_wraps_decoder_layers_and_keeps_outputs(one_process_group, tiny_model, tiny_model_dir,
+                                                                  tiny_tokenizer, tmp_path):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
+    from transformers import AutoModelForCausalLM
 
     from srt.distributed import decoder_layers, shard_model_fsdp2
     from srt.export import save_hf
@@ -166,6 +167,20 @@ def test_shard_model_fsdp2_wraps_decoder_layers_and_keeps_outputs(one_process_gr
         torch.testing.assert_close(model(input_ids=ids).logits, expected)
     save_hf(model, tmp_path / "sharded")  # gathers the DTensors
     assert_same_tensors(weights(tmp_path / "sharded"), weights(tmp_path / "plain"), atol=0)
+
+    # Activation checkpointing (transformers' own, so parameter names stay as they are) and bf16 compute.
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    other = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype="float32"), LORA).train()
+    shard_model_fsdp2(other, mesh["data_parallel"], mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16),
+                      activation_checkpointing=True)
+    assert other.is_activation_checkpointing
+    logits = other(input_ids=ids).logits
+    assert logits.dtype == torch.bfloat16
+    logits.float().logsumexp(-1).mean().backward()
+    grads = [p.grad for n, p in other.named_parameters() if "lora_B" in n]  # (A gets none while B is 0)
+    assert grads and all(g is not None and g.to_local().abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for n, p in other.named_parameters() if "lora_" not in n)  # base stays frozen
 
 
 # --------------------------------------------------------------------------------------------- FSDP (FSDP1)
