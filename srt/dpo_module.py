@@ -29,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from srt.errors import ConfigError
-from srt.losses import IGNORE_INDEX, LOSS_TYPES, dpo_loss, sequence_logps
-from srt.sft_module import CausalLMModule, is_peft_model
+from srt.losses import IGNORE_INDEX, LOSS_TYPES, dpo_loss
+from srt.sft_module import CausalLMModule, is_peft_model, scored_logits
 
 REFERENCES = ("precomputed", "frozen_copy", "adapter_disabled")
 
@@ -61,30 +61,31 @@ def concatenated_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Ten
     input_ids = torch.cat([_pad_to(batch[f"{s}_input_ids"], width, 0) for s in sides])
     attention_mask = torch.cat([_pad_to(batch[f"{s}_attention_mask"], width, 0) for s in sides])
     labels = torch.cat([_pad_to(batch[f"{s}_labels"], width, IGNORE_INDEX) for s in sides])
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    logps, num_tokens = sequence_logps(logits, labels)
-    n = batch["chosen_input_ids"].shape[0]
-    return {
-        "chosen_logps": logps[:n], "rejected_logps": logps[n:],
-        "chosen_tokens": num_tokens[:n], "rejected_tokens": num_tokens[n:],
-    }
+    row_of_token = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+    return _sequence_logps(model, input_ids, labels, row_of_token, input_ids.shape[0] // 2, attention_mask=attention_mask)
 
 
 def packed_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """:func:`concatenated_forward` for packed rows: one forward over the rows (position_ids, no
     attention mask: no attention across sequences), then each token's log-prob is summed into its
     sequence (``sequence_ids``: chosen 0..B-1, rejected B..2B-1)."""
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-    labels, sequence_ids = batch["labels"][:, 1:], batch["sequence_ids"][:, 1:]  # label t+1 is scored at t
-    n = len(batch["ids"])
-    sums = torch.zeros(2 * n, dtype=torch.float32, device=logits.device)
-    counts = torch.zeros(2 * n, dtype=torch.long, device=logits.device)
-    for row_logits, row_labels, row_seq in zip(logits[:, :-1], labels, sequence_ids):
-        scored = row_labels != IGNORE_INDEX
-        row_logits = row_logits[scored].float()  # only scored positions: one [tokens, V] float32 temporary
-        picked = torch.gather(row_logits, -1, row_labels[scored].unsqueeze(-1)).squeeze(-1)
-        sums = sums.index_add(0, row_seq[scored], picked - torch.logsumexp(row_logits, dim=-1))
-        counts = counts.index_add(0, row_seq[scored], torch.ones_like(row_seq[scored]))
+    return _sequence_logps(model, batch["input_ids"], batch["labels"], batch["sequence_ids"], len(batch["ids"]),
+                           position_ids=batch["position_ids"])
+
+
+def _sequence_logps(model, input_ids, labels, sequence_of_token, n: int, chunk: int = 1024, **inputs) -> dict[str, torch.Tensor]:
+    """Summed log-probs and labelled-token counts of 2n sequences (chosen 0..n-1, rejected n..2n-1);
+    ``sequence_of_token`` [R, T] says which sequence each token belongs to. Logits exist only at
+    scored positions (:func:`srt.sft_module.scored_logits`), upcast to float32 ``chunk`` rows at a time."""
+    logits, scored_labels, scored = scored_logits(model, input_ids, labels, **inputs)
+    sequence = sequence_of_token[:, 1:][scored]  # label t+1 is scored at t
+    token_logps = [logits.new_zeros(0, dtype=torch.float32)]
+    for part, part_labels in zip(logits.split(chunk), scored_labels.split(chunk)):
+        part = part.float()  # no-op for float32; bf16 is upcast one chunk at a time
+        token_logps.append(part.gather(-1, part_labels[:, None]).squeeze(-1) - part.logsumexp(dim=-1))
+    token_logps = torch.cat(token_logps)
+    sums = torch.zeros(2 * n, dtype=torch.float32, device=logits.device).index_add(0, sequence, token_logps)
+    counts = torch.zeros(2 * n, dtype=torch.long, device=logits.device).index_add(0, sequence, torch.ones_like(sequence))
     return {"chosen_logps": sums[:n], "rejected_logps": sums[n:], "chosen_tokens": counts[:n], "rejected_tokens": counts[n:]}
 
 
@@ -110,16 +111,6 @@ def compute_reference_logps(model, dataloader, desc: str = "reference log-probs"
     finally:
         model.train(was_training)
     return out
-
-
-def file_sha256(*paths: str | os.PathLike) -> str:
-    """Content hash of data files (for :meth:`ReferenceLogpsCache.key`)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 class ReferenceLogpsCache:

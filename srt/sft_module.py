@@ -55,6 +55,26 @@ def cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float) -> dict
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
 
+def scored_logits(model, input_ids, labels, attention_mask=None, position_ids=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits only at the positions whose next token is labelled: ``(logits [N, V], labels [N], scored [B, T-1])``.
+
+    ``scored[b, t]`` is True where ``labels[b, t + 1] != -100``; the N logits are those positions in
+    row-major order. transformers projects only these hidden states through the LM head
+    (``logits_to_keep`` as a boolean mask), so the [B, T, V] logits of masked prompts and padding
+    (large for a 50k-150k vocabulary) are never built. Packed rows: pass ``position_ids`` and no mask.
+    """
+    scored = labels[:, 1:] != IGNORE_INDEX
+    keep = F.pad(scored, (0, 1), value=False)  # the last position predicts nothing
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=keep, use_cache=False).logits
+    if logits.shape[:-1] != (int(scored.sum()),):
+        raise ConfigError(
+            f"{type(model).__name__} ignores logits_to_keep given as a boolean mask (transformers models call "
+            "slice_logits_to_keep); srt's training losses need a transformers causal LM that supports it"
+        )
+    return logits, labels[:, 1:][scored], scored
+
+
 def apply_lora(model, lora: dict[str, Any]):
     """Wrap ``model`` with fresh LoRA adapters: ``{r, alpha, dropout, target_modules}``."""
     from peft import LoraConfig, get_peft_model
@@ -216,15 +236,15 @@ class SFTModule(CausalLMModule):
     """
 
     def masked_lm_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
-        labels = batch["labels"][:, 1:]
-        num_tokens = (labels != IGNORE_INDEX).sum()
+        # Logits only where a label is (see scored_logits); packed batches carry position_ids, no mask.
+        logits, labels, _ = scored_logits(
+            self.model, batch["input_ids"], batch["labels"], batch.get("attention_mask"), batch.get("position_ids")
+        )
+        num_tokens = torch.tensor(labels.numel(), device=labels.device)
         if num_tokens == 0:
             raise ConfigError("an SFT batch has no labelled tokens (all -100): check max_length/truncation")
         # float() as HF does for its own loss: CE in bf16 loses precision over a large vocabulary.
-        loss_sum = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
         return loss_sum / num_tokens, num_tokens
 
     def training_step(self, batch, batch_idx):

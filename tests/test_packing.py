@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from srt.data import IGNORE_INDEX, FeedbackDataModule, pack_by_length
 from srt.dpo_module import DPOModule, compute_reference_logps, concatenated_forward
 from srt.errors import ConfigError
+from srt.losses import sequence_logps
 from srt.records import Feedback, FeedbackRecord
 from srt.sft_module import SFTModule
 
@@ -160,6 +161,14 @@ def test_packed_dpo_logps_equal_unpacked(tiny_model, tiny_tokenizer):
     for pair_id, (chosen, rejected) in plain_logps.items():
         assert packed_logps[pair_id][0] == pytest.approx(chosen, abs=1e-4)
         assert packed_logps[pair_id][1] == pytest.approx(rejected, abs=1e-4)
+    # ... and both equal the textbook computation on full logits (srt.losses.sequence_logps)
+    plain_batch = next(iter(plain.predict_dataloader()))
+    ours = concatenated_forward(tiny_model, plain_batch)
+    for side in ("chosen", "rejected"):
+        logits = tiny_model(input_ids=plain_batch[f"{side}_input_ids"], attention_mask=plain_batch[f"{side}_attention_mask"]).logits
+        expected, tokens = sequence_logps(logits, plain_batch[f"{side}_labels"])
+        torch.testing.assert_close(ours[f"{side}_logps"], expected, atol=1e-4, rtol=1e-6)
+        assert torch.equal(ours[f"{side}_tokens"], tokens)
     # token counts match too
     for packed_batch, plain_batch in zip(packed_batches, plain.predict_dataloader()):
         a, b = concatenated_forward(tiny_model, packed_batch), concatenated_forward(tiny_model, plain_batch)
