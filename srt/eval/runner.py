@@ -134,13 +134,9 @@ def _load_benchmarks(benchmarks: dict[str, dict[str, Any] | None], judge: dict[s
 
 
 def package_versions(extra: Sequence[str] = ()) -> dict[str, str | None]:
-    versions = {}
-    for name in (*_VERSIONED_PACKAGES, *extra):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    from srt.pipeline.manifest import package_versions as core_versions
+
+    return core_versions((*_VERSIONED_PACKAGES, *extra))
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:

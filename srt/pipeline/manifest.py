@@ -19,20 +19,17 @@ from typing import Any
 from srt import critic_template
 from srt.records import file_sha256
 
-PACKAGES = ["srt", "torch", "lightning", "transformers", "peft", "tokenizers", "lm_eval", "alpaca_eval", "pydantic", "openai"]
+PACKAGES = ("srt", "torch", "lightning", "transformers", "peft", "tokenizers", "datasets", "lm_eval", "alpaca_eval", "pydantic", "openai")
 _SECRET_HINTS = ("api_key", "apikey", "token", "secret", "password", "authorization")
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
     out = {}
-    for name in PACKAGES:
+    for name in dict.fromkeys(names):
         try:
-            out[name] = version(name.replace("_", "-"))
+            out[name] = version(name)
         except PackageNotFoundError:
-            try:
-                out[name] = version(name)
-            except PackageNotFoundError:
-                out[name] = None
+            out[name] = None
     return out
 
 

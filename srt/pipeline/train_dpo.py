@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_path: Path, step_dir: Path):
-    from srt.dpo_module import ReferenceLogpsCache, compute_reference_logps, file_sha256
+    from srt.dpo_module import ReferenceLogpsCache, compute_reference_logps
     from srt.models import load_model_and_tokenizer, model_revision
+    from srt.records import file_sha256
 
     def compute():
         model, _ = load_model_and_tokenizer(start_model, dtype=cfg.model.dtype)
