@@ -163,6 +163,15 @@ class ChatFormat:
                 f"{tokenizer.eos_token_id} (got {eot_ids}): EOS would never be trained"
             )
         self.prepend_bos = self._template_lacks_bos()
+        # How many BOS tokens one rendered conversation legitimately holds: 1 for most templates,
+        # one per turn where BOS doubles as the turn marker (ChatML models whose bos is <|im_start|>).
+        probe = self.tokenizer.apply_chat_template(
+            self._messages(self._PROBE_USER) + [{"role": "assistant", "content": self._PROBE_ASSISTANT}], tokenize=False
+        )
+        ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        turn_marker = tokenizer.bos_token_id is not None and ids.count(tokenizer.bos_token_id) > 1 \
+            and ids[:2] != [tokenizer.bos_token_id] * 2  # not simply a BOS rendered twice at the start
+        self.bos_per_conversation = ids.count(tokenizer.bos_token_id) + int(self.prepend_bos) if turn_marker else 1
 
     def _messages(self, user_text: str) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -273,12 +282,19 @@ def _tokenize_texts(tokenizer, texts: list[str], desc: str, *, literal: bool, ch
     return out
 
 
-def _check_ids(tokenizer, ids: list[int], where: str) -> None:
-    """At most one BOS, and only in first position (double BOS: a template applied twice)."""
+def _check_ids(tokenizer, ids: list[int], where: str, bos_per_conversation: int = 1) -> None:
+    """At most one BOS, and only in first position (double BOS: a template applied twice).
+
+    Where the template itself renders BOS once per turn, only more than that is an error."""
     bos = tokenizer.bos_token_id
     if bos is None or bos == tokenizer.eos_token_id:
         return
     count = ids.count(bos)
+    if bos_per_conversation > 1:
+        if count > bos_per_conversation or ids[:2] == [bos, bos]:
+            raise TemplateError(f"{where}: BOS appears {count} times, the chat template renders {bos_per_conversation} "
+                                "(the template or the data adds BOS twice)")
+        return
     if count > 1 or (count == 1 and ids[0] != bos):
         raise TemplateError(f"{where}: BOS appears {count} times / not first (the template or the data adds BOS twice)")
 
@@ -348,7 +364,7 @@ def build_sft_examples(
             continue
         ids = [i for _, seg, _ in pieces for i in seg]
         train = [flag for _, seg, flag in pieces for _ in seg]
-        _check_ids(tokenizer, ids, f"record {rid!r}")
+        _check_ids(tokenizer, ids, f"record {rid!r}", chat.bos_per_conversation)
         stats.examples += 1
         stats.tokens += len(ids)
         stats.trained_tokens += sum(train)
@@ -440,7 +456,7 @@ def build_dpo_examples(
         example = {"id": pid}
         for side, completion in (("chosen", chosen_ids), ("rejected", rejected_ids)):
             ids = prompt_ids + completion
-            _check_ids(tokenizer, ids, f"pair {pid!r} ({side})")
+            _check_ids(tokenizer, ids, f"pair {pid!r} ({side})", chat.bos_per_conversation)
             example[side] = _stored(ids, [False] * len(prompt_ids) + [True] * len(completion))
             stats.tokens += len(ids)
             stats.trained_tokens += len(completion)
