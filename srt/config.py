@@ -147,7 +147,7 @@ class TrainerConfig(_Strict):
     devices: int | str = 1
     num_nodes: int = 1
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "fsdp2", "deepspeed"] | str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"  # auto: bf16-mixed on a GPU that supports it, else 32-true
     log_every_n_steps: int = 10
     gradient_clip_val: float | None = 1.0
     val_fraction: float = Field(0.0, ge=0, lt=1)

@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 
 from srt.config import RunConfig
-from srt.errors import SrtError
 from srt.pipeline.training import build_trainer, check_divisible, export_model, fit_resumable, world_size
 
 log = logging.getLogger(__name__)
@@ -44,16 +43,13 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
     from srt.data import FeedbackDataModule
     from srt.dpo_module import DPOModule
     from srt.models import load_tokenizer
-    from srt.records import read_jsonl, PreferencePair
+    from srt.tokenizer_check import check_tokenizer
 
     d = cfg.dpo
-    if not any(True for _ in read_jsonl(pairs_path, PreferencePair)):
-        raise SrtError(
-            f"no preference pairs in {pairs_path}: the model's refinements never out-scored its responses "
-            f"(see {step_dir / 'report.md'}); nothing to train with DPO"
-        )
     L.seed_everything(cfg.seed, workers=True)
     tokenizer = load_tokenizer(start_model)
+    for warning in check_tokenizer(tokenizer, for_training=True):
+        log.warning("tokenizer: %s", warning)
     datamodule = FeedbackDataModule(
         tokenizer, mode="dpo", train_files=[pairs_path], val_fraction=cfg.trainer.val_fraction,
         batch_size=d.micro_batch_size, max_length=d.max_length, max_prompt_length=d.max_prompt_length,

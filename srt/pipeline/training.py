@@ -59,6 +59,15 @@ def build_strategy(tcfg: TrainerConfig):
     return name
 
 
+def resolve_precision(tcfg: TrainerConfig) -> str:
+    if tcfg.precision != "auto":
+        return tcfg.precision
+    import torch
+
+    gpu = tcfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
 def build_trainer(tcfg: TrainerConfig, step_dir: Path, *, max_epochs: int, max_steps: int, accumulate: int,
                   extra_callbacks: list | None = None) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -73,7 +82,7 @@ def build_trainer(tcfg: TrainerConfig, step_dir: Path, *, max_epochs: int, max_s
         devices=tcfg.devices,
         num_nodes=tcfg.num_nodes,
         strategy=build_strategy(tcfg),
-        precision=tcfg.precision,
+        precision=resolve_precision(tcfg),
         max_epochs=max_epochs,
         max_steps=max_steps,
         accumulate_grad_batches=accumulate,
