@@ -213,9 +213,9 @@ def shard_model_fsdp2(
     if already is None:
         already = getattr(model, "is_gradient_checkpointing", False)
     if activation_checkpointing and not already:
-        if hasattr(model, "gradient_checkpointing_enable"):
+        if hasattr(model, "activation_checkpointing_enable"):
             # transformers' own checkpointing keeps parameter names unchanged (no wrapper module).
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         else:
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
