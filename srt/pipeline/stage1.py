@@ -16,6 +16,7 @@ from srt.errors import ConfigError
 from srt.pipeline import feedback as fb
 from srt.pipeline.instructions import load_instructions
 from srt.pipeline.manifest import write_manifest
+from srt.pipeline.ranks import is_rank_zero, wait_for
 from srt.pipeline.report import write_stage_report
 from srt.pipeline.training import is_done
 
@@ -66,16 +67,19 @@ def run_stage1(cfg: RunConfig, config_path: str | None = None) -> Path:
     if cfg.data.stage1 is None:
         raise ConfigError("data.stage1 is not set: stage 1 needs instructions (path + field mapping)")
     base = resolve_model_path(cfg.model.path)
-    write_manifest(step_dir, config=config_to_dict(cfg), seed=cfg.seed,
-                   data_files={"instructions": cfg.data.stage1.path},
-                   model={"path": cfg.model.path, "resolved": base, "revision": model_revision(base)},
-                   extra={"stage": 1, "config_file": config_path})
+    if is_rank_zero():
+        write_manifest(step_dir, config=config_to_dict(cfg), seed=cfg.seed,
+                       data_files={"instructions": cfg.data.stage1.path},
+                       model={"path": cfg.model.path, "resolved": base, "revision": model_revision(base)},
+                       extra={"stage": 1, "config_file": config_path})
     if is_done(model_dir):
         log.info("stage 1 already finished: %s", model_dir)
         return model_dir
 
     records_path = step_dir / "records.jsonl"
-    if not (step_dir / "report.json").exists():
+    if not is_rank_zero():
+        wait_for(step_dir / "report.json", "stage-1 data")
+    elif not (step_dir / "report.json").exists():
         instructions = load_instructions(cfg.data.stage1)
         critic_settings = {k: v for k, v in cfg.critic.items() if k != "name"}
         outcome = collect_feedback(

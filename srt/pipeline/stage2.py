@@ -17,6 +17,7 @@ from srt.errors import ConfigError
 from srt.pipeline import feedback as fb
 from srt.pipeline.instructions import load_instructions
 from srt.pipeline.manifest import write_manifest
+from srt.pipeline.ranks import is_rank_zero, wait_for
 from srt.pipeline.report import write_stage_report
 from srt.pipeline.stage1 import collect_feedback, stage1_dir
 from srt.pipeline.training import is_done
@@ -59,16 +60,19 @@ def run_stage2_round(cfg: RunConfig, r: int, start_model: str, config_path: str 
     model_dir = step_dir / "model"
     step_dir.mkdir(parents=True, exist_ok=True)
     src = round_instructions(cfg, r)
-    write_manifest(step_dir, config=config_to_dict(cfg), seed=cfg.seed, data_files={"instructions": src.path},
-                   model={"start": start_model, "revision": model_revision(start_model)},
-                   extra={"stage": 2, "round": r, "config_file": config_path, "instructions": src.model_dump()})
+    if is_rank_zero():
+        write_manifest(step_dir, config=config_to_dict(cfg), seed=cfg.seed, data_files={"instructions": src.path},
+                       model={"start": start_model, "revision": model_revision(start_model)},
+                       extra={"stage": 2, "round": r, "config_file": config_path, "instructions": src.model_dump()})
     if is_done(model_dir):
         log.info("stage 2 round %d already finished: %s", r, model_dir)
         return model_dir
     if (step_dir / NO_PAIRS_FILE).exists():
         return Path(start_model)
     pairs_path = step_dir / "pairs.jsonl"
-    if not (step_dir / "report.json").exists():
+    if not is_rank_zero():
+        wait_for(step_dir / "report.json", f"stage-2 round {r} data")
+    elif not (step_dir / "report.json").exists():
         critic_name = cfg.stage2.critic.get("name", "self")
         critic_settings = {k: v for k, v in cfg.stage2.critic.items() if k != "name"}
         if critic_name == "self":  # decoding of the model's own feedback follows generation.critique

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 
 from srt.config import RunConfig
+from srt.pipeline.ranks import is_rank_zero, wait_for
 from srt.pipeline.training import build_trainer, check_divisible, export_model, fit_resumable, world_size
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,11 @@ def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_pat
             gc.collect()
 
     cache = ReferenceLogpsCache(step_dir / "reference_logps")
-    return cache.get_or_compute(
-        compute, data_hash=file_sha256(pairs_path), model=f"{start_model}@{model_revision(start_model)}",
-        chat_template=datamodule.tokenizer.chat_template, max_length=cfg.dpo.max_length, dtype=cfg.model.dtype,
-    )
+    key = dict(data_hash=file_sha256(pairs_path), model=f"{start_model}@{model_revision(start_model)}",
+               chat_template=datamodule.tokenizer.chat_template, max_length=cfg.dpo.max_length, dtype=cfg.model.dtype)
+    if not is_rank_zero():  # computed once, by rank 0 (torchrun/SLURM start every rank at once)
+        wait_for(cache.path(cache.key(**key)), "reference log-probs")
+    return cache.get_or_compute(compute, **key)
 
 
 def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: Path) -> Path:
