@@ -88,34 +88,9 @@ class _PerRowSampler(LogitsProcessor):
         return picked.scatter_(-1, tokens, 0.0)
 
 
-class Generator:
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, device: str | torch.device | None = None):
-        if batch_size < 1:
-            raise ConfigError(f"generation batch_size must be >= 1, got {batch_size}")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        if device is not None:
-            self.model.to(self.device)
-        eos = model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if tokenizer.eos_token_id is not None:
-            eos.append(tokenizer.eos_token_id)
-        if not eos:
-            raise ConfigError(f"model/tokenizer {getattr(tokenizer, 'name_or_path', '')!r} define no EOS token")
-        self.eos_token_ids = sorted(set(eos))
-        # Padding is masked out of attention, so any id works; fall back to EOS when there is no pad.
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
-
-    @classmethod
-    def from_pretrained(
-        cls, name_or_path: str, *, dtype: str = "auto", device: str = "cpu", batch_size: int = 8, **load_kwargs
-    ) -> "Generator":
-        from srt.models import load_model_and_tokenizer
-
-        model, tokenizer = load_model_and_tokenizer(name_or_path, dtype=dtype, device=device, **load_kwargs)
-        return cls(model, tokenizer, batch_size=batch_size)
+class ChatGeneration:
+    """Chat-template rendering shared by in-process and remote generation; subclasses provide
+    ``tokenizer`` and ``generate(prompts, sampling, desc=..., keys=...)``."""
 
     def render_chat(
         self,
@@ -153,6 +128,36 @@ class Generator:
         """
         prompts = self.render_chat(instructions_or_messages, assistant_prefixes, system_prompt)
         return self.generate(prompts, sampling, desc=desc, keys=keys)
+
+
+class Generator(ChatGeneration):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, device: str | torch.device | None = None):
+        if batch_size < 1:
+            raise ConfigError(f"generation batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if device is not None:
+            self.model.to(self.device)
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
+        if not eos:
+            raise ConfigError(f"model/tokenizer {getattr(tokenizer, 'name_or_path', '')!r} define no EOS token")
+        self.eos_token_ids = sorted(set(eos))
+        # Padding is masked out of attention, so any id works; fall back to EOS when there is no pad.
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, *, dtype: str = "auto", device: str = "cpu", batch_size: int = 8, **load_kwargs
+    ) -> "Generator":
+        from srt.models import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(name_or_path, dtype=dtype, device=device, **load_kwargs)
+        return cls(model, tokenizer, batch_size=batch_size)
 
     @torch.inference_mode()
     def generate(

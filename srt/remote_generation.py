@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
 from srt.errors import ConfigError, SrtError
-from srt.generation import GenerationOutput, Messages, SamplingConfig, _row_seed
+from srt.generation import ChatGeneration, GenerationOutput, SamplingConfig, _row_seed
 
 
 class RemoteGenerationError(SrtError):
@@ -52,7 +52,7 @@ class ServerSettings(BaseModel):
     max_retries: int = Field(5, ge=0)
 
 
-class RemoteGenerator:
+class RemoteGenerator(ChatGeneration):
     def __init__(self, tokenizer: Any, settings: ServerSettings | dict[str, Any], *, model_name: str | None = None):
         if not isinstance(settings, ServerSettings):
             settings = _parse_settings(settings)
@@ -82,41 +82,7 @@ class RemoteGenerator:
         settings = _parse_settings(server)
         return cls(load_tokenizer(model_path), settings, model_name=str(model_path))
 
-    # -- same interface as srt.generation.Generator --------------------------------------------------
-
-    def render_chat(
-        self,
-        instructions_or_messages: Sequence[str | Messages],
-        assistant_prefixes: Sequence[str] | None = None,
-        system_prompt: str | None = None,
-    ) -> list[str]:
-        """Chat-template texts ending with an open assistant turn (plus an optional partial answer)."""
-        if assistant_prefixes is not None and len(assistant_prefixes) != len(instructions_or_messages):
-            raise ConfigError(
-                f"got {len(assistant_prefixes)} assistant_prefixes for {len(instructions_or_messages)} conversations"
-            )
-        texts = []
-        for i, item in enumerate(instructions_or_messages):
-            messages = [{"role": "user", "content": item}] if isinstance(item, str) else list(item)
-            if system_prompt is not None and messages[0]["role"] != "system":
-                messages.insert(0, {"role": "system", "content": system_prompt})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            texts.append(text + (assistant_prefixes[i] if assistant_prefixes is not None else ""))
-        return texts
-
-    def chat(
-        self,
-        instructions_or_messages: Sequence[str | Messages],
-        sampling: SamplingConfig,
-        assistant_prefixes: Sequence[str] | None = None,
-        system_prompt: str | None = None,
-        desc: str = "chat",
-        keys: Sequence[str] | None = None,
-    ) -> list[GenerationOutput]:
-        """Answer instructions (or conversations); ``assistant_prefixes[i]`` continues a partly
-        written assistant turn and the returned text is what comes after it."""
-        prompts = self.render_chat(instructions_or_messages, assistant_prefixes, system_prompt)
-        return self.generate(prompts, sampling, desc=desc, keys=keys)
+    # -- same interface as srt.generation.Generator (chat/render_chat come from ChatGeneration) ----
 
     def generate(
         self,
