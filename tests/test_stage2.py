@@ -101,6 +101,10 @@ def test_stage2_pairs_dpo_and_rounds(tmp_path, stage1_model):
     for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
         assert name in header
 
+    # The SRT model writes its whole chain in one turn; the initial response stops at its feedback header.
+    responses = list(read_jsonl(steps[0] / "responses.jsonl", FeedbackRecord))
+    assert len(responses) == 8 and not any("### Feedback" in r.response for r in responses)
+
     # Round 2 starts from round 1's model, on fresh instructions, and its own answers got better.
     manifest = json.loads((steps[1] / "manifest.json").read_text())
     assert manifest["round"] == 2 and manifest["instructions"]["offset"] == 8

@@ -57,7 +57,9 @@ def generate_responses(generator, instructions: list[InstructionRecord], path: P
     with JsonlWriter(path) as writer:
         for chunk_index, chunk in enumerate(_chunks(todo, chunk_size)):
             # Seed from the chunk's first id, so a resumed run samples what a fresh run would have.
-            sampling = SamplingConfig(**sampling_kwargs, seed=seed + _id_seed(chunk[0].id))
+            # An SRT model writes response -> feedback -> refinement in one turn: the initial
+            # response is what comes before its feedback header (stage 2 critiques it separately).
+            sampling = SamplingConfig(**sampling_kwargs, seed=seed + _id_seed(chunk[0].id), stop=[ct.FEEDBACK_SEPARATOR.rstrip("\n")])
             outs = generator.chat([ins.instruction for ins in chunk], sampling, system_prompt=system_prompt)
             for ins, out in zip(chunk, outs):
                 rec = FeedbackRecord(
