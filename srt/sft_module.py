@@ -65,6 +65,11 @@ def scored_logits(model, input_ids, labels, attention_mask=None, position_ids=No
     """
     scored = labels[:, 1:] != IGNORE_INDEX
     keep = F.pad(scored, (0, 1), value=False)  # the last position predicts nothing
+    if position_ids is not None and input_ids.shape[0] > 1 and _flash_attention(model):
+        # flash-attention finds packed sequences (restarting position_ids) only within a single row, so
+        # the packed rows go in as one. Every row starts an example whose first label is -100: nothing is
+        # scored across a row boundary and the scored positions keep their order.
+        input_ids, position_ids, keep = input_ids.reshape(1, -1), position_ids.reshape(1, -1), keep.reshape(1, -1)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=keep, use_cache=False).logits
     if logits.shape[:-1] != (int(scored.sum()),):
@@ -73,6 +78,10 @@ def scored_logits(model, input_ids, labels, attention_mask=None, position_ids=No
             "slice_logits_to_keep); srt's training losses need a transformers causal LM that supports it"
         )
     return logits, labels[:, 1:][scored], scored
+
+
+def _flash_attention(model) -> bool:
+    return "flash" in str(getattr(model.config, "_attn_implementation", ""))
 
 
 def apply_lora(model, lora: dict[str, Any]):

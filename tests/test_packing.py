@@ -140,6 +140,22 @@ def test_packed_sft_loss_is_the_token_weighted_unpacked_loss(tiny_model, tiny_to
     torch.testing.assert_close(loss, loss_sum / tokens, atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
+def test_packed_rows_flattened_for_flash_attention_score_the_same(tiny_model, tiny_tokenizer, monkeypatch):
+    """flash-attention separates packed sequences only within one row, so scored_logits feeds it the
+    rows as a single row; on CPU (sdpa) check that this flattening scores the same tokens identically."""
+    import srt.sft_module as sft_module
+
+    packed, _ = sft_modules(tiny_tokenizer)
+    batch = packed.collator([packed.datasets["train"][r] for r in range(3)])
+    args = (tiny_model, batch["input_ids"], batch["labels"], None, batch["position_ids"])
+    logits, labels, scored = sft_module.scored_logits(*args)
+    monkeypatch.setattr(sft_module, "_flash_attention", lambda model: True)
+    flat_logits, flat_labels, flat_scored = sft_module.scored_logits(*args)
+    assert torch.equal(labels, flat_labels) and torch.equal(scored, flat_scored)
+    torch.testing.assert_close(flat_logits, logits, atol=1e-5, rtol=0)
+
+
 def dpo_modules(tokenizer, data, batch_size=4):
     common = dict(mode="dpo", train_records=data, batch_size=batch_size, max_length=64, group_by_length=False)
     packed, plain = FeedbackDataModule(tokenizer, packing=True, **common), FeedbackDataModule(tokenizer, **common)
