@@ -159,3 +159,35 @@ def test_stage1_resumes_after_kill(tmp_path, tiny_model_dir, kill_at):
     done = json.loads((out / "model" / "srt_done.json").read_text())
     # 8 records, micro-batch 2, global batch 4 -> 2 optimizer steps per epoch, 4 epochs.
     assert done["global_step"] == 8
+
+
+def test_run_both_stages_resumes_after_kill_in_stage2(tmp_path, tiny_model_dir):
+    """`srt-train run`: killed during stage-2 generation, the re-run skips stage 1 and finishes."""
+    import yaml
+
+    cfg = tiny_config(tmp_path, tiny_model_dir)
+    cfg["data"]["stage2"] = {**cfg["data"]["stage1"], "offset": 8, "limit": 8}
+    cfg["stage2"] = {"critic": {"name": "reference"}}
+    cfg["dpo"] = {"beta": 0.1, "micro_batch_size": 2, "global_batch_size": 2, "max_length": 512, "optim": {"lr": 1e-3}}
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    run_dir = Path(cfg["output_dir"])
+    responses2 = run_dir / "stage2" / "round1" / "responses.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    code = "import sys; from srt.cli.train import main; sys.argv=['srt-train', *sys.argv[1:]]; main()"
+    cmd = [sys.executable, "-c", code, "run", "--config", str(cfg_path)]
+    first = subprocess.Popen(cmd, stdout=(tmp_path / "first.log").open("w"), stderr=subprocess.STDOUT, env=env)
+    hit = _wait_for(lambda: _lines(responses2) >= 2, first, timeout=400)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert hit, (tmp_path / "first.log").read_text()[-3000:]
+    stage1_done = (run_dir / "stage1" / "model" / "srt_done.json").read_bytes()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "stage 1 already finished" in second.stderr
+    assert (run_dir / "stage1" / "model" / "srt_done.json").read_bytes() == stage1_done
+    ids = [json.loads(line)["id"] for line in responses2.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 8
+    assert json.loads((run_dir / "stage2" / "round1" / "model" / "srt_done.json").read_text())["stage"] == 2
+    assert json.loads((run_dir / "manifest.json").read_text())["srt_command"] == "run"
