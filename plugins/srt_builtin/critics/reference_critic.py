@@ -152,6 +152,10 @@ class ReferenceCriticSettings(BaseModel):
 
     # Answers within this relative tolerance count as equal (1e-6: only rounding noise).
     rel_tolerance: float = 1e-6
+    # Name the gold answer in the feedback of a wrong response. For SRT training data set it to
+    # false: the model must later write this feedback itself, without the gold answer, and a model
+    # trained on feedback that states "the correct answer is N" learns to invent an N and copy it.
+    reveal_answer: bool = True
 
 
 @dataclass
@@ -161,10 +165,12 @@ class RubricResult:
     suggestions: list[str]
 
 
-def grade(text: str, gold: Fraction, rel_tolerance: float = 1e-6) -> RubricResult:
+def grade(text: str, gold: Fraction, rel_tolerance: float = 1e-6, reveal_answer: bool = True) -> RubricResult:
     """Score ``text`` against the gold answer by the rubric of the module doc, with feedback."""
     a = analyze_answer(text)
     gold_s = format_number(gold)
+    if not reveal_answer:
+        return _grade_without_gold(a, gold, rel_tolerance) or grade(text, gold, rel_tolerance)
     if a.answer is None:
         weak = ["The response gives no numeric final answer, so the question is left unanswered."]
         sugg = [
@@ -211,6 +217,23 @@ def grade(text: str, gold: Fraction, rel_tolerance: float = 1e-6) -> RubricResul
     return RubricResult(3, weak, sugg)
 
 
+def _grade_without_gold(a: AnswerAnalysis, gold: Fraction, rel_tolerance: float) -> RubricResult | None:
+    """Feedback on a wrong numeric answer that does not name the gold answer (None: not wrong)."""
+    if a.answer is None or abs(a.answer - gold) <= Fraction(rel_tolerance) * max(1, abs(gold)):
+        return None  # no answer or a correct one: that feedback never names the gold answer anyway
+    weak = [f"The final answer {format_number(a.answer)} is wrong."]
+    if a.shows_work:
+        weak.append("The reasoning contains an error: re-check which quantities are combined and each calculation.")
+        sugg = ["Re-read the question and list the given quantities before computing.",
+                "Verify each step's arithmetic and that it answers what is asked.",
+                "Recompute the result step by step and state it as 'The answer is N.'."]
+        return RubricResult(4, weak, sugg)
+    weak.append("No reasoning is shown, so the error cannot be located.")
+    sugg = ["Solve the problem step by step, showing each intermediate calculation.",
+            "Check the result and state it as 'The answer is N.'."]
+    return RubricResult(3, weak, sugg)
+
+
 def _bullets(items: list[str]) -> str:
     return "\n".join(f"- {item}" for item in items)
 
@@ -238,6 +261,7 @@ class ReferenceCritic:
             "model": None,  # rule-based: no model
             "rubric": "reference-v1",
             "rel_tolerance": self.settings.rel_tolerance,
+            "reveal_answer": self.settings.reveal_answer,
             "template_version": TEMPLATE_VERSION,
             "template_hash": TEMPLATE_HASH,
         }
@@ -254,7 +278,7 @@ class ReferenceCritic:
             return CritiqueReply(
                 text=None, error=f"reference of {request.id!r} holds no numeric final answer", usage=usage
             )
-        result = grade(request.response or "", gold, self.settings.rel_tolerance)
+        result = grade(request.response or "", gold, self.settings.rel_tolerance, self.settings.reveal_answer)
         improved = None if request.mode == "score" else clean_gold_solution(request.reference, gold)
         text = render_critique(_bullets(result.weaknesses), _bullets(result.suggestions), result.score, improved)
         return CritiqueReply(text=text, usage=usage)
