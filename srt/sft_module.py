@@ -171,6 +171,7 @@ class CausalLMModule(L.LightningModule):
 
     def _setup_policy(self, model: torch.nn.Module) -> None:
         self.on_base_model(model)
+        model.train()  # loaders return eval-mode models; dropout (e.g. LoRA's) must be on in training
         if self.lora is not None:
             model = apply_lora(model, self.lora)
         elif is_peft_model(model):
