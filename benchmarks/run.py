@@ -511,7 +511,7 @@ def write_results(path: Path, machine: dict, s: dict, model_desc: str, data: dic
     lines = [
         "# srt vs TRL: throughput and peak memory",
         "",
-        "Written by `benchmarks/run.py` (" + ("`--quick` smoke run" if s["repeats"] == 1 else "full run") + f") on {time.strftime('%Y-%m-%d %H:%M')}.",
+        "Written by `benchmarks/run.py` (" + ("`--quick` smoke run" if s.get("quick") else "full run" if s["repeats"] > 1 else "a single-repeat run") + f") on {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "## Machine",
         "",
@@ -582,12 +582,12 @@ def write_results(path: Path, machine: dict, s: dict, model_desc: str, data: dic
     step = {k: {c: median_of(runs, "median_step_s") for c, runs in group.items()} for k, group in (("sft", sft), ("dpo", dpo))}
     pad = {k: {c: median_of(runs, "padding") if "padding" in runs[0] else float("nan") for c, runs in group.items()}
            for k, group in (("sft", sft), ("dpo", dpo))}
-    lines += ["", "## Why", "", *explain(ratios, peak, step, pad), ""]
+    lines += ["", "## Why", "", *explain(ratios, peak, step, pad, s["max_length"]), ""]
     path.write_text("\n".join(lines))
     return {"ratios": ratios, "met": met}
 
 
-def explain(r: dict, peak: dict, step: dict, pad: dict) -> list[str]:
+def explain(r: dict, peak: dict, step: dict, pad: dict, max_length: int) -> list[str]:
     """The mechanisms behind the ratios, with this run's numbers."""
     trl_ref_cost = step["dpo"]["trl"] / step["dpo"]["trl_precompute"]
     versus = "about what that arithmetic predicts" if abs(trl_ref_cost - 4 / 3) < 0.15 else (
@@ -600,7 +600,7 @@ def explain(r: dict, peak: dict, step: dict, pad: dict) -> list[str]:
         "(no grad) on the same batch; srt's precomputed reference is one forward per pair done once before "
         "training, so each step is only the policy forward + backward. By arithmetic the reference forward is "
         "about a third of a policy forward + backward (a backward costs about two forwards; measured 0.43 s vs "
-        "1.34 s on this model for 8 sequences of 260 tokens), which alone would give about 1.33x. Here TRL's "
+        "1.34 s on the default benchmark model for 8 sequences of 260 tokens), which alone would give about 1.33x. Here TRL's "
         f"default step took {trl_ref_cost:.2f}x its own precompute step ({step['dpo']['trl']:.2f} s vs "
         f"{step['dpo']['trl_precompute']:.2f} s), {versus}. Against TRL with `precompute_ref_log_probs=True` "
         f"(the same model work per token) srt measures {r['dpo_speed_vs_trl_precompute']:.2f}x: srt's "
@@ -626,8 +626,9 @@ def explain(r: dict, peak: dict, step: dict, pad: dict) -> list[str]:
         f"similar length together ({pct('sft', 'srt')} padding vs {pct('sft', 'trl')} in TRL's random batches) "
         f"and, packed, trains on rows of max-length tokens ({pct('sft', 'srt_packed')} padding) with a "
         "block-diagonal causal mask built by transformers from restarting `position_ids`; a packed step holds "
-        "about twice the tokens, and attention over 512-token rows costs more per token than over the single "
-        f"examples. Measured vs TRL padded: srt padded {r['sft_speed_padded']:.2f}x, srt packed "
+        f"about twice the tokens, and attention over {max_length}-token rows costs more per token than over the "
+        "single examples (packing pays off most with heavily padded data, or on a GPU with FlashAttention's "
+        f"variable-length kernels). Measured vs TRL padded: srt padded {r['sft_speed_padded']:.2f}x, srt packed "
         f"{r['sft_speed_packed']:.2f}x. TRL's packing flattens each batch into one padding-free row meant for "
         "FlashAttention's variable-length kernels; on CPU (sdpa) that row is batch x max-length tokens long "
         "and attention over it is quadratic in that length, which is why TRL packed is slower than TRL "
@@ -666,7 +667,7 @@ def main() -> None:
                       saved["results"], saved["load_end"])
         return print(f"wrote {out}")
 
-    s = settings(args.quick)
+    s = {**settings(args.quick), "quick": args.quick}
     for key in ("repeats", "batch_size", "max_length", "threads", "warmup", "steps", "records", "training_only"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
