@@ -203,12 +203,19 @@ def run_training(cfg: RunConfig, config_path: str, timings: Timings, *, stage2: 
         checkpoints["stage1"] = str(run_stage1(cfg, config_path))
         info.update(_split_times(s1, data_done_before))
     if stage2:
-        last = round_dir(cfg, cfg.stage2.rounds)
+        from srt.pipeline.stage2 import NO_PAIRS_FILE
+
         with timings.step("stage 2: self-feedback + DPO") as info:
-            info["did_work"] = not is_done(last / "model")
+            # Finished: the last round's model exists, or a round found no pairs (the pipeline stops there).
+            info["did_work"] = not (is_done(round_dir(cfg, cfg.stage2.rounds) / "model") or any(
+                (round_dir(cfg, r) / NO_PAIRS_FILE).exists() for r in range(1, cfg.stage2.rounds + 1)))
             data_done_before = (round_dir(cfg, 1) / "report.json").is_file()
-            checkpoints["stage2"] = str(run_stage2(cfg, config_path, start_model=checkpoints["stage1"]))
+            final = str(run_stage2(cfg, config_path, start_model=checkpoints["stage1"]))
             info.update(_split_times(round_dir(cfg, 1), data_done_before))
+        if final != checkpoints["stage1"]:
+            checkpoints["stage2"] = final
+        else:  # said in the results: the self-scores never preferred a refinement, DPO had nothing to learn
+            log.warning("stage 2 found no preference pairs: the stage-2 model is the stage-1 model, not evaluated twice")
     (out / "checkpoints.json").write_text(json.dumps(checkpoints, indent=2))
     return checkpoints
 
@@ -358,7 +365,7 @@ def _stderr(p: float, n: int) -> float:
 
 
 def results_markdown(results: list[ModeResult], counters: dict[str, Any], timings: Timings, cfg: RunConfig,
-                     ecfg: DemoEvalConfig) -> str:
+                     ecfg: DemoEvalConfig, notes: Sequence[str] = ()) -> str:
     n = results[0].n if results else 0
     lines = [
         "# SRT demo results",
@@ -394,6 +401,7 @@ def results_markdown(results: list[ModeResult], counters: dict[str, Any], timing
             rejected = ", ".join(f"{k}: {v}" for k, v in sorted(cnt.items())) or "-"
             lines.append(f"| {name} | {total} | {kept} | {rejected} | {c['response_mean']} -> {c['refinement_mean']} | "
                          f"{c['pairs'] if c['pairs'] is not None else '-'} | {c['train_examples']} / {c['train_tokens']} |")
+    lines += [f"\nNote: {note}" for note in notes]
     lines += ["", "Time per step (wall seconds as measured when the step did its work; CPU seconds of all threads):", "",
               "| step | wall s | CPU s |", "| --- | --- | --- |"]
     total_wall = 0.0
@@ -449,17 +457,18 @@ def write_plots(results: list[ModeResult], plots_dir: Path) -> None:
     plt.close(fig)
 
 
-def write_results(results: list[ModeResult], cfg: RunConfig, ecfg: DemoEvalConfig, timings: Timings) -> Path:
+def write_results(results: list[ModeResult], cfg: RunConfig, ecfg: DemoEvalConfig, timings: Timings,
+                  notes: Sequence[str] = ()) -> Path:
     out = Path(cfg.output_dir)
     counters = stage_counters(cfg)
     write_plots(results, out / "plots")
-    md = results_markdown(results, counters, timings, cfg, ecfg)
+    md = results_markdown(results, counters, timings, cfg, ecfg, notes)
     (out / "demo_results.md").write_text(md, encoding="utf-8")
     data = {
         "model": cfg.model.path, "seed": cfg.seed, "heldout": ecfg.heldout.path,
         "results": [{"model": r.model, "mode": r.mode, "n": r.n, "correct": r.correct, "accuracy": r.accuracy,
                      "rubric_mean": r.rubric_mean, "srt": r.srt} for r in results],
-        "stages": counters, "timings": timings.steps,
+        "stages": counters, "timings": timings.steps, "notes": list(notes),
     }
     (out / "demo_results.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
     with open(out / "eval" / "samples.jsonl", "w", encoding="utf-8") as f:
@@ -499,8 +508,12 @@ def cli(config_path: str, eval_config_path: str, overrides: tuple[str, ...], eva
     timings = Timings(out / "timings.json")
     start = time.perf_counter()
     checkpoints = run_training(cfg, config_path, timings, stage2=not skip_stage2)
+    notes = []
+    if not skip_stage2 and "stage2" not in checkpoints:
+        notes.append("stage 2 found no preference pairs (the model's self-scores never preferred its refinement, "
+                     "see stage2/round1/report.md), so DPO did not run and the stage-2 model is the stage-1 model.")
     results = evaluate(cfg, ecfg, checkpoints, timings)
-    path = write_results(results, cfg, ecfg, timings)
+    path = write_results(results, cfg, ecfg, timings, notes)
     click.secho(f"\nresults: {path} (this run: {time.perf_counter() - start:.0f} s)", bold=True)
 
 
