@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,16 @@ from srt import critic_template
 from srt.records import file_sha256
 
 PACKAGES = ("srt", "torch", "lightning", "transformers", "peft", "tokenizers", "datasets", "lm_eval", "alpaca_eval", "pydantic", "openai")
-_SECRET_HINTS = ("api_key", "apikey", "token", "secret", "password", "authorization")
+_SECRET_HINTS = ("api_key", "apikey", "secret", "password", "authorization", "credential")
+
+
+def _is_secret_key(key: Any) -> bool:
+    """``hf_token``, ``openai_api_key``, ``auth_token`` are secrets; ``max_new_tokens`` and ``api_key_env``
+    (the *name* of a variable) are not."""
+    k = str(key).lower()
+    if k.endswith("_env"):
+        return False
+    return any(h in k for h in _SECRET_HINTS) or re.split(r"[_\-.]", k)[-1] == "token"
 
 
 def package_versions(names=PACKAGES) -> dict[str, str | None]:
@@ -46,7 +56,7 @@ def scrub(obj: Any) -> Any:
     """Drop values under secret-looking keys (``api_key_env`` names a variable: it is kept)."""
     if isinstance(obj, dict):
         return {
-            k: ("<redacted>" if any(h in str(k).lower() for h in _SECRET_HINTS) and not str(k).lower().endswith("_env") else scrub(v))
+            k: ("<redacted>" if _is_secret_key(k) and not isinstance(v, (bool, int, float, type(None))) else scrub(v))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
