@@ -123,6 +123,9 @@ class DPOConfig(_Strict):
     max_length: int = Field(2048, ge=16)
     max_prompt_length: int | None = Field(None, ge=1)
     truncation: Literal["drop", "truncate"] = "truncate"  # counted and reported
+    # "eos": completions end with the end of turn (TRL). "feedback": they end with the SRT feedback
+    # header, the way an SRT model's response goes on (see srt.data.DPODataConfig).
+    completion_end: Literal["eos", "feedback"] = "eos"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-7))
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False

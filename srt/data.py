@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from srt.critic_template import render_feedback, srt_segments
+from srt.critic_template import FEEDBACK_SEPARATOR, render_feedback, srt_segments
 from srt.errors import ConfigError, RecordError, TemplateError
 from srt.records import FeedbackRecord, PreferencePair, read_jsonl
 
@@ -95,6 +95,10 @@ class DPODataConfig(BaseModel):
     max_prompt_length: int | None = Field(None, ge=1)
     truncation: Literal["drop", "truncate"] = "truncate"
     system_prompt: str | None = None
+    # What follows each completion: "eos" (the end of turn, as TRL does) or "feedback" (the SRT
+    # feedback header: an SRT model continues its response with feedback, so stage-2 pairs teach
+    # which response is better without teaching it to stop where it should go on to its feedback).
+    completion_end: Literal["eos", "feedback"] = "eos"
 
 
 @dataclass
@@ -250,7 +254,7 @@ def sft_segments(record: FeedbackRecord, config: SFTDataConfig, chat: ChatFormat
     return [prompt, *((name, text, train[name]) for name, text in pieces), end]
 
 
-def dpo_segments(pair: PreferencePair, chat: ChatFormat) -> tuple[str, list[Segment], list[Segment]]:
+def dpo_segments(pair: PreferencePair, chat: ChatFormat, completion_end: str = "eos") -> tuple[str, list[Segment], list[Segment]]:
     """(prompt text, chosen segments, rejected segments) of one pair; raises _Unusable."""
     if not pair.chosen.strip():
         raise _Unusable("empty chosen")
@@ -258,7 +262,7 @@ def dpo_segments(pair: PreferencePair, chat: ChatFormat) -> tuple[str, list[Segm
         raise _Unusable("empty rejected")
     if pair.chosen == pair.rejected:
         raise _Unusable("chosen == rejected")
-    end = ("eos", chat.end_of_turn, True)
+    end = ("eos", chat.end_of_turn, True) if completion_end == "eos" else ("completion", FEEDBACK_SEPARATOR, True)
     return (
         chat.prompt(pair.prompt),
         [("completion", pair.chosen, True), end],
@@ -421,7 +425,7 @@ def build_dpo_examples(
             raise RecordError(f"duplicate preference pair id {pair.id!r}")
         seen.add(pair.id)
         try:
-            prompt, chosen, rejected = dpo_segments(pair, chat)
+            prompt, chosen, rejected = dpo_segments(pair, chat, config.completion_end)
         except _Unusable as why:
             reasons[str(why)] += 1
             continue
@@ -876,6 +880,7 @@ class FeedbackDataModule(L.LightningDataModule):
         mask_response: bool = False,  # sft only
         ablation: str | None = None,  # sft only
         max_prompt_length: int | None = None,  # dpo only
+        completion_end: str = "eos",  # dpo only: "eos" or "feedback" (DPODataConfig)
         pad_to_multiple_of: int | None = None,
         packing: bool = False,
         packing_length: int | None = None,  # tokens per packed row; default max_length
@@ -907,6 +912,7 @@ class FeedbackDataModule(L.LightningDataModule):
                 self.config = DPODataConfig(
                     max_length=max_length, max_prompt_length=max_prompt_length,
                     truncation=truncation or "truncate", system_prompt=system_prompt,
+                    completion_end=completion_end,
                 )
         except ValidationError as e:
             err = e.errors(include_url=False)[0]

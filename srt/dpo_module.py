@@ -124,9 +124,11 @@ class ReferenceLogpsCache:
         self.cache_dir = Path(cache_dir)
 
     @staticmethod
-    def key_fields(*, data_hash: str, model: str, chat_template: str | None, max_length: int, dtype: str) -> dict[str, Any]:
+    def key_fields(*, data_hash: str, model: str, chat_template: str | None, max_length: int, dtype: str,
+                   data_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        # data_config: how pairs became token ids (truncation, system prompt, completion end...)
         return {"data_hash": data_hash, "model": str(model), "chat_template": chat_template or "",
-                "max_length": int(max_length), "dtype": str(dtype)}
+                "max_length": int(max_length), "dtype": str(dtype), "data_config": data_config or {}}
 
     @classmethod
     def key(cls, **fields) -> str:

@@ -299,6 +299,25 @@ def test_dpo_batch_contract_and_labels(tiny_tokenizer):
             assert (ids == tok.bos_token_id).sum() == 1
 
 
+def test_dpo_completion_end_feedback_header(tiny_tokenizer):
+    """completion_end="feedback": each completion goes on into the SRT feedback header, the way an
+    SRT model's response does, and no EOS is trained (stage-2 DPO must not teach it to stop there)."""
+    from srt.critic_template import FEEDBACK_SEPARATOR
+
+    tok = tiny_tokenizer
+    dm = FeedbackDataModule(tok, mode="dpo", train_records=[pair(0)], batch_size=1, max_length=256,
+                            completion_end="feedback")
+    dm.setup()
+    batch = next(iter(dm.predict_dataloader()))
+    for side in ("chosen", "rejected"):
+        ids, labels = batch[f"{side}_input_ids"][0], batch[f"{side}_labels"][0]
+        n = int(batch[f"{side}_attention_mask"][0].sum())
+        assert decode(tok, labels[labels != IGNORE_INDEX]) == getattr(pair(0), side) + FEEDBACK_SEPARATOR
+        assert tok.eos_token_id not in labels.tolist() and ids[n - 1] != tok.eos_token_id
+    with pytest.raises(ConfigError, match="completion_end"):
+        FeedbackDataModule(tok, mode="dpo", train_records=[pair(0)], completion_end="stop")
+
+
 def test_dpo_truncation_prompt_left_then_completions_right(tiny_tokenizer):
     tok = tiny_tokenizer
     long_prompt = "Explain how photosynthesis works in simple terms. " * 4

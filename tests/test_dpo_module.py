@@ -191,6 +191,7 @@ def test_reference_cache_roundtrip(tmp_path, tiny_model, tiny_tokenizer):
     assert len(calls) == 1 and first == second and set(first) == {p["id"] for p in PAIRS}
     assert cache.key(**fields) != cache.key(**{**fields, "max_length": 256})
     assert cache.key(**fields) != cache.key(**{**fields, "model": "tiny@2"})
+    assert cache.key(**fields) != cache.key(**fields, data_config={"completion_end": "feedback"})
     dm.set_reference_logps(cache.path(cache.key(**fields)))  # the data module reads the file as is
     batch = next(iter(dm.predict_dataloader()))
     assert torch.allclose(batch["ref_chosen_logps"].double(), torch.tensor([first[i][0] for i in batch["ids"]], dtype=torch.float64))

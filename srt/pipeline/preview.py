@@ -28,6 +28,6 @@ def preview_from_config(cfg: RunConfig, *, records_path: str | None, n: int, vie
     else:
         d = cfg.dpo
         data_config = DPODataConfig(max_length=d.max_length, max_prompt_length=d.max_prompt_length, truncation=d.truncation,
-                                    system_prompt=cfg.model.system_prompt)
+                                    system_prompt=cfg.model.system_prompt, completion_end=d.completion_end)
         records = read_jsonl(records_path, PreferencePair)
     return preview_records(tokenizer, records, n, data_config)

@@ -35,7 +35,8 @@ def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_pat
 
     cache = ReferenceLogpsCache(step_dir / "reference_logps")
     key = dict(data_hash=file_sha256(pairs_path), model=f"{start_model}@{model_revision(start_model)}",
-               chat_template=datamodule.tokenizer.chat_template, max_length=cfg.dpo.max_length, dtype=cfg.model.dtype)
+               chat_template=datamodule.tokenizer.chat_template, max_length=cfg.dpo.max_length, dtype=cfg.model.dtype,
+               data_config=datamodule.config.model_dump())
     if not is_rank_zero():  # computed once, by rank 0 (torchrun/SLURM start every rank at once)
         wait_for(cache.path(cache.key(**key)), "reference log-probs")
     return cache.get_or_compute(compute, **key)
@@ -56,7 +57,7 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
         tokenizer, mode="dpo", train_files=[pairs_path], val_fraction=cfg.trainer.val_fraction,
         batch_size=d.micro_batch_size, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
         truncation=d.truncation, group_by_length=d.group_by_length, seed=cfg.seed, system_prompt=cfg.model.system_prompt,
-        packing=d.packing,
+        packing=d.packing, completion_end=d.completion_end,
     )
     datamodule.setup("fit")
     if d.reference == "precomputed":
