@@ -12,8 +12,8 @@ import pytest
 
 from srt.config import RunConfig, load_config
 from srt.demo import word_problems as wp
-from srt.demo.run_demo import (DemoEvalConfig, DemoModel, RubricScorer, Timings, evaluate, final_number, gold_number,
-                               load_demo_eval_config, write_results)
+from srt.demo.run_demo import (DemoEvalConfig, DemoModel, ModeResult, RubricScorer, Timings, evaluate, final_number,
+                               gold_number, load_demo_eval_config, paired_changes, write_results)
 from srt.errors import ConfigError, TemplateError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,9 +174,33 @@ def test_evaluation_scores_caches_and_resumes(tiny_model_dir, tmp_path):
     path = write_results(second, cfg, ecfg, again)
     text = path.read_text()
     assert "| base | plain |" in text and "| stage1 | srt (refinement) |" in text
+    assert "| base plain | stage1 srt (refinement) | 0 | 0 | 1 |" in text  # the tiny model is never right
     data = json.loads((Path(cfg.output_dir) / "demo_results.json").read_text())
     assert [r["correct"] for r in data["results"]] == [r.correct for r in first]
     assert (Path(cfg.output_dir) / "plots" / "accuracy.png").stat().st_size > 0
+
+
+def _result(model: str, mode: str, correct: list[bool]) -> ModeResult:
+    samples = [{"id": f"q{i}", "correct": c} for i, c in enumerate(correct)]
+    return ModeResult(model, mode, len(correct), sum(correct), None, samples,
+                      {"parse_rate": 1.0} if mode.startswith("srt") else None)
+
+
+def test_paired_changes_compare_each_checkpoint_with_the_one_before():
+    results = [
+        _result("base", "plain", [True, False, False, False, False, False]),
+        _result("stage1", "srt (refinement)", [True, True, True, True, True, True]),
+        _result("stage1", "plain (response)", [False, True, False, False, False, False]),
+        _result("stage2", "srt (refinement)", [True, True, True, True, True, False]),
+        _result("stage2", "plain (response)", [True, True, True, False, False, False]),
+    ]
+    rows = {(r["before"], r["after"]): (r["gained"], r["lost"], r["sign_test_p"]) for r in paired_changes(results)}
+    assert rows == {
+        ("base plain", "stage1 srt (refinement)"): (5, 0, 0.0625),        # 2 * (1/2)^5
+        ("base plain", "stage1 plain (response)"): (1, 1, 1.0),
+        ("stage1 srt (refinement)", "stage2 srt (refinement)"): (0, 1, 1.0),
+        ("stage1 plain (response)", "stage2 plain (response)"): (2, 0, 0.5),
+    }
 
 
 # ---------------------------------------------------------------- ChatML BOS (the SmolLM2 template)

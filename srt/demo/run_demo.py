@@ -329,6 +329,44 @@ def _score_srt(name: str, rows: list[dict[str, Any]], gold: dict[str, str], scor
     return ModeResult(name, "srt (refinement)", n, sum(s["correct"] for s in samples), _mean(rubric_ref), samples, srt)
 
 
+def paired_changes(results: list[ModeResult]) -> list[dict[str, Any]]:
+    """Each model against the checkpoint before it, on the same problems (base -> stage1 -> stage2).
+
+    For each answer kind (srt / plain) of a model, the previous checkpoint's answer of the same kind
+    (the base model only answers plainly). ``gained``: problems now right that were wrong before;
+    ``lost``: the reverse. With n ~ 50, an accuracy gap of a few points is a handful of problems, and
+    these two counts show whether it is a shift or noise (a sign test on gained vs lost).
+    """
+    order = ["base", "stage1", "stage2"]
+    kind = lambda r: "srt" if r.srt else "plain"  # noqa: E731
+    by_model: dict[str, dict[str, ModeResult]] = {}
+    for r in results:
+        by_model.setdefault(r.model, {})[kind(r)] = r
+    rows = []
+    present = [m for m in order if m in by_model]
+    for before, after in zip(present, present[1:]):
+        for k, r in by_model[after].items():
+            prev = by_model[before].get(k) or by_model[before].get("plain")
+            if prev is None:
+                continue
+            was = {s["id"]: s["correct"] for s in prev.samples}
+            gained = sum(1 for s in r.samples if s["correct"] and not was.get(s["id"], False))
+            lost = sum(1 for s in r.samples if not s["correct"] and was.get(s["id"], False))
+            rows.append({"before": f"{prev.model} {prev.mode}", "after": f"{r.model} {r.mode}", "gained": gained,
+                         "lost": lost, "sign_test_p": _sign_test(gained, lost)})
+    return rows
+
+
+def _sign_test(gained: int, lost: int) -> float:
+    """Two-sided exact sign test: how likely a split at least this uneven is if changes were coin flips."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    k = min(gained, lost)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return float(f"{min(1.0, 2 * tail):.3g}")
+
+
 def _mean(xs: Sequence[float | None]) -> float | None:
     xs = [x for x in xs if x is not None]
     return round(sum(xs) / len(xs), 2) if xs else None
@@ -391,6 +429,11 @@ def results_markdown(results: list[ModeResult], counters: dict[str, Any], timing
                          f"{s['rubric_response_mean']} -> {s['rubric_refinement_mean']} | "
                          f"{_pct(s['response_accuracy'])} -> {_pct(r.accuracy)} | "
                          f"{s['fixed_by_refinement']} / {s['broken_by_refinement']} |")
+    paired = paired_changes(results)
+    if paired:
+        lines += ["", "Paired on the same problems (each model against the checkpoint before it):", "",
+                  "| before | after | gained | lost | sign test p |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {p['before']} | {p['after']} | {p['gained']} | {p['lost']} | {p['sign_test_p']:.2g} |" for p in paired]
     if counters:
         lines += ["", "Training data (from the stage reports):", "",
                   "| stage | instructions | kept | rejected (reason: count) | critic score: response -> refinement | "
@@ -468,7 +511,7 @@ def write_results(results: list[ModeResult], cfg: RunConfig, ecfg: DemoEvalConfi
         "model": cfg.model.path, "seed": cfg.seed, "heldout": ecfg.heldout.path,
         "results": [{"model": r.model, "mode": r.mode, "n": r.n, "correct": r.correct, "accuracy": r.accuracy,
                      "rubric_mean": r.rubric_mean, "srt": r.srt} for r in results],
-        "stages": counters, "timings": timings.steps, "notes": list(notes),
+        "paired": paired_changes(results), "stages": counters, "timings": timings.steps, "notes": list(notes),
     }
     (out / "demo_results.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
     with open(out / "eval" / "samples.jsonl", "w", encoding="utf-8") as f:
