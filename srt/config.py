@@ -123,11 +123,12 @@ class DPOConfig(_Strict):
     max_length: int = Field(2048, ge=16)
     max_prompt_length: int | None = Field(None, ge=1)
     truncation: Literal["drop", "truncate"] = "truncate"  # counted and reported
-    # "feedback" (default): each completion ends with the SRT feedback header, the way an SRT
-    # model's response goes on; "eos": with the end of turn (TRL). Measured on the demo: with "eos",
-    # stage-2 DPO taught SmolLM2-135M to stop after its response on 13/64 held-out problems (no
-    # feedback, no refinement); with "feedback", 1/64 (see srt.data.DPODataConfig).
-    completion_end: Literal["eos", "feedback"] = "feedback"
+    # What is trained after each completion (srt.data.DPODataConfig). Stage-2 pairs are an SRT
+    # model's response vs its refinement, and any fixed ending teaches it where answers end.
+    # Measured on the demo (SmolLM2-135M): "eos" made it stop after its response, skipping feedback
+    # and refinement, on 13/64 held-out problems; "feedback" (the SRT feedback header), with 127
+    # pairs, made it never stop after its refinement. "none" (default) trains no ending.
+    completion_end: Literal["eos", "feedback", "none"] = "none"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-7))
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False

@@ -95,10 +95,10 @@ class DPODataConfig(BaseModel):
     max_prompt_length: int | None = Field(None, ge=1)
     truncation: Literal["drop", "truncate"] = "truncate"
     system_prompt: str | None = None
-    # What follows each completion: "eos" (the end of turn, as TRL does) or "feedback" (the SRT
-    # feedback header: an SRT model continues its response with feedback, so stage-2 pairs teach
-    # which response is better without teaching it to stop where it should go on to its feedback).
-    completion_end: Literal["eos", "feedback"] = "eos"
+    # What is trained after each completion: "eos" (the end of turn, as TRL does), "feedback" (the
+    # SRT feedback header, the way an SRT model's response goes on) or "none" (nothing: the pair
+    # judges the response's content and leaves where an answer ends to the model; see DPOConfig).
+    completion_end: Literal["eos", "feedback", "none"] = "eos"
 
 
 @dataclass
@@ -262,11 +262,12 @@ def dpo_segments(pair: PreferencePair, chat: ChatFormat, completion_end: str = "
         raise _Unusable("empty rejected")
     if pair.chosen == pair.rejected:
         raise _Unusable("chosen == rejected")
-    end = ("eos", chat.end_of_turn, True) if completion_end == "eos" else ("completion", FEEDBACK_SEPARATOR, True)
+    ends = {"eos": [("eos", chat.end_of_turn, True)], "feedback": [("completion", FEEDBACK_SEPARATOR, True)], "none": []}
+    end = ends[completion_end]
     return (
         chat.prompt(pair.prompt),
-        [("completion", pair.chosen, True), end],
-        [("completion", pair.rejected, True), end],
+        [("completion", pair.chosen, True), *end],
+        [("completion", pair.rejected, True), *end],
     )
 
 

@@ -314,6 +314,12 @@ def test_dpo_completion_end_feedback_header(tiny_tokenizer):
         n = int(batch[f"{side}_attention_mask"][0].sum())
         assert decode(tok, labels[labels != IGNORE_INDEX]) == getattr(pair(0), side) + FEEDBACK_SEPARATOR
         assert tok.eos_token_id not in labels.tolist() and ids[n - 1] != tok.eos_token_id
+    dm = FeedbackDataModule(tok, mode="dpo", train_records=[pair(0)], batch_size=1, max_length=256, completion_end="none")
+    dm.setup()
+    batch = next(iter(dm.predict_dataloader()))
+    for side in ("chosen", "rejected"):  # "none": the completion's own tokens only, nothing after them
+        labels = batch[f"{side}_labels"][0]
+        assert decode(tok, labels[labels != IGNORE_INDEX]) == getattr(pair(0), side)
     with pytest.raises(ConfigError, match="completion_end"):
         FeedbackDataModule(tok, mode="dpo", train_records=[pair(0)], completion_end="stop")
 
