@@ -881,7 +881,7 @@ class FeedbackDataModule(L.LightningDataModule):
         mask_response: bool = False,  # sft only
         ablation: str | None = None,  # sft only
         max_prompt_length: int | None = None,  # dpo only
-        completion_end: str = "eos",  # dpo only: "eos" or "feedback" (DPODataConfig)
+        completion_end: str = "eos",  # dpo only: "eos", "feedback" or "none" (DPODataConfig)
         pad_to_multiple_of: int | None = None,
         packing: bool = False,
         packing_length: int | None = None,  # tokens per packed row; default max_length

@@ -102,8 +102,8 @@ def _convert_smollm2_gguf(out_dir: Path) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise SrtError(f"model 'smollm2-135m-instruct' needs the gguf package: {SMOLLM2_INSTALL}")
 
-    # Reading the GGUF tokenizer takes about a minute on 2 cores and shows no progress bar: say so.
-    print(f"converting {SMOLLM2_GGUF} to a Hugging Face folder (once; about a minute): {out_dir.parent}", file=sys.stderr)
+    # Reading the GGUF tokenizer takes up to a minute on 2 cores and shows no progress bar: say so.
+    print(f"converting {SMOLLM2_GGUF} to a Hugging Face folder (once; up to a minute): {out_dir.parent}", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
     gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     config = gguf_model.config

@@ -169,8 +169,6 @@ def grade(text: str, gold: Fraction, rel_tolerance: float = 1e-6, reveal_answer:
     """Score ``text`` against the gold answer by the rubric of the module doc, with feedback."""
     a = analyze_answer(text)
     gold_s = format_number(gold)
-    if not reveal_answer:
-        return _grade_without_gold(a, gold, rel_tolerance) or grade(text, gold, rel_tolerance)
     if a.answer is None:
         weak = ["The response gives no numeric final answer, so the question is left unanswered."]
         sugg = [
@@ -200,37 +198,24 @@ def grade(text: str, gold: Fraction, rel_tolerance: float = 1e-6, reveal_answer:
             ["Show the intermediate steps: name each quantity, the operation used, and its result.",
              f"Then state the result: 'The answer is {got_s}.'."],
         )
-    weak = [f"The final answer {got_s} is wrong: the correct answer is {gold_s}."]
+    # reveal_answer=False (SRT training data): the same feedback without the gold answer.
+    weak = [f"The final answer {got_s} is wrong" + (f": the correct answer is {gold_s}." if reveal_answer else ".")]
+    stated = gold_s if reveal_answer else "N"
     if a.shows_work:
         weak.append("The reasoning contains an error: re-check which quantities are combined and each calculation.")
+        recompute = f"Recompute the result, which should be {gold_s}," if reveal_answer else "Recompute the result step by step"
         sugg = [
             "Re-read the question and list the given quantities before computing.",
             "Verify each step's arithmetic and that it answers what is asked.",
-            f"Recompute the result, which should be {gold_s}, and state it as 'The answer is {gold_s}.'.",
+            f"{recompute} and state it as 'The answer is {stated}.'.",
         ]
         return RubricResult(4, weak, sugg)
     weak.append("No reasoning is shown, so the error cannot be located.")
+    check = f"Check the result (it should be {gold_s})" if reveal_answer else "Check the result"
     sugg = [
         "Solve the problem step by step, showing each intermediate calculation.",
-        f"Check the result (it should be {gold_s}) and state it as 'The answer is {gold_s}.'.",
+        f"{check} and state it as 'The answer is {stated}.'.",
     ]
-    return RubricResult(3, weak, sugg)
-
-
-def _grade_without_gold(a: AnswerAnalysis, gold: Fraction, rel_tolerance: float) -> RubricResult | None:
-    """Feedback on a wrong numeric answer that does not name the gold answer (None: not wrong)."""
-    if a.answer is None or abs(a.answer - gold) <= Fraction(rel_tolerance) * max(1, abs(gold)):
-        return None  # no answer or a correct one: that feedback never names the gold answer anyway
-    weak = [f"The final answer {format_number(a.answer)} is wrong."]
-    if a.shows_work:
-        weak.append("The reasoning contains an error: re-check which quantities are combined and each calculation.")
-        sugg = ["Re-read the question and list the given quantities before computing.",
-                "Verify each step's arithmetic and that it answers what is asked.",
-                "Recompute the result step by step and state it as 'The answer is N.'."]
-        return RubricResult(4, weak, sugg)
-    weak.append("No reasoning is shown, so the error cannot be located.")
-    sugg = ["Solve the problem step by step, showing each intermediate calculation.",
-            "Check the result and state it as 'The answer is N.'."]
     return RubricResult(3, weak, sugg)
 
 
