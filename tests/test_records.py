@@ -213,9 +213,9 @@ def test_reader_memory_is_bounded_on_a_big_file(tmp_path):
     import tracemalloc
 
     path = tmp_path / "big.jsonl"
-    line = (json.dumps(good_dict(response="x" * 1000)) + "\n").encode()
-    with open(path, "wb") as f:
-        f.write(line * 5000)  # ~5 MB
+    with open(path, "wb") as f:  # ~5 MB; distinct ids (the duplicate check keeps one small entry per id)
+        for i in range(5000):
+            f.write((json.dumps(good_dict(id=f"r{i}", response="x" * 1000)) + "\n").encode())
     tracemalloc.start()
     n = sum(1 for _ in read_jsonl(path, FeedbackRecord))
     _, peak = tracemalloc.get_traced_memory()
@@ -257,7 +257,7 @@ def test_writer_partial_only_line_and_long_tail(tmp_path):
     assert path.read_text() == '{"id": "x"}\n'
 
     path2 = tmp_path / "out2.jsonl"
-    path2.write_bytes(b'{"id": "ok"}\n' + b"y" * 200_000)  # tail longer than the scan block
+    path2.write_bytes(b'{"id": "ok"}\n{"id": "' + b"y" * 200_000)  # a fragment longer than the scan block
     JsonlWriter(path2).close()
     assert path2.read_bytes() == b'{"id": "ok"}\n'
 
