@@ -55,7 +55,7 @@ def test_ids_are_stable_when_the_source_has_none(tmp_path):
         ('{"instruction": "ok"}\n{"instruction": \n', "q.jsonl:2: invalid JSON"),
         ('{"instruction": "ok"}\n{"prompt": "x"}\n', "q.jsonl:2: missing field 'instruction'"),
         ('{"instruction": "  "}\n', "q.jsonl:1: instruction must be a non-empty string"),
-        ('["a"]\n', "q.jsonl:1: expected an object"),
+        ('["a"]\n', "q.jsonl:1: expected a JSON object"),
         ('{"instruction": "a", "id": 1}\n{"instruction": "b", "id": 1}\n', "q.jsonl:2: duplicate id '1'"),
     ],
 )

@@ -1,14 +1,25 @@
-"""Instructions in: JSON/JSONL files or a Hugging Face dataset (hub id or local files), with a field mapping."""
+"""Instructions in: JSON/JSONL files or a Hugging Face dataset (hub id or local files), with a field mapping.
+
+JSONL files are read with the project's one JSONL line loop (:class:`srt.records.JsonLines`), so
+they get the same guarantees as records files: ``file:line`` errors for invalid UTF-8, invalid JSON,
+JSON nested too deeply and text that is not valid Unicode (lone surrogates never reach a tokenizer),
+an interrupted (fragment) last line skipped with a warning, any other malformed last line an error.
+A JSON file is checked the same way row by row (``file: row N``). Row checks (missing or empty
+instruction, duplicate id naming the first line) raise in strict mode (default); with
+``lenient=True`` bad rows go to a rejects file (``<path>.rejects.jsonl``) and are counted.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+from typing import Any, Iterator
 
 from srt.config import InstructionSource
 from srt.errors import ConfigError, RecordError
-from srt.records import InstructionRecord
+from srt.records import InstructionRecord, JsonLines, RowRejects, json_text_problem
 
 
 def _format(src: InstructionSource) -> str:
@@ -22,32 +33,50 @@ def _format(src: InstructionSource) -> str:
     return "hf"
 
 
-def _rows(src: InstructionSource):
+def _read_json_file(path: Path, split: str) -> list:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise RecordError(f"{path}:{line}: invalid UTF-8 at byte {exc.start}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise RecordError(f"{path}: JSON nested too deeply") from None
+    if isinstance(obj, dict):  # {"data": [...]} or {"train": [...]} style
+        obj = obj.get(split) or obj.get("data") or obj.get("instances")
+    if not isinstance(obj, list):
+        raise RecordError(f"{path}: expected a JSON list of objects (or an object holding one under {split!r})")
+    return obj
+
+
+def _row_text(row: Any) -> str:
+    """A row as JSON text for the rejects file (escaped where it is not valid Unicode)."""
+    text = json.dumps(row, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(row, ensure_ascii=True, default=str)
+    return text
+
+
+def _rows(src: InstructionSource, rejects: RowRejects) -> Iterator[tuple[int, int, Any, bytes | str]]:
+    """(position for messages, row index from 1, row, raw text) for each row that could be decoded."""
     fmt = _format(src)
     path = Path(src.path)
-    if fmt in ("jsonl", "json") and not path.is_file():
-        raise ConfigError(f"instructions file not found: {path}")
-    if fmt == "jsonl":
-        with path.open("rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise RecordError(f"{path}:{lineno}: invalid UTF-8") from None
-                except json.JSONDecodeError as exc:
-                    raise RecordError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+    if isinstance(rejects, JsonLines):
+        for lineno, raw, obj in rejects:
+            yield lineno, rejects.lines, obj, raw  # rows counted over non-blank lines, rejected ones too
     elif fmt == "json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError(f"{path}: invalid JSON file ({exc})") from None
-        if isinstance(data, dict):  # {"data": [...]} or {"train": [...]} style
-            data = data.get(src.split) or data.get("data") or data.get("instances")
-        if not isinstance(data, list):
-            raise RecordError(f"{path}: expected a JSON list of objects (or an object holding one under {src.split!r})")
-        yield from enumerate(data, 1)
+        for n, row in enumerate(_read_json_file(path, src.split), 1):
+            problem = json_text_problem(row)
+            if problem:
+                rejects.bad(n, _row_text(row), problem)
+                continue
+            yield n, n, row, _row_text(row) if rejects.lenient else ""
     else:
         import datasets  # local folder saved with save_to_disk, local files, or a hub id
 
@@ -56,37 +85,60 @@ def _rows(src: InstructionSource):
             ds = ds[src.split] if isinstance(ds, datasets.DatasetDict) else ds
         else:
             ds = datasets.load_dataset(src.path, src.name, split=src.split)
-        yield from enumerate(ds, 1)
+        for n, row in enumerate(ds, 1):  # Arrow strings are valid UTF-8: no text check needed
+            yield n, n, row, _row_text(row) if rejects.lenient else ""
 
 
-def load_instructions(src: InstructionSource) -> list[InstructionRecord]:
-    """Read, map fields, validate (non-empty instruction) and slice (offset/limit)."""
+def load_instructions(src: InstructionSource, *, lenient: bool = False,
+                      rejects_path: str | os.PathLike | None = None) -> list[InstructionRecord]:
+    """Read, map fields, validate (non-empty instruction, unique ids) and slice (offset/limit: rows
+    of the source, blank lines not counted). Strict by default; ``lenient`` keeps bad rows in
+    ``rejects_path`` (default ``<path>.rejects.jsonl``) instead of stopping (module doc)."""
     m = src.fields
+    fmt = _format(src)
+    path = Path(src.path)
+    if fmt in ("jsonl", "json") and not path.is_file():
+        raise ConfigError(f"instructions file not found: {path}")
+    if fmt == "jsonl":
+        rejects: RowRejects = JsonLines(path, lenient=lenient, rejects_path=rejects_path)
+    else:
+        rejects = RowRejects(path, lenient=lenient, rejects_path=rejects_path, unit="row")
     out: list[InstructionRecord] = []
-    seen: set[str] = set()
-    for n, row in _rows(src):
-        if n <= src.offset:
+    rows = 0
+    for n, index, row, raw in _rows(src, rejects):
+        rows = index
+        if index <= src.offset:
             continue
         if src.limit is not None and len(out) >= src.limit:
             break
-        where = f"{src.path}:{n}"
         if not isinstance(row, dict):
-            raise RecordError(f"{where}: expected an object, got {type(row).__name__}")
+            rejects.bad(n, raw, f"expected an object, got {type(row).__name__}")
+            continue
         if m["instruction"] not in row:
-            raise RecordError(f"{where}: missing field {m['instruction']!r} (mapped to instruction; see data.*.fields)")
+            rejects.bad(n, raw, f"missing field {m['instruction']!r} (mapped to instruction; see data.*.fields)")
+            continue
         instruction = row[m["instruction"]]
         if not isinstance(instruction, str) or not instruction.strip():
-            raise RecordError(f"{where}: instruction must be a non-empty string")
+            rejects.bad(n, raw, "instruction must be a non-empty string")
+            continue
         if "input" in m and row.get(m["input"]):  # Alpaca-style extra input appended to the instruction
             instruction = f"{instruction}\n\n{row[m['input']]}"
         rid = str(row[m["id"]]) if "id" in m and m["id"] in row else _stable_id(instruction, n)
-        if rid in seen:
-            raise RecordError(f"{where}: duplicate id {rid!r}")
-        seen.add(rid)
+        if not rejects.unique(n, raw, rid):
+            continue
         reference = row.get(m["reference"]) if "reference" in m else None
         meta = {"source": str(src.path), "row": n}
-        out.append(InstructionRecord(id=rid, instruction=instruction, reference=None if reference is None else str(reference), meta=meta))
+        reference = None if reference is None else str(reference)
+        out.append(InstructionRecord(id=rid, instruction=instruction, reference=reference, meta=meta))
     if not out:
+        if isinstance(rejects, JsonLines) and rows == 0:
+            raise rejects.no_records_error()
+        if rejects.rejected:
+            raise RecordError(
+                f"{path}: no valid instructions ({rejects.rejected} rejected, see {rejects.rejects_path})"
+            )
+        if rows == 0 and fmt == "json":
+            raise RecordError(f"{path}: empty list (no instructions)")
         raise ConfigError(f"no instructions read from {src.path} (offset={src.offset}, limit={src.limit})")
     return out
 
