@@ -764,6 +764,7 @@ class LengthGroupedSampler(DistributedSampler):
         self.batch_size = batch_size
         self.group_by_length = group_by_length
         self.mega_batch_mult = mega_batch_mult
+        self.start_batch = 0  # batches of this epoch to skip (resume; see ResumableDataLoader)
 
     def __iter__(self):
         n, world = len(self.lengths), self.num_replicas
@@ -787,7 +788,44 @@ class LengthGroupedSampler(DistributedSampler):
                 longest = max(range(len(full)), key=lambda k: max(self.lengths[i] for i in full[k]))
                 full.insert(0, full.pop(longest))
             batches = full + tail
-        return iter([i for b in batches for i in b[self.rank :: world]])
+        mine = [i for b in batches for i in b[self.rank :: world]]
+        skip, self.start_batch = self.start_batch * self.batch_size, 0  # set by ResumableDataLoader, once
+        return iter(mine[skip:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A train loader whose position is part of the checkpoint.
+
+    Lightning stores ``state_dict()`` of a loader that has one in every checkpoint and calls
+    ``load_state_dict()`` before iterating again; resumed mid-epoch, the loader then yields the rest
+    of that epoch's batches (same order: the sampler is seeded by seed + epoch), so the run trains
+    exactly the batches an uninterrupted run would have. Needs a :class:`LengthGroupedSampler`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._epoch = self._start = self._served = 0
+        self._resume_at: tuple[int, int] | None = None
+
+    def __iter__(self):
+        epoch = getattr(self.sampler, "epoch", 0)
+        start = 0
+        if self._resume_at is not None:
+            saved_epoch, batches = self._resume_at
+            self._resume_at = None
+            if saved_epoch == epoch:
+                start = batches
+        self._epoch, self._start, self._served = epoch, start, 0
+        self.sampler.start_batch = start
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._start + self._served}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -931,6 +969,8 @@ class FeedbackDataModule(L.LightningDataModule):
         self.stats: dict[str, DataStats] = {}
         self.datasets: dict[str, SFTDataset | DPODataset] = {}
         self._ref_logps: dict[str, tuple[float, float]] | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._loader_resume: dict[str, int] | None = None  # a checkpoint's loader position, for the next loader
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -1029,16 +1069,23 @@ class FeedbackDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        # Own generators: creating an iterator must not draw from the global RNG, or a resumed run's
+        # dropout would drift from an uninterrupted one (srt.pipeline.checkpoints.ResumeRNG).
+        loader = ResumableDataLoader(
             self._dataset("train"), batch_size=self.batch_size, sampler=self.train_sampler(),
             collate_fn=self.collator, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
         )
+        if self._loader_resume is not None:
+            loader.load_state_dict(self._loader_resume)
+            self._loader_resume = None
+        self._train_loader = loader
+        return loader
 
     def _ordered_loader(self, dataset) -> DataLoader:
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self.collator,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed),
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -1054,11 +1101,18 @@ class FeedbackDataModule(L.LightningDataModule):
     # -- resume ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        # The epoch comes back through the trainer (it calls set_epoch); record what shaped the
-        # data so a resume with different data settings is noticed.
-        return {"seed": self.seed, "mode": self.mode, "config": self.config.model_dump(),
-                "train_examples": len(self.datasets["train"]) if self.datasets else None, "packing": self.packing}
+        # The epoch comes back through the trainer (it calls set_epoch), the position inside it from
+        # the train loader. Lightning restores a datamodule before it builds the loaders (a loader's
+        # own state is restored only when the loader is built after the loops, which sizing the LR
+        # schedule prevents), so the position travels here. Also what shaped the data, to notice a
+        # resume with different data settings.
+        state = {"seed": self.seed, "mode": self.mode, "config": self.config.model_dump(),
+                 "train_examples": len(self.datasets["train"]) if self.datasets else None, "packing": self.packing}
+        if self._train_loader is not None:
+            state["train_loader"] = self._train_loader.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if (state.get("mode"), state.get("config"), state.get("packing", False)) != (self.mode, self.config.model_dump(), self.packing):
             logger.warning("resuming with different data settings than the checkpoint: %s", state)
+        self._loader_resume = state.get("train_loader")

@@ -70,8 +70,10 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
         betas=d.optim.betas, warmup_ratio=d.optim.warmup_ratio, dtype=cfg.model.dtype,
     )
     accumulate = check_divisible(d.global_batch_size, d.micro_batch_size, world_size(cfg.trainer))
-    trainer = build_trainer(cfg.trainer, step_dir, max_epochs=d.epochs, max_steps=d.max_steps, accumulate=accumulate)
-    fit_resumable(trainer, module, datamodule, step_dir)
+    where = f"stage-2 DPO ({step_dir.name})"
+    trainer = build_trainer(cfg.trainer, step_dir, max_epochs=d.epochs, max_steps=d.max_steps, accumulate=accumulate,
+                            where=where)
+    fit_resumable(trainer, module, datamodule, step_dir, where=where)
     info = {"stage": 2, "start_model": start_model, "pairs": str(pairs_path), "reference": d.reference,
             "data_stats": {k: v.as_dict() for k, v in datamodule.stats.items()}, "global_step": trainer.global_step}
     merge = d.lora is not None and d.merge_lora

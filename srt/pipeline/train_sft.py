@@ -36,8 +36,9 @@ def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: 
         dtype=cfg.model.dtype, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
     )
     accumulate = check_divisible(s.global_batch_size, s.micro_batch_size, world_size(cfg.trainer))
-    trainer = build_trainer(cfg.trainer, step_dir, max_epochs=s.epochs, max_steps=s.max_steps, accumulate=accumulate)
-    fit_resumable(trainer, module, datamodule, step_dir)
+    trainer = build_trainer(cfg.trainer, step_dir, max_epochs=s.epochs, max_steps=s.max_steps, accumulate=accumulate,
+                            where="stage-1 SFT")
+    fit_resumable(trainer, module, datamodule, step_dir, where="stage-1 SFT")
     info = {"stage": 1, "base_model": base_model, "records": str(records_path), "data_stats": {
         k: v.as_dict() for k, v in datamodule.stats.items()}, "global_step": trainer.global_step}
     if s.lora is not None:
@@ -45,10 +46,3 @@ def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: 
     return export_model(module, trainer, step_dir / "model", merge_lora=s.lora is not None and s.merge_lora, info=info) \
         if s.lora is None or s.merge_lora else export_model(module, trainer, step_dir / "model", merge_lora=False, info=info)
 
-
-def _accepts_load_model() -> bool:
-    import inspect
-
-    from srt.models import load_tokenizer
-
-    return "load_model" in inspect.signature(load_model_and_tokenizer).parameters
