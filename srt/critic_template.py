@@ -18,8 +18,15 @@ Parsing rules (:func:`parse_critique`):
     decoration, a list number, and an optional colon: ``Weaknesses:``, ``**Weaknesses**:``,
     ``### Weaknesses``, ``## improved response``, ``**Improved Response:**``. Text on the same line
     after a ``Header:`` colon belongs to the section. A leading echoed ``### Feedback`` is dropped.
-  * The text is split at the *first* improved-response header: before it is the feedback part,
-    after it the improved response.
+  * The text is split at the improved-response header: before it is the feedback part, after it
+    the improved response. The header is the *first line that is the header alone*: optional
+    markdown ``#``s, ``**`` / ``__`` decoration, an optional list number (``4. Improved Response``),
+    an optional colon, and nothing else on the line. A bullet item (``- Improved response: ...``,
+    e.g. inside the weaknesses) or a line with text after the header (``Improved response: see
+    below.``) is not that header, so it neither cuts the feedback short nor puts commentary and a
+    literal header into the refinement. Only when no line is the header alone, the first inline
+    ``Improved Response: <text>`` line that is no list item (bullet or number) and comes after the
+    (first) score line is the header, and ``<text>`` starts the improved response.
   * A score is ``Overall Score: [[n]]`` (any case, spaces inside the brackets allowed, ``[[n/10]]``
     also accepted). The bracket content must be a whole integer, so ``10`` is never read as ``1``
     nor ``1`` as ``10``. When the feedback part holds several scores, **the last one wins**: the
@@ -131,7 +138,9 @@ class ParseFailure:
 def _header_re(keyword: str) -> re.Pattern:
     deco = r"(?:\*\*|__)?"
     return re.compile(
-        rf"^[ \t]*(?:#{{1,6}}[ \t]*|\d{{1,2}}[.)][ \t]*|[-*][ \t]+)?{deco}[ \t]*{keyword}\b"
+        # (?![^\W_]): the keyword ends at a non-letter, "_" included (``__Improved Response__``).
+        rf"^[ \t]*(?:#{{1,6}}[ \t]*|(?P<number>\d{{1,2}}[.)])[ \t]*|(?P<bullet>[-*])[ \t]+)?"
+        rf"{deco}[ \t]*{keyword}(?![^\W_])"
         rf"[ \t]*{deco}[ \t]*(?P<colon>:)?[ \t]*{deco}[ \t]*(?P<rest>[^\n]*)$",
         re.IGNORECASE | re.MULTILINE,
     )
@@ -167,9 +176,26 @@ def _strip_feedback_echo(text: str) -> str:
         text = stripped[m.end():]
 
 
+def _find_improved(text: str) -> re.Match | None:
+    """The improved-response header line (module doc): the first line that is the header alone (no
+    bullet, nothing after it); failing that, the first inline ``Improved Response: <text>`` line
+    that is no list item and starts after the first score line."""
+    matches = list(_IMPROVED_RE.finditer(text))
+    for m in matches:
+        if not m.group("rest").strip() and not m.group("bullet"):
+            return m
+    score = _SCORE_RE.search(text)
+    if score is None:
+        return None
+    for m in matches:
+        if m.start() >= score.end() and m.group("colon") and not m.group("bullet") and not m.group("number"):
+            return m
+    return None
+
+
 def _split_improved(text: str) -> tuple[str, str | None]:
     """(feedback part, improved response or None when there is no improved-response header)."""
-    m = _find_header(_IMPROVED_RE, text)
+    m = _find_improved(text)
     if m is None:
         return text, None
     return text[: m.start()], text[m.start("rest"):]

@@ -105,7 +105,7 @@ def test_improved_header_variants(header):
 
 @pytest.mark.parametrize("weak, sugg", [("Weaknesses:", "Suggestions:"), ("**Weaknesses**:", "**Suggestions**:"), ("### Weaknesses", "### Suggestions"),
                                         ("**Weaknesses:**", "**Suggestions:**"), ("weaknesses :", "SUGGESTIONS"), ("## Weakness", "## Actionable Suggestions:"),
-                                        ("1. Weaknesses:", "2. Suggestions:")])
+                                        ("1. Weaknesses:", "2. Suggestions:"), ("__Weaknesses__", "__Suggestions:__")])
 def test_section_header_variants(weak, sugg):
     p = parse_critique(critique(weak_header=weak, sugg_header=sugg))
     assert isinstance(p, ParsedCritique), (weak, sugg, p)
@@ -272,3 +272,109 @@ def test_property_srt_turn_roundtrip(response, weak, sugg, score, refinement):
     assert out.failure is None, out.failure
     assert out.response == response.strip() and out.refinement == refinement.strip() and out.answer == refinement.strip()
     assert (out.feedback.weaknesses, out.feedback.suggestions, out.feedback.score) == (weak.strip(), sugg.strip(), score)
+
+
+# ---------------------------------------------------------------- which line is the improved-response header
+
+REFINED = "The total is 12 apples: 5 + 7 = 12."
+
+
+def test_list_item_mentioning_improved_response_in_weaknesses_is_not_the_header():
+    text = (
+        "Weaknesses:\n- The answer skips the addition.\n- Improved response: it should show 5 + 7.\n\n"
+        "Suggestions:\nShow the sum.\n\nOverall Score: [[4]]\n\n### Improved Response\n" + REFINED
+    )
+    p = parse_critique(text)
+    assert isinstance(p, ParsedCritique), p  # was missing_suggestions: the bullet cut the feedback short
+    assert p.weaknesses == "- The answer skips the addition.\n- Improved response: it should show 5 + 7."
+    assert (p.suggestions, p.score, p.improved_response) == ("Show the sum.", 4, REFINED)
+    assert parse_score(text) == 4
+    # Bullets with other markers, decoration, or no text never count either.
+    for bullet in ("* Improved response: show 5 + 7.", "- **Improved Response:** show it", "- Improved Response"):
+        p = parse_critique(text.replace("- Improved response: it should show 5 + 7.", bullet))
+        assert isinstance(p, ParsedCritique) and p.improved_response == REFINED, (bullet, p)
+
+
+def test_inline_commentary_line_is_not_the_header_when_a_real_one_follows():
+    text = (
+        "Weaknesses:\nNo working shown.\n\nSuggestions:\nShow the sum.\n\nOverall Score: [[5]]\n\n"
+        "Improved response: see below.\n\n### Improved Response\n" + REFINED
+    )
+    p = parse_critique(text)
+    assert isinstance(p, ParsedCritique), p
+    assert p.improved_response == REFINED  # was "see below.\n\n### Improved Response\n..."
+    assert "see below" not in p.improved_response and "Improved Response" not in p.improved_response
+    assert (p.weaknesses, p.suggestions, p.score) == ("No working shown.", "Show the sum.", 5)
+    # The same inside an SRT model's own turn.
+    out = parse_srt_output("It is 12.\n\n### Feedback\n" + text)
+    assert out.failure is None and out.refinement == REFINED and out.answer == REFINED
+
+
+def test_a_list_item_alone_does_not_make_an_improved_response():
+    text = "Weaknesses:\n- Improved response: missing\n\nSuggestions:\nAdd one.\n\nOverall Score: [[3]]\n"
+    assert parse_critique(text).reason == "missing_improved_response"
+    p = parse_critique(text, require_improved_response=False)
+    assert p.weaknesses == "- Improved response: missing" and p.improved_response is None
+
+
+def test_inline_header_after_the_score_is_the_fallback():
+    feedback = "Weaknesses:\nw\n\nSuggestions:\ns\n\nOverall Score: [[6]]\n\n"
+    text = feedback + "Improved Response: " + REFINED + "\nSecond line."
+    p = parse_critique(text)
+    assert isinstance(p, ParsedCritique) and p.improved_response == REFINED + "\nSecond line."
+    assert p.suggestions == "s"
+    # ... but not before the score line (it is feedback there), nor as a numbered item.
+    before = "Weaknesses:\nImproved response: too terse.\n\nSuggestions:\ns\n\nOverall Score: [[6]]\n"
+    assert parse_critique(before).reason == "missing_improved_response"
+    assert parse_critique(before + "\n### Improved Response\n" + REFINED).weaknesses == "Improved response: too terse."
+    numbered = feedback + "4. Improved Response: " + REFINED
+    assert parse_critique(numbered).reason == "missing_improved_response"
+    # A header alone wins over an earlier inline line.
+    both = text.replace("\nSecond line.", "\n\n**Improved Response:**\nThe real one.")
+    assert parse_critique(both).improved_response == "The real one."
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["### Improved Response", "Improved Response", "improved response:", "**Improved Response**",
+     "__Improved Response__",
+     "### **Improved Response:**", "## Improved Response :", "4. Improved Response", "4) **Improved Response:**",
+     "\t#   improved\tresponse  "],
+)
+def test_header_alone_variants(header):
+    p = parse_critique(critique(improved_header=header, improved=REFINED))
+    assert isinstance(p, ParsedCritique), (header, p)
+    assert p.improved_response == REFINED and p.suggestions == "Add detail."
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["- Improved response: shorter", "* Improved Response", "Improved response is what follows.",
+     "The improved response:",
+     "Improved responses were tried:", "Improved response - see below"],
+)
+def test_lines_that_are_not_the_header(line):
+    # Inserted in the weaknesses of a canonical critique: the parse is unchanged apart from the weaknesses.
+    text = critique(improved=REFINED).replace("Too short.", f"Too short.\n{line}")
+    p = parse_critique(text)
+    assert isinstance(p, ParsedCritique), (line, p)
+    assert p.weaknesses == f"Too short.\n{line}" and p.improved_response == REFINED
+
+
+_deco = st.sampled_from(["", "**", "__"])
+_hashes = st.sampled_from(["", "#", "## ", "### ", "###### "])
+_spaces = st.sampled_from(["", " ", "  ", "\t"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(_hashes, _deco, _spaces, st.sampled_from(["Improved Response", "improved response", "IMPROVED  RESPONSE"]),
+       st.booleans(), _spaces, free_text, free_text)
+def test_property_header_alone_splits_and_bullets_never_do(hashes, deco, pad, keyword, colon, trail, note, refinement):
+    header = f"{pad}{hashes}{deco}{keyword}{':' if colon else ''}{deco}{trail}"
+    bullet = f"- Improved response: {note.splitlines()[0] if note.splitlines() else 'x'}"
+    feedback = f"Weaknesses:\nToo short.\n{bullet}\n\nSuggestions:\nAdd detail.\n\nOverall Score: [[6]]\n\n"
+    text = f"{feedback}{header}\n{refinement}"
+    p = parse_critique(text)
+    assert isinstance(p, ParsedCritique), (header, p)
+    assert p.improved_response == refinement.strip()
+    assert p.weaknesses == f"Too short.\n{bullet}".strip()
