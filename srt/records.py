@@ -367,8 +367,11 @@ class RowRejects:
         if isinstance(raw, bytes):
             raw = raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
         entry = {"file": str(self.path), self.unit: n, "reason": reason, "raw": raw}
-        with JsonlWriter(self.rejects_path, fsync=False) as w:
-            w.write(entry)
+        try:
+            with JsonlWriter(self.rejects_path, fsync=False) as w:
+                w.write(entry)
+        except OSError as e:
+            raise RecordError(f"{self.rejects_path}: cannot write the rejects file ({e.strerror or e})") from None
 
     def unique(self, n: int, raw: bytes | str, rid: str) -> bool:
         """True for the first line with id ``rid``; a later one is bad (raised or rejected): False."""

@@ -78,6 +78,17 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+def read_only_sys() -> bool:
+    """/sys is a real directory no one may write to, root included, in containers."""
+    try:
+        with open("/sys/.srt-probe", "w"):
+            pass
+    except OSError:
+        return True
+    os.remove("/sys/.srt-probe")
+    return False
+
+
 def nested(depth: int) -> dict:
     value: object = "leaf"
     for _ in range(depth):
@@ -520,6 +531,15 @@ def test_check_records_lenient_counts_and_rejects_file(tmp_path):
     assert "r.jsonl:2: skipping unterminated last line" in proc.stderr
 
 
+def test_check_records_unwritable_rejects_file_is_one_error_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    write(path, rec("a"), "oops")
+    if not read_only_sys():
+        pytest.skip("/sys is writable here")
+    proc = check_records(str(path), "--lenient", "--rejects", "/sys/srt-rejects.jsonl")
+    assert one_error_line(proc).startswith("Error: /sys/srt-rejects.jsonl: cannot write the rejects file (")
+
+
 # ---------------------------------------------------------------- output directories
 
 
@@ -542,14 +562,7 @@ def test_output_dir_created_and_left_clean(tmp_path):
 
 
 def test_output_dir_not_writable_sysfs():
-    # A real directory no one may write to, root included (sysfs is read-only in containers).
-    try:
-        with open("/sys/.srt-probe", "w"):
-            pass
-    except OSError:
-        pass
-    else:
-        os.remove("/sys/.srt-probe")
+    if not read_only_sys():
         pytest.skip("/sys is writable here")
     with pytest.raises(ConfigError, match=r"^output directory /sys is not writable \(.+\)$"):
         ensure_writable_dir("/sys")
