@@ -7,6 +7,11 @@
   ``AutoModelForCausalLM.from_pretrained``. The merge is computed into a new state dict, so the
   live PeftModel is left untouched (training can continue after an export).
 
+``dtype`` (e.g. ``torch.bfloat16``): the dtype of the merged or full weights written, and the
+``dtype`` in their ``config.json``; :meth:`srt.sft_module.CausalLMModule.save_hf` passes the dtype
+the weights were loaded in, so a bf16 model trained with fp32 master weights is exported in bf16.
+An adapter-only export keeps the adapter's own dtype.
+
 Sharded models (FSDP2 / ``ModelParallelStrategy``: parameters are DTensors) are gathered into a full
 CPU state dict first; that gather is a collective, so call ``save_hf`` on **every** rank; only rank 0
 writes. The folder is written to a temporary sibling and renamed into place, so a crash never
@@ -15,7 +20,9 @@ leaves a half-written export under the final name.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -84,6 +91,57 @@ def merged_lora_state_dict(peft_model, state_dict: dict[str, torch.Tensor] | Non
     return merged
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ConfigError(f"export dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, keep: tuple[str, ...] = ()
+                    ) -> dict[str, torch.Tensor]:
+    """Floating-point tensors cast to ``dtype`` (others unchanged); tensors that shared storage still do
+    (tied weights are then recognised and saved once). Keys naming a module in ``keep`` (a model's
+    ``_keep_in_fp32_modules``) are left as they are."""
+    keep_re = re.compile(r"(^|\.)(" + "|".join(map(re.escape, keep)) + r")(\.|$)") if keep else None
+    done: dict[tuple, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dtype == dtype or (
+                keep_re is not None and keep_re.search(key)):
+            out[key] = value
+            continue
+        alias = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride())
+        if alias not in done:
+            done[alias] = value.detach().to(dtype)
+        out[key] = done[alias]
+    return out
+
+
+def _keep_in_fp32(model: torch.nn.Module) -> tuple[str, ...]:
+    names: set[str] = set()
+    for module in model.modules():
+        for attr in ("_keep_in_fp32_modules", "_keep_in_fp32_modules_strict"):
+            names.update(getattr(module, attr, None) or ())
+    return tuple(sorted(names))
+
+
+def _write_config_dtype(folder: Path, dtype: torch.dtype) -> None:
+    """save_pretrained records the live parameters' dtype (fp32 master weights); record the one written."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    name = str(dtype).removeprefix("torch.")
+    config["dtype"] = name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def save_hf(
     model: torch.nn.Module,
     output_dir: str | os.PathLike,
@@ -92,20 +150,26 @@ def save_hf(
     merge_lora: bool = False,
     is_global_zero: bool = True,
     fsdp_root: torch.nn.Module | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> Path:
     """Write ``model`` (+ ``tokenizer``) as a HF folder at ``output_dir`` (replacing it atomically).
 
     Call on every rank when the model is sharded; pass ``is_global_zero`` from the trainer/fabric,
     and with FSDP1 ``fsdp_root``, the FSDP root module (``trainer.strategy.model``).
+    ``dtype``: of the merged or full weights written ("bfloat16", ``torch.bfloat16``, ...; None keeps the
+    live tensors' dtype); ignored for an adapter-only export, which keeps the adapter's dtype.
     Returns the output path.
     """
     output_dir = Path(output_dir)
+    dtype = _as_dtype(dtype)
     is_peft = _is_peft(model)
     if merge_lora and not is_peft:
         raise ConfigError("merge_lora=True needs a LoRA (peft) model; this model is fully fine-tuned")
     gathered = _full_state_dict(model, fsdp_root)  # collective: every rank must reach this line
     if not is_global_zero:
         return output_dir
+    if is_peft and not merge_lora:
+        dtype = None  # the adapter keeps its own dtype (fp32 adapters on a bf16 base)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
@@ -114,11 +178,21 @@ def save_hf(
     try:
         if merge_lora:
             base = model.get_base_model()
-            base.save_pretrained(tmp_dir, state_dict=merged_lora_state_dict(model, gathered))
-        elif gathered is not None:
-            model.save_pretrained(tmp_dir, state_dict=gathered)  # peft filters the adapter weights itself
+            state_dict = merged_lora_state_dict(model, gathered)
         else:
-            model.save_pretrained(tmp_dir)
+            base, state_dict = model, gathered  # peft filters the adapter weights itself
+        if dtype is not None:
+            state_dict = cast_state_dict(base.state_dict() if state_dict is None else state_dict, dtype,
+                                         keep=_keep_in_fp32(base))
+        config = getattr(base, "config", None)
+        live_dtype = getattr(config, "dtype", None)
+        try:
+            base.save_pretrained(tmp_dir, state_dict=state_dict)
+        finally:
+            if config is not None:
+                config.dtype = live_dtype  # save_pretrained overwrites it with the live weights' dtype
+        if dtype is not None and (tmp_dir / "config.json").is_file():
+            _write_config_dtype(tmp_dir, dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp_dir)
         _replace_dir(tmp_dir, output_dir)

@@ -2,15 +2,28 @@
 
 ``CausalLMModule`` holds what SFT and DPO share: building the policy (full fine-tuning or LoRA),
 gradient checkpointing, AdamW + cosine-with-warmup, HF export. ``SFTModule`` adds the masked
-next-token loss. Mixed precision (bf16) comes from the Trainer's ``precision``; gradient
-accumulation is the Trainer's ``accumulate_grad_batches`` (see :func:`accumulation_for_global_batch`).
+next-token loss. Gradient accumulation is the Trainer's ``accumulate_grad_batches`` (see
+:func:`accumulation_for_global_batch`).
+
+Precision: **fp32 master weights, bf16 compute.** Whatever dtype the weights are loaded in, every
+trainable parameter is held in float32 (:func:`fp32_master_weights_`); the Trainer's
+``precision: bf16-mixed`` (autocast) or FSDP's mixed precision runs the matmuls in bf16. An AdamW
+step at the paper's learning rates (5e-7 .. 1e-5) is far below bf16's resolution (8 significant
+bits: next to a weight of 0.02 the nearest bf16 numbers are 1.2e-4 away, so an update under ~6e-5
+rounds away), so trainable bf16 weights barely change; for that reason ``bf16-true`` / ``16-true``
+(which cast the module back to half precision) are refused for training. Frozen weights (LoRA's
+base, DPO's frozen reference) keep their load dtype, except under FSDP1, whose flat parameters
+need one dtype per unit. Exports are written in the dtype the weights were loaded in
+(:attr:`CausalLMModule.load_dtype`), not in fp32.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
+from collections import Counter
 from typing import Any
 
 import lightning as L
@@ -19,6 +32,10 @@ import torch.nn.functional as F
 
 from srt.errors import ConfigError
 from srt.losses import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+HALF_TRUE_PRECISIONS = ("bf16-true", "16-true")
 
 
 def accumulation_for_global_batch(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -107,6 +124,60 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def load_dtype_of(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype most of ``model``'s floating-point weights have (by element count); None if it has none."""
+    counts: Counter[torch.dtype] = Counter()
+    for param in model.parameters():
+        if param.is_floating_point():
+            counts[param.dtype] += param.numel()
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def fp32_master_weights_(module: torch.nn.Module, *, all_floating: bool = False) -> Counter[torch.dtype]:
+    """Upcast to float32, in place, every trainable floating-point parameter that is not float32
+    (every floating-point parameter with ``all_floating``). Returns the number of tensors upcast per
+    original dtype.
+
+    The parameter objects stay the same (``param.data`` is replaced), so tied weights stay tied and
+    references held elsewhere (an optimizer built later, peft's bookkeeping) remain valid.
+    """
+    upcast: Counter[torch.dtype] = Counter()
+    for param in module.parameters():  # each shared (tied) parameter once
+        if (param.requires_grad or all_floating) and param.is_floating_point() and param.dtype != torch.float32:
+            upcast[param.dtype] += 1
+            param.data = param.data.to(torch.float32)
+    return upcast
+
+
+def needs_uniform_dtype(strategy) -> bool:
+    """True for FSDP1 (Lightning's ``FSDPStrategy``): it flattens each unit's parameters into one flat
+    parameter of a single dtype, so trainable fp32 and frozen bf16 weights cannot share a unit."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(strategy, FSDPStrategy)
+
+
+def _keeps_own_master_weights(strategy) -> bool:
+    # DeepSpeed holds fp32 master weights inside its optimizer, whatever dtype the module has.
+    return "deepspeed" in type(strategy).__name__.lower()
+
+
+def check_training_precision(precision: str, strategy=None) -> None:
+    """Refuse ``bf16-true`` / ``16-true`` for training: they cast every weight, trainable ones
+    included, to half precision, where updates at fine-tuning learning rates are lost."""
+    if str(precision) in HALF_TRUE_PRECISIONS and not _keeps_own_master_weights(strategy):
+        mixed = "bf16-mixed" if str(precision).startswith("bf16") else "16-mixed"
+        raise ConfigError(
+            f"trainer precision {precision!r} trains the weights in half precision: Lightning casts the whole "
+            f"module to {'bfloat16' if mixed == 'bf16-mixed' else 'float16'}, and an optimizer step at fine-tuning "
+            "learning rates (5e-7 .. 1e-5) is smaller than the spacing of half-precision numbers around a weight "
+            "(bf16: 1/256 to 1/128 of its magnitude), so most updates round away and the weights barely move. Use "
+            f"precision '{mixed}': srt keeps fp32 master weights and the matmuls still run in half precision. To "
+            "save memory, load the weights with model.dtype: bfloat16 (frozen weights, e.g. a LoRA base, stay in "
+            "that dtype)"
+        )
+
+
 class CausalLMModule(L.LightningModule):
     """Shared base: a causal LM policy (full or LoRA) + optimizer/scheduler + HF export.
 
@@ -146,6 +217,8 @@ class CausalLMModule(L.LightningModule):
             self._given_model = (model,)
         else:
             self.model_name_or_path = str(model)
+        # The dtype of the starting weights (set when the policy is built): exports are written in it.
+        self.load_dtype: torch.dtype | None = None
         self._batch_start = 0.0
 
     # -- model building -------------------------------------------------------------------
@@ -170,23 +243,40 @@ class CausalLMModule(L.LightningModule):
             self._setup_policy(base)
 
     def _setup_policy(self, model: torch.nn.Module) -> None:
+        self.load_dtype = load_dtype_of(model)
         self.on_base_model(model)
         model.train()  # loaders return eval-mode models; dropout (e.g. LoRA's) must be on in training
         if self.lora is not None:
-            model = apply_lora(model, self.lora)
+            model = apply_lora(model, self.lora)  # peft creates the adapters in fp32 (autocast_adapter_dtype)
         elif is_peft_model(model):
             for name, param in model.named_parameters():  # continue training the loaded adapter
                 param.requires_grad_(".lora_" in name)
+        self.model = model
+        self._use_fp32_master_weights()
         if self.hparams.gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        self.model = model
         if self.device_mesh is not None:  # ModelParallelStrategy (fsdp2): shard now, before the optimizer exists
             from srt.distributed import shard_model_fsdp2
 
             shard_kwargs = getattr(self.trainer.strategy, "shard_kwargs", dict)()
             shard_model_fsdp2(model, self.device_mesh, **shard_kwargs)
+
+    def _use_fp32_master_weights(self) -> None:
+        """Trainable weights in fp32 (before any sharding); under FSDP1 every weight (see module docstring)."""
+        attached = self._trainer is not None
+        uniform = attached and needs_uniform_dtype(self.trainer.strategy)
+        upcast = fp32_master_weights_(self, all_floating=uniform)  # self: the policy and e.g. DPO's reference
+        if upcast and (not attached or self.trainer.is_global_zero):
+            what = ", ".join(f"{n} {str(d).removeprefix('torch.')}" for d, n in upcast.items())
+            scope = "all weights: FSDP1 needs one dtype per unit" if uniform else "the trainable weights"
+            log.info("fp32 master weights: upcast %s parameter tensor(s) to float32 (%s); compute runs in the "
+                     "Trainer's precision, exports are written in %s", what, scope, self.load_dtype)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            check_training_precision(self.trainer.precision, self.trainer.strategy)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # ddp_spawn hands the trained weights back to the main process, whose policy was never built
@@ -214,6 +304,18 @@ class CausalLMModule(L.LightningModule):
     def on_train_start(self):
         # Lightning keeps submodules in whatever mode they were given; HF models load in eval mode.
         self.model.train()
+        self._check_master_weights()
+
+    def _check_master_weights(self) -> None:
+        """Trainable weights must still be fp32 once Lightning has set everything up."""
+        if _keeps_own_master_weights(self.trainer.strategy):
+            return
+        low = Counter(str(p.dtype) for p in self.model.parameters() if p.requires_grad and p.dtype != torch.float32)
+        if low:  # something cast the module after configure_model (a precision plugin, a callback)
+            raise ConfigError(
+                f"trainable weights are not float32 when training starts ({dict(low)}); updates at fine-tuning "
+                "learning rates are lost in half precision. Use trainer precision bf16-mixed (not *-true)"
+            )
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_start = time.perf_counter()
@@ -222,15 +324,23 @@ class CausalLMModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     # -- export ---------------------------------------------------------------------------
-    def save_hf(self, output_dir: str | os.PathLike, merge_lora: bool = False):
-        """Export as a HF folder (adapter, merged or full weights + tokenizer); rank 0 writes."""
+    def save_hf(self, output_dir: str | os.PathLike, merge_lora: bool = False,
+                dtype: str | torch.dtype | None = "auto"):
+        """Export as a HF folder (adapter, merged or full weights + tokenizer); rank 0 writes.
+
+        ``dtype``: of merged or full weights; "auto" (default) is :attr:`load_dtype`, the dtype the starting
+        weights were loaded in (so fp32 master weights do not double the export of a bf16 model), None
+        keeps the training dtype. An adapter-only export keeps the adapter's own dtype.
+        """
         from srt.export import save_hf
 
         attached = self._trainer is not None
         is_zero = self.trainer.is_global_zero if attached else True
         root = self.trainer.strategy.model if attached else None  # FSDP1 gathers through its root unit
+        if isinstance(dtype, str) and dtype == "auto":
+            dtype = self.load_dtype
         return save_hf(self.model, output_dir, self.tokenizer, merge_lora=merge_lora, is_global_zero=is_zero,
-                       fsdp_root=root)
+                       fsdp_root=root, dtype=dtype)
 
 
 class SFTModule(CausalLMModule):
