@@ -189,6 +189,21 @@ def test_lora_on_bf16_base_keeps_base_bf16_and_trains_fp32_adapters(tiny_model_d
     assert all(torch.equal(dict(module.model.named_parameters())[n].float(), watch.before[n]) for n in base)
 
 
+def test_given_bf16_adapter_is_upcast(tiny_model_dir, tiny_tokenizer):
+    """A PeftModel passed in (continuing a stage-1 adapter) whose adapter is bf16 trains it in fp32."""
+    from peft import LoraConfig, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+                                autocast_adapter_dtype=False)
+    assert {p.dtype for n, p in peft_model.named_parameters() if "lora_" in n} == {torch.bfloat16}
+    module = SFTModule(peft_model, tiny_tokenizer)
+    module.configure_model()
+    assert module.load_dtype == torch.bfloat16
+    assert {p.dtype for p in module.model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in module.model.parameters() if not p.requires_grad} == {torch.bfloat16}
+
+
 def test_fp32_master_weights_upcasts_trainable_only_and_keeps_ties():
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False)).to(torch.bfloat16)
     model[1].weight = model[0].weight  # tied
