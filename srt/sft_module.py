@@ -159,12 +159,14 @@ def needs_uniform_dtype(strategy) -> bool:
 
 def _keeps_own_master_weights(strategy) -> bool:
     # DeepSpeed holds fp32 master weights inside its optimizer, whatever dtype the module has.
-    return "deepspeed" in type(strategy).__name__.lower()
+    name = strategy if isinstance(strategy, str) else type(strategy).__name__
+    return "deepspeed" in name.lower()
 
 
 def check_training_precision(precision: str, strategy=None) -> None:
     """Refuse ``bf16-true`` / ``16-true`` for training: they cast every weight, trainable ones
-    included, to half precision, where updates at fine-tuning learning rates are lost."""
+    included, to half precision, where updates at fine-tuning learning rates are lost.
+    ``strategy``: the Lightning strategy or its name in the run config (``trainer.strategy``)."""
     if str(precision) in HALF_TRUE_PRECISIONS and not _keeps_own_master_weights(strategy):
         mixed = "bf16-mixed" if str(precision).startswith("bf16") else "16-mixed"
         raise ConfigError(

@@ -229,6 +229,16 @@ def test_half_true_precision_is_refused_for_training(tiny_model_dir, tiny_tokeni
     assert module.model is None  # refused in setup, before the weights were loaded
 
 
+def test_check_training_precision_from_config_values():
+    from srt.sft_module import check_training_precision
+
+    for precision in ("bf16-mixed", "16-mixed", "32-true", "32"):
+        check_training_precision(precision, "fsdp")
+    with pytest.raises(ConfigError, match="bf16-mixed"):
+        check_training_precision("bf16-true", "fsdp2")
+    check_training_precision("bf16-true", "deepspeed")  # DeepSpeed keeps fp32 masters in its optimizer
+
+
 def test_half_true_precision_still_predicts(tiny_model_dir, tiny_tokenizer):
     """Only training is refused: a prediction pass (reference log-probs) in bf16-true is fine."""
     dm = datamodule(tiny_tokenizer, "dpo")
