@@ -110,8 +110,9 @@ def build_data(model_path: str, s: dict, out_dir: Path, seed: int = 0) -> dict:
     sample = words(random.Random(seed + 1), 200)
     tokens_per_word = len(tokenizer(sample, add_special_tokens=False)["input_ids"]) / len(sample.split())
     # Mean words per part (15 + 30 + 10 + 10 + 40 = 105), scaled so a typical example fills about 40%
-    # of max_length: long-tailed, most examples fit, several fit in one packed row.
-    scale = 0.4 * s["max_length"] / (105 * tokens_per_word)
+    # of max_length (s["fill"], if given: benchmarks/gpu uses 0.6): long-tailed, most examples fit,
+    # several fit in one packed row.
+    scale = s.get("fill", 0.4) * s["max_length"] / (105 * tokens_per_word)
     records = [
         FeedbackRecord(
             id=f"r{i}", instruction=words(rng, 15 * scale), response=words(rng, 30 * scale),
