@@ -624,6 +624,13 @@ def job_configs(job: dict) -> None:
     ctx = job["ctx"]
     if ctx["settings"].get("threads"):
         torch.set_num_threads(ctx["settings"]["threads"])
+    # The same imports before every configuration, srt's or TRL's, so that (on CPU) RSS baselines compare.
+    import datasets  # noqa: F401
+    import lightning  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+
+    srt_api()
     for cfg in job["configs"]:
         torch.manual_seed(0)
         start = time.perf_counter()
@@ -811,6 +818,8 @@ class Run:
         for cfg in configs[len(done):]:  # killed (time-out) or crashed before writing these
             done.append({**cfg, "status": "timed out" if rc is None else f"crashed (exit {rc})",
                          "error": self.tail(name, 12), "wall_s": seconds})
+        for record in done:
+            record["process_s"] = seconds / len(done)  # the worker process's wall time, imports included
         return done
 
     def run_training(self, kind: str, configs: list[str], attns: list[str]) -> None:
@@ -820,7 +829,7 @@ class Run:
             name = f"{kind}-{spec['config']}-{spec['attn']}"
             self.phase(name, estimate, 240, lambda timeout, spec=spec, name=name:
                        self._collect(kind, self.configs_job(name, [spec], timeout)))
-            ran = [r["wall_s"] for r in self.state[kind] if r.get("status") == "ok"]
+            ran = [r["process_s"] for r in self.state[kind] if r.get("status") == "ok"]
             if ran:  # the next estimate: the slowest of these so far, with a margin
                 estimate = 1.15 * max(ran)
 
