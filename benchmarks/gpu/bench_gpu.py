@@ -63,7 +63,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-HERE = Path(__file__).resolve().parent
+SELF = str(Path(__file__).resolve())
+HERE = Path(SELF).parent
 ROOT = HERE.parent.parent
 RESERVE_S = 15  # kept back at the end for writing the results
 
@@ -757,7 +758,7 @@ class Run:
     def do_setup(self, timeout: float):
         path = self.work / "job-setup.json"
         path.write_text(json.dumps(self.setup_job("setup")))
-        rc, _ = self.subprocess("setup", [*self.python(), __file__, "--job", str(path)], timeout, self.thread_env())
+        rc, _ = self.subprocess("setup", [*self.python(), SELF, "--job", str(path)], timeout, self.thread_env())
         if rc != 0:
             raise RuntimeError(f"setup {'timed out' if rc is None else f'exited {rc}'}:\n{self.tail('setup')}")
         self.state["setup"] = json.loads((self.work / "setup.json").read_text())
@@ -771,7 +772,7 @@ class Run:
         results = self.work / "results-all.jsonl"
         path = self.work / "job-all.json"
         path.write_text(json.dumps({**self.setup_job("all"), "configs": specs, "results": str(results)}))
-        rc, seconds = self.subprocess("benchmarks", [*self.python(), __file__, "--job", str(path)], timeout,
+        rc, seconds = self.subprocess("benchmarks", [*self.python(), SELF, "--job", str(path)], timeout,
                                       self.thread_env())
         if (self.work / "setup.json").exists():
             self.state["setup"] = json.loads((self.work / "setup.json").read_text())
@@ -813,7 +814,7 @@ class Run:
         path = self.work / f"job-{name}.json"
         path.write_text(json.dumps({"job": "configs", "configs": configs, "results": str(results),
                                     "ctx": make_ctx(self.state["setup"], self.state["settings"])}))
-        rc, seconds = self.subprocess(name, [*self.python(), __file__, "--job", str(path)], timeout, self.thread_env())
+        rc, seconds = self.subprocess(name, [*self.python(), SELF, "--job", str(path)], timeout, self.thread_env())
         done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
         for cfg in configs[len(done):]:  # killed (time-out) or crashed before writing these
             done.append({**cfg, "status": "timed out" if rc is None else f"crashed (exit {rc})",
@@ -886,10 +887,11 @@ class Run:
             shutil.copy(json_path, self.out_dir / json_path.name)
             with tarfile.open(self.out_dir / "logs.tar.gz", "w:gz") as tar:
                 tar.add(self.logs, arcname="logs")
-        if final and self.dry:
+        if final:  # the logs stay in benchmarks/gpu/logs/ (git-ignored); the model and data go
             keep = ROOT / "benchmarks" / "gpu" / "logs"
             shutil.rmtree(keep, ignore_errors=True)
             shutil.copytree(self.logs, keep)
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 def parse_junit(path: Path) -> dict:
