@@ -46,7 +46,7 @@ else PY=python3; fi
 WHEELS=${WHEELS:-benchmarks/gpu/wheels}
 SITE=$(mktemp -d "${TMPDIR:-/tmp}/srt-gpu-site.XXXXXX")
 trap 'rm -rf "$SITE"' EXIT
-pip_target() { "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$@"; }
+pip_target() { "$PY" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$@"; }
 
 if ((DRY)); then
     say "dry run on CPU with $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
@@ -58,7 +58,7 @@ if ((DRY)); then
             pip_target "$WHEELS"/trl-*.whl || exit 1
         else
             say "installing $TRL_PIN from the package index (--no-deps; its dependencies are in requirements.lock)"
-            "$PY" -m pip install -q --no-deps --no-compile --target "$SITE" "$TRL_PIN" || exit 1
+            "$PY" -m pip install -q --root-user-action=ignore --no-deps --no-compile --target "$SITE" "$TRL_PIN" || exit 1
         fi
         export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
     fi
@@ -82,10 +82,10 @@ if [[ "$WANT" != "$HAVE" ]]; then
     # The sources changed since prepare.sh: build srt's wheel here, offline, rather than measure old code.
     say "the srt wheel is stale (built from sources $WANT, this checkout is $HAVE): rebuilding it offline"
     BUILD=$(mktemp -d)
-    if "$PY" -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$BUILD" . ; then
+    if "$PY" -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$BUILD" . >"$BUILD/pip.log" 2>&1; then
         SRT_WHEEL=$(ls "$BUILD"/srt-*.whl)
     else
-        say "WARNING: offline rebuild failed; measuring the stale wheel $SRT_WHEEL"
+        say "WARNING: offline rebuild failed ($(tail -1 "$BUILD/pip.log")); measuring the stale wheel $SRT_WHEEL"
     fi
 fi
 OTHERS=()
@@ -95,11 +95,16 @@ pip_target "${OTHERS[@]}" "$SRT_WHEEL" || exit 1
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 # srt must come from the wheel, not the checkout (-P keeps the working directory off sys.path).
 "$PY" -P -c "
-import srt, trl, datasets, pydantic, torch, transformers, lightning, peft
+import srt, pydantic, torch, transformers, lightning, peft
 assert srt.__file__.startswith('$SITE'), srt.__file__
-print('imports ok: srt', srt.__version__, 'from', srt.__file__, '| trl', trl.__version__, '| torch', torch.__version__,
-      '| transformers', transformers.__version__, '| lightning', lightning.__version__, '| peft', peft.__version__,
-      '| cuda', torch.cuda.is_available())
+print('imports ok: srt', srt.__version__, 'from', srt.__file__, '| torch', torch.__version__, '| transformers',
+      transformers.__version__, '| lightning', lightning.__version__, '| peft', peft.__version__, '| cuda',
+      torch.cuda.is_available())
+try:
+    import datasets, trl
+    print('TRL', trl.__version__, '| datasets', datasets.__version__)
+except Exception as exc:  # TRL's configurations will fail and say why; srt's still run
+    print('WARNING: TRL does not import:', type(exc).__name__, exc)
 " || exit 1
 say "installed; starting the check"
 "$PY" -P benchmarks/gpu/bench_gpu.py --deadline "$DEADLINE" "${PASS[@]}"
