@@ -18,9 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from srt.errors import ConfigError
 
-SECRET_KEYS = {"api_key", "apikey", "token", "hf_token", "openai_api_key", "secret", "password"}
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -196,20 +193,6 @@ class RunConfig(_Strict):
         return self
 
 
-def _find_secrets(obj: Any, path: str = "") -> list[str]:
-    found = []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            p = f"{path}.{k}" if path else str(k)
-            if str(k).lower() in SECRET_KEYS and v not in (None, ""):
-                found.append(p)
-            found += _find_secrets(v, p)
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            found += _find_secrets(v, f"{path}[{i}]")
-    return found
-
-
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a","b","c"], value parsed as YAML, so 2 is int, true is bool, [1,2] a list)."""
     if "=" not in item:
@@ -240,15 +223,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def validation_problems(exc: ValidationError, prefix: str = "") -> str:
+    """One line from a pydantic error: ``loc: what is wrong`` per problem, unknown keys called typos."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
         lines.append(f"{loc}: {msg}" if loc else msg)
-    return f"{source}: invalid config: " + "; ".join(lines)
+    return "; ".join(lines)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    return f"{source}: invalid config: " + validation_problems(exc)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -272,10 +260,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """Load, override and validate a config. Raises ConfigError with one readable line."""
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, list(overrides))
-    secrets = _find_secrets(data)
+    from srt.secrets import find_secrets
+
+    secrets = find_secrets(data)
     if secrets:
         raise ConfigError(
-            f"{path or 'config'}: {', '.join(secrets)} looks like a secret; configs are saved in manifests, "
+            f"{path or 'config'}: {', '.join(secrets)} looks like a credential; configs are saved in manifests, "
             "so put the key in an environment variable and name it (e.g. critic.api_key_env: OPENAI_API_KEY)"
         )
     try:

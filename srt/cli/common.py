@@ -13,7 +13,18 @@ from srt.registry import list_plugins
 
 
 def run_cli(group: click.Group) -> None:
-    """Entry point wrapper: SrtError -> ``Error: <message>`` on stderr, exit status 2."""
+    """Entry point wrapper.
+
+    * a user mistake (SrtError: config, input data, plugin contract, training setup) -> one line
+      ``Error: <message>`` on stderr, exit status 2 (``SRT_DEBUG=1`` shows the traceback);
+    * SIGTERM/SIGINT (:mod:`srt.interrupt`) -> one line saying what was saved, exit 128 + signal;
+    * a real bug keeps its traceback (exit 1).
+    Nothing printed or logged can hold a registered secret (:func:`srt.secrets.install_log_filter`).
+    """
+    from srt import interrupt
+    from srt.secrets import install_log_filter, scrub_text
+
+    install_log_filter()
     # Only srt's own logger gets a handler: Lightning and transformers keep theirs (no duplicates).
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -21,7 +32,11 @@ def run_cli(group: click.Group) -> None:
     srt_log.addHandler(handler)
     srt_log.setLevel(os.environ.get("SRT_LOG_LEVEL", "INFO"))
     try:
-        group.main(standalone_mode=False)
+        with interrupt.handle_signals():
+            group.main(standalone_mode=False)
+    except interrupt.Interrupted as exc:
+        click.echo(f"Interrupted: {scrub_text(exc.message())}", err=True)
+        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -29,7 +44,7 @@ def run_cli(group: click.Group) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except SrtError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {scrub_text(str(exc))}", err=True)
         if os.environ.get("SRT_DEBUG"):
             raise
         sys.exit(2)
@@ -48,6 +63,10 @@ def echo_plugins(groups: list[str]) -> None:
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), required=True, help="YAML run config."
+)
+restart_option = click.option(
+    "--restart", "restart", default=None, metavar="STEP",
+    help="Redo STEP (e.g. stage1.sft) and every step after it; earlier outputs move to <output_dir>/superseded/.",
 )
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override, e.g. --set sft.epochs=2 (repeatable)."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from srt.cli.common import config_option, echo_plugins, run_cli, set_option
+from srt.cli.common import config_option, echo_plugins, restart_option, run_cli, set_option
 from srt.config import load_config
 from srt.registry import BENCHMARKS, CRITICS
 
@@ -31,14 +31,28 @@ def plugins() -> None:
 @cli.command()
 @config_option
 @set_option
-def validate(config_path: str, overrides: tuple[str, ...]) -> None:
-    """Validate a config file (with overrides) and print the resolved config."""
+@click.option("--command", "command", type=click.Choice(["run", "stage1", "stage2"]), default="run", show_default=True,
+              help="The command to plan for.")
+@click.option("--model", "model_path", default=None, help="Stage-1 model folder, as for `srt-train stage2 --model`.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the plan, not the resolved config.")
+def validate(config_path: str, overrides: tuple[str, ...], command: str, model_path: str | None, quiet: bool) -> None:
+    """Check a run before running it: the same plan `run` makes (plugins and their settings, API key
+    variables, data and field mappings, model, trainer, batch sizes, output directory), and that an
+    existing output directory was made with these settings. Loads no weights; exit status 2 on the
+    first problem."""
     import yaml
 
     from srt.config import config_to_dict
+    from srt.pipeline.plan import plan_run
+    from srt.pipeline.steps import StepRecord, check_drift
 
     cfg = load_config(config_path, overrides)
-    click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    plan = plan_run(cfg, command, start_model=model_path)
+    check_drift(plan.steps, StepRecord(cfg.output_dir))
+    if not quiet:
+        click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    click.echo(plan.describe())
+    click.echo("ok: nothing to fix")
 
 
 @cli.command("check-records")
@@ -77,32 +91,36 @@ def preprocess(config_path: str, overrides: tuple[str, ...], show: int, records_
 @cli.command()
 @config_option
 @set_option
-def stage1(config_path: str, overrides: tuple[str, ...]) -> None:
+@restart_option
+def stage1(config_path: str, overrides: tuple[str, ...], restart: str | None) -> None:
     """Generate, critique, filter, and SFT on response -> feedback -> refinement."""
-    from srt.pipeline.stage1 import run_stage1
+    from srt.pipeline.run import execute
 
-    run_stage1(load_config(config_path, overrides), config_path=config_path)
+    execute(load_config(config_path, overrides), "stage1", config_path=config_path, restart=restart)
 
 
 @cli.command()
 @config_option
 @set_option
+@restart_option
 @click.option("--model", "model_path", default=None, help="Stage-1 model folder (default: the run's stage-1 model).")
-def stage2(config_path: str, overrides: tuple[str, ...], model_path: str | None) -> None:
+def stage2(config_path: str, overrides: tuple[str, ...], restart: str | None, model_path: str | None) -> None:
     """Self-feedback preference pairs from the stage-1 model, then DPO."""
-    from srt.pipeline.stage2 import run_stage2
+    from srt.pipeline.run import execute
 
-    run_stage2(load_config(config_path, overrides), config_path=config_path, start_model=model_path)
+    execute(load_config(config_path, overrides), "stage2", config_path=config_path, start_model=model_path,
+            restart=restart)
 
 
 @cli.command()
 @config_option
 @set_option
-def run(config_path: str, overrides: tuple[str, ...]) -> None:
+@restart_option
+def run(config_path: str, overrides: tuple[str, ...], restart: str | None) -> None:
     """Stage 1 then stage 2 (stage2.rounds rounds) in one output tree; resumable at any step."""
-    from srt.pipeline.run import run_all
+    from srt.pipeline.run import execute
 
-    run_all(load_config(config_path, overrides), config_path=config_path)
+    execute(load_config(config_path, overrides), "run", config_path=config_path, restart=restart)
 
 
 def main() -> None:

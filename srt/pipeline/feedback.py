@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict
 
 from srt import critic_template as ct
 from srt.critic import CritiqueReply, CritiqueRequest
+from srt.errors import PluginError
 from srt.records import CriticInfo, Feedback, FeedbackRecord, InstructionRecord, JsonlWriter, read_jsonl, write_jsonl_atomic
+from srt.secrets import scrub_known, scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +49,31 @@ def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
 def generate_responses(generator, instructions: list[InstructionRecord], path: Path, *, sampling_kwargs: dict[str, Any],
                        seed: int, stage: int, round: int = 0, system_prompt: str | None = None,
                        chunk_size: int = 64) -> list[FeedbackRecord]:
-    """Answer each instruction once (resumable): returns records with ``response`` set."""
+    """Answer each instruction once (resumable): returns records with ``response`` set.
+
+    ``generator``: a :class:`srt.generation.Generator` (or anything with its ``chat``), or a function
+    returning one, called only when something is left to generate (a finished step loads no model)."""
     from srt.generation import SamplingConfig
 
     done = {r.id: r for r in read_jsonl(path, FeedbackRecord)} if path.exists() else {}
     todo = [ins for ins in instructions if ins.id not in done]
     if done:
         log.info("responses: %d already generated, %d to go (%s)", len(done), len(todo), path)
+    if todo and not hasattr(generator, "chat"):
+        generator = generator()
     with JsonlWriter(path) as writer:
         for chunk_index, chunk in enumerate(_chunks(todo, chunk_size)):
-            # Seed from the chunk's first id, so a resumed run samples what a fresh run would have.
+            # Each instruction samples from its own random stream, keyed by its id: a resumed run
+            # (whatever was left to do, however it is chunked) draws what a fresh run would have.
             # An SRT model writes response -> feedback -> refinement in one turn: the initial
             # response is what comes before its feedback header (stage 2 critiques it separately).
-            sampling = SamplingConfig(**sampling_kwargs, seed=seed + _id_seed(chunk[0].id), stop=[ct.FEEDBACK_SEPARATOR.rstrip("\n")])
-            outs = generator.chat([ins.instruction for ins in chunk], sampling, system_prompt=system_prompt)
+            sampling = SamplingConfig(**sampling_kwargs, seed=seed, stop=[ct.FEEDBACK_SEPARATOR.rstrip("\n")])
+            outs = generator.chat([ins.instruction for ins in chunk], sampling, system_prompt=system_prompt,
+                                  keys=[f"response\x00{ins.id}" for ins in chunk])
             for ins, out in zip(chunk, outs):
+                text = ct.strip_partial_separator(out.text) if out.finish_reason == "length" else out.text
                 rec = FeedbackRecord(
-                    id=ins.id, instruction=ins.instruction, reference=ins.reference, response=out.text.strip(),
+                    id=ins.id, instruction=ins.instruction, reference=ins.reference, response=text.strip(),
                     stage=stage, round=round,
                     meta={**ins.meta, "response_tokens": out.num_new_tokens, "response_finish": out.finish_reason},
                 )
@@ -72,10 +82,29 @@ def generate_responses(generator, instructions: list[InstructionRecord], path: P
     return [done[ins.id] for ins in instructions]
 
 
-def _id_seed(rid: str) -> int:
-    import zlib
+def check_replies(critic, replies: Any, expected: int) -> list[CritiqueReply]:
+    """The critic protocol's contract: a list of ``expected`` replies, each with ``text`` (str or None),
+    ``error`` (str or None) and ``usage`` (a dict). A plugin that breaks it is one PluginError naming it."""
+    name = getattr(critic, "name", type(critic).__name__)
+    where = f"critic plugin {name!r} ({type(critic).__module__}.{type(critic).__qualname__})"
+    if not isinstance(replies, (list, tuple)):
+        raise PluginError(f"{where} broke the critic protocol: critique() returned {type(replies).__name__}, "
+                          "expected a list of srt.critic.CritiqueReply")
+    if len(replies) != expected:
+        raise PluginError(f"{where} broke the critic protocol: {len(replies)} replies for {expected} requests "
+                          "(one reply per request, in order)")
+    for k, rep in enumerate(replies):
+        text, error, usage = (getattr(rep, a, _MISSING) for a in ("text", "error", "usage"))
+        if _MISSING in (text, error) or not (text is None or isinstance(text, str)) \
+                or not (error is None or isinstance(error, str)) or not (usage is None or isinstance(usage, dict)):
+            raise PluginError(f"{where} broke the critic protocol: reply {k} is {type(rep).__name__} "
+                              f"{str(rep)[:80]!r}, expected CritiqueReply(text: str | None, error: str | None, usage: dict)")
+        if text is None and error is None:
+            raise PluginError(f"{where} broke the critic protocol: reply {k} has neither text nor error")
+    return list(replies)
 
-    return zlib.crc32(rid.encode()) % 1_000_000
+
+_MISSING = object()
 
 
 def _load_calls(path: Path) -> dict[tuple[str, str], CriticCall]:
@@ -99,11 +128,11 @@ def run_critic(critic, records: list[FeedbackRecord], path: Path, chunk_size: in
             for chunk in _chunks(ids, chunk_size):
                 reqs = [CritiqueRequest(id=i, instruction=by_id[i].instruction, response=text_of(i),
                                         reference=by_id[i].reference, mode=mode) for i in chunk]
-                replies: list[CritiqueReply] = critic.critique(reqs)
-                if len(replies) != len(reqs):
-                    raise RuntimeError(f"critic {critic.name!r} returned {len(replies)} replies for {len(reqs)} requests")
+                replies = check_replies(critic, critic.critique(reqs), len(reqs))
                 for i, rep in zip(chunk, replies):
-                    row = CriticCall(id=i, mode=mode, text=rep.text, error=rep.error, usage=rep.usage or {})
+                    # An API key echoed back by a server must not reach the files.
+                    row = CriticCall(id=i, mode=mode, text=scrub_known(rep.text), error=scrub_text(rep.error),
+                                     usage=dict(rep.usage or {}))
                     writer.write(row)
                     calls[(i, mode)] = row
 
@@ -139,7 +168,6 @@ class FilterOutcome:
     counters: Counter = field(default_factory=Counter)
     response_scores: list[int] = field(default_factory=list)  # every parsed critique
     refinement_scores: list[int] = field(default_factory=list)  # every parsed re-score
-    usage: Counter = field(default_factory=Counter)
 
 
 def build_records(records: list[FeedbackRecord], calls: dict[tuple[str, str], CriticCall], critic_info: CriticInfo,
@@ -149,10 +177,6 @@ def build_records(records: list[FeedbackRecord], calls: dict[tuple[str, str], Cr
     for rec in records:
         out.counters["total"] += 1
         crit, score_call = calls.get((rec.id, "critique")), calls.get((rec.id, "score"))
-        for c in (crit, score_call):
-            if c is not None:
-                for k in ("prompt_tokens", "completion_tokens", "cost_usd"):
-                    out.usage[k] += c.usage.get(k, 0) or 0
 
         def reject(reason: str, detail: str = "", **extra: Any) -> None:
             out.counters[reason.split(":")[0]] += 1
@@ -190,6 +214,36 @@ def build_records(records: list[FeedbackRecord], calls: dict[tuple[str, str], Cr
             continue
         out.counters["kept"] += 1
         out.kept.append(kept)
+    return out
+
+
+def critic_usage(path: Path, since: float | None = None) -> dict[str, Any]:
+    """Tokens and cost of every critic call this step paid for, from ``critic_calls.jsonl``.
+
+    Every row counts (a failed call that was retried later too). A reply served from the critic's
+    cache was paid when the cache entry was made (``usage.paid_at``): by an earlier, interrupted
+    attempt of this step when that is after the step first started (``since``; its row was lost with
+    the interruption, its cost is counted here), else by another run (not counted, only reported).
+    """
+    totals: Counter = Counter()
+    if not path.exists():
+        return {}
+    for call in read_jsonl(path, CriticCall):
+        u = call.usage or {}
+        totals["calls"] += 1
+        totals["failed"] += call.error is not None
+        tokens = {k: u.get(k, 0) or 0 for k in ("prompt_tokens", "completion_tokens")}
+        if u.get("cached"):
+            paid_at = u.get("paid_at")
+            if since is not None and isinstance(paid_at, (int, float)) and paid_at >= since and not u.get("deduplicated"):
+                totals["paid_by_an_interrupted_attempt"] += 1
+                totals.update({**tokens, "cost_usd": u.get("paid_cost_usd", 0) or 0})
+            else:
+                totals["served_from_cache"] += 1
+            continue
+        totals.update({**tokens, "cost_usd": u.get("cost_usd", 0) or 0})
+    out = dict(totals)
+    out["cost_usd"] = round(float(out.get("cost_usd", 0.0)), 6)
     return out
 
 

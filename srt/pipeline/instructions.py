@@ -145,3 +145,35 @@ def load_instructions(src: InstructionSource, *, lenient: bool = False,
 
 def _stable_id(instruction: str, n: int) -> str:
     return hashlib.sha256(f"{n}\x00{instruction}".encode()).hexdigest()[:12]
+
+
+def check_source(src: InstructionSource, what: str) -> None:
+    """Plan check (no model, nothing written): the source exists and every mapped field is in its
+    first row past ``offset``. Raises ConfigError/RecordError naming ``what`` (e.g. ``data.stage1``)."""
+    fmt = _format(src)
+    path = Path(src.path)
+    if fmt in ("jsonl", "json") and not path.is_file():
+        raise ConfigError(f"{what}.path: instructions file not found: {path}")
+    if fmt == "hf" and not path.is_dir():
+        import datasets
+
+        try:  # a hub dataset: stream the first row instead of downloading it all
+            ds = datasets.load_dataset(src.path, src.name, split=src.split, streaming=True)
+            row = next(iter(ds), None)
+        except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad split: all one message
+            raise ConfigError(f"{what}.path: cannot open dataset {src.path!r} (split {src.split!r}): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        rows = [] if row is None else [(1, row)]
+    else:
+        rejects = JsonLines(path) if fmt == "jsonl" else RowRejects(path, unit="row")
+        rows = ((n, row) for n, index, row, _ in _rows(src, rejects) if index > src.offset)
+    for n, row in rows:
+        if not isinstance(row, dict):
+            raise RecordError(f"{src.path}:{n}: expected an object, got {type(row).__name__}")
+        missing = {ours: theirs for ours, theirs in src.fields.items() if theirs not in row}
+        if missing:
+            mapped = ", ".join(f"{ours} <- {theirs!r}" for ours, theirs in missing.items())
+            raise ConfigError(f"{what}.fields: {mapped} not found in the first row of {src.path} "
+                              f"(its fields: {', '.join(sorted(map(str, row)))})")
+        return
+    raise ConfigError(f"{what}: no rows in {src.path} past offset {src.offset}")

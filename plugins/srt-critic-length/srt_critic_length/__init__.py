@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from srt.critic import CritiqueReply, CritiqueRequest
 from srt.critic_template import TEMPLATE_HASH, render_critique
 from srt.errors import CriticError
@@ -29,8 +31,20 @@ def _sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text.strip()) if s]
 
 
+class LengthSettings(BaseModel):
+    """The ``critic:`` settings of ``name: length``; srt validates a run's settings with this model
+    before anything runs (``srt-train validate``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    target_words: int = Field(120, ge=1, description="The answer length the critic considers right.")
+    min_ratio: float = Field(0.5, gt=0, le=1, description="Shorter than min_ratio * target_words is too short.")
+    max_ratio: float = Field(2.0, ge=1, description="Longer than max_ratio * target_words is too long.")
+    block_words: int = Field(150, ge=1, description="A longer answer without a line break is a wall of text.")
+
+
 class LengthCritic:
     name = "length"
+    settings_model = LengthSettings
 
     def __init__(self, target_words: int = 120, min_ratio: float = 0.5, max_ratio: float = 2.0, block_words: int = 150):
         if target_words < 1 or not 0 < min_ratio <= 1 <= max_ratio or block_words < 1:

@@ -179,8 +179,23 @@ def describe_settings(settings: LocalCriticSettings, generator: Any) -> dict[str
     }
 
 
+def check_local_settings(critic_name: str, settings: LocalCriticSettings, *, require_model: bool) -> None:
+    from srt.models import check_model_reference
+
+    if settings.model:
+        check_model_reference(settings.model, revision=settings.revision, what=f"critic {critic_name!r}: model")
+    elif require_model:
+        raise CriticError(f"critic {critic_name!r}: set critic.model (a model folder, hub id, or 'tiny')")
+
+
 class HFCritic:
     name = "hf"
+    settings_model = LocalCriticSettings
+    operational_settings = ("device", "batch_size")
+
+    @classmethod
+    def check_settings(cls, settings: LocalCriticSettings) -> None:
+        check_local_settings(cls.name, settings, require_model=True)
 
     def __init__(self, settings: LocalCriticSettings, generator: Generator | None = None):
         if generator is None and not settings.model:

@@ -29,7 +29,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +37,8 @@ from tqdm.auto import tqdm
 from srt.critic import CritiqueReply, CritiqueRequest
 from srt.critic_template import TEMPLATE_HASH, TEMPLATE_VERSION, render_critic_prompt
 from srt.errors import CriticError
+from srt.secrets import register as register_secrets
+from srt.secrets import strip_url_credentials
 
 from ._cache import CompletionCache, cache_key
 
@@ -119,35 +120,37 @@ def _classify(err: Exception) -> tuple[bool, Mapping[str, str] | None, str]:
     return False, None, f"{type(err).__name__}: {err}"
 
 
-def _redact_url(url: str | None) -> str | None:
-    """Drop user:password@ from a URL, if someone put credentials there."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
-
-
 class OpenAICritic:
     name = "openai"
+    settings_model = OpenAICriticSettings
+    operational_settings = ("max_concurrency", "max_retries", "timeout_s", "cache", "cache_dir", "backoff_base_s",
+                            "backoff_max_s", "retry_after_max_s", "progress", "price_per_1k_prompt",
+                            "price_per_1k_completion")
+
+    @classmethod
+    def check_settings(cls, settings: OpenAICriticSettings) -> None:
+        """Plan check (no request is sent): the key variable is set, no credentials in the URL."""
+        from srt.secrets import find_secrets
+
+        if settings.api_key_env is not None and not os.environ.get(settings.api_key_env, "").strip():
+            raise CriticError(
+                f"critic 'openai': environment variable {settings.api_key_env} is not set or empty; export the API "
+                "key there (or set critic.api_key_env to the variable that holds it, or null for a server without keys)"
+            )
+        leaked = find_secrets({"base_url": settings.base_url, "extra_body": settings.extra_body})
+        if leaked:
+            raise CriticError(f"critic 'openai': {', '.join(leaked)} holds a credential; use api_key_env instead")
 
     def __init__(self, settings: OpenAICriticSettings):
         self.settings = settings
-        if settings.api_key_env is None:
-            api_key = "EMPTY"  # OpenAI-compatible local servers accept any key
-        else:
-            api_key = os.environ.get(settings.api_key_env, "").strip()
-            if not api_key:
-                raise CriticError(
-                    f"critic 'openai': environment variable {settings.api_key_env} is not set or empty; "
-                    "export the API key there (or set critic.api_key_env to the variable that holds it)"
-                )
-        # Kept only to scrub the key out of error messages that servers may echo back.
+        self.check_settings(settings)
+        # OpenAI-compatible local servers accept any key.
+        api_key = os.environ[settings.api_key_env].strip() if settings.api_key_env else "EMPTY"
+        # Kept only to scrub the key out of error messages that servers may echo back; registered so
+        # that no log line, record or manifest of this process can hold it either.
         self._api_key = api_key
+        if api_key != "EMPTY":
+            register_secrets([api_key])
         self._client = openai.OpenAI(
             base_url=settings.base_url, api_key=api_key, max_retries=0, timeout=settings.timeout_s
         )
@@ -163,6 +166,7 @@ class OpenAICritic:
             "template_hash": TEMPLATE_HASH,
         }
         self._rng = random.Random()
+        self._abort = threading.Event()  # set on interruption: no new attempts, no backoff waits
         self._lock = threading.Lock()
         self._stats = {
             "requests": 0,  # HTTP attempts sent, retries included
@@ -196,7 +200,7 @@ class OpenAICritic:
         return {
             "name": self.name,
             "model": s.model,
-            "base_url": _redact_url(s.base_url),
+            "base_url": strip_url_credentials(s.base_url) if s.base_url else None,
             "api_key_env": s.api_key_env,  # the variable's name, never its value
             "temperature": s.temperature,
             "max_tokens": s.max_tokens,
@@ -252,18 +256,35 @@ class OpenAICritic:
                     unit="req",
                     disable=not self.settings.progress,
                 )
-                for future in bar:
-                    reply = future.result()
-                    for i in pending[futures[future]]:
-                        replies[i] = CritiqueReply(text=reply.text, error=reply.error, usage=dict(reply.usage))
+                try:
+                    for future in bar:
+                        self._fill(replies, pending[futures[future]], future.result())
+                except BaseException:
+                    # Interrupted (SIGTERM/SIGINT): send nothing more, let the requests in flight end
+                    # (their replies are cached, so a resumed run does not pay for them again).
+                    self._abort.set()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    self._abort.clear()
+                    raise
         return replies  # type: ignore[return-value]  # every slot is filled above
+
+    @staticmethod
+    def _fill(replies: list, indices: list[int], reply: CritiqueReply) -> None:
+        first, *repeats = indices
+        replies[first] = reply
+        for i in repeats:  # an identical prompt in the same batch: sent (and paid) once
+            usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "cached": True, "deduplicated": True}
+            replies[i] = CritiqueReply(text=reply.text, error=reply.error, usage=usage)
 
     def _cached_reply(self, entry: dict[str, Any]) -> CritiqueReply:
         self._count(cache_hits=1)
+        prompt_tokens, completion_tokens = entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0)
         usage = {
-            "prompt_tokens": entry.get("prompt_tokens", 0),
-            "completion_tokens": entry.get("completion_tokens", 0),
-            "cost_usd": 0.0,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": 0.0,  # nothing paid now; what the call cost when it was made:
+            "paid_cost_usd": entry.get("cost_usd", self._cost(prompt_tokens, completion_tokens)),
+            "paid_at": entry.get("created"),
             "cached": True,
             "attempts": 0,
         }
@@ -303,7 +324,8 @@ class OpenAICritic:
                     "critic %s: %s; retry %d/%d in %.2fs", s.model, reason, attempt + 1, s.max_retries, delay
                 )
                 self._count(retries=1)
-                time.sleep(delay)
+                if self._abort.wait(delay):
+                    break
                 continue
             return self._success(completion, key, attempts, time.monotonic() - started)
 
@@ -314,7 +336,8 @@ class OpenAICritic:
 
     def _success(self, completion: Any, key: str, attempts: int, latency_s: float) -> CritiqueReply:
         choice = completion.choices[0]
-        text = choice.message.content or ""
+        # A JSON "\ud800" escape decodes to a lone surrogate, which no file or tokenizer accepts.
+        text = (choice.message.content or "").encode("utf-8", "replace").decode("utf-8")
         prompt_tokens = int(getattr(completion.usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(completion.usage, "completion_tokens", 0) or 0)
         cost = self._cost(prompt_tokens, completion_tokens)
@@ -340,6 +363,7 @@ class OpenAICritic:
                     "finish_reason": choice.finish_reason,
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens,
+                    "cost_usd": cost,
                     "created": time.time(),
                 },
             )

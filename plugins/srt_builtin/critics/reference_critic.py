@@ -225,6 +225,8 @@ def _bullets(items: list[str]) -> str:
 
 class ReferenceCritic:
     name = "reference"
+    settings_model = ReferenceCriticSettings
+    needs_reference = True  # every instruction needs its gold answer (data.*.fields.reference)
 
     def __init__(self, settings: ReferenceCriticSettings):
         self.settings = settings

@@ -26,6 +26,7 @@ from srt.generation import Generator
 
 from .hf_critic import (
     LocalCriticSettings,
+    check_local_settings,
     describe_settings,
     generate_replies,
     load_generator,
@@ -36,6 +37,13 @@ from .hf_critic import (
 
 class SelfCritic:
     name = "self"
+    settings_model = LocalCriticSettings
+    operational_settings = ("device", "batch_size")
+    needs_policy = True  # the pipeline passes the model being trained (unless settings.model names one)
+
+    @classmethod
+    def check_settings(cls, settings: LocalCriticSettings) -> None:
+        check_local_settings(cls.name, settings, require_model=False)
 
     def __init__(self, settings: LocalCriticSettings, generator: Any):
         self.settings = settings
