@@ -33,7 +33,7 @@ Responder = Callable[[list[dict[str, Any]]], str]
 
 @dataclass
 class Fault:
-    kind: str  # "http" | "timeout" | "drop" | "garbage" | "malformed_json" | "empty"
+    kind: str  # "http" | "timeout" | "drop" | "garbage" | "malformed_json" | "empty" | "echo_key" | "echo_key_text"
     status: int = 500
     retry_after: str | None = None
     sleep_s: float = 0.0
@@ -62,6 +62,16 @@ class Fault:
     def malformed_json(cls) -> "Fault":
         """A 200 response with Content-Type application/json whose body is not JSON."""
         return cls("malformed_json")
+
+    @classmethod
+    def echo_key(cls, status: int = 401) -> "Fault":
+        """An error whose message repeats the request's Authorization header (servers do that)."""
+        return cls("echo_key", status=status)
+
+    @classmethod
+    def echo_key_text(cls) -> "Fault":
+        """A 200 completion whose text repeats the request's Authorization header."""
+        return cls("echo_key_text")
 
     @classmethod
     def empty(cls) -> "Fault":
@@ -275,6 +285,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "http":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
             return self._error(fault.status, f"injected HTTP {fault.status}", headers)
+        if fault is not None and fault.kind == "echo_key":
+            return self._error(fault.status, f"invalid API key: {self.headers.get('Authorization')}")
+        if fault is not None and fault.kind == "echo_key_text":
+            text = f"Your key is {self.headers.get('Authorization')}"
+            return self._send(200, json.dumps(_completion_json(model, text, 1, 1, "stop")).encode())
         if fault is not None and fault.kind == "drop":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)

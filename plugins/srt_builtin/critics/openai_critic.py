@@ -38,7 +38,7 @@ from srt.critic import CritiqueReply, CritiqueRequest
 from srt.critic_template import TEMPLATE_HASH, TEMPLATE_VERSION, render_critic_prompt
 from srt.errors import CriticError
 from srt.secrets import register as register_secrets
-from srt.secrets import strip_url_credentials
+from srt.secrets import scrub_known, scrub_text, strip_url_credentials
 
 from ._cache import CompletionCache, cache_key
 
@@ -146,9 +146,7 @@ class OpenAICritic:
         self.check_settings(settings)
         # OpenAI-compatible local servers accept any key.
         api_key = os.environ[settings.api_key_env].strip() if settings.api_key_env else "EMPTY"
-        # Kept only to scrub the key out of error messages that servers may echo back; registered so
-        # that no log line, record or manifest of this process can hold it either.
-        self._api_key = api_key
+        # Registered, so that no error message, log line, record or manifest of this process holds it.
         if api_key != "EMPTY":
             register_secrets([api_key])
         self._client = openai.OpenAI(
@@ -312,7 +310,7 @@ class OpenAICritic:
                     raise _MalformedCompletion("no choices in the completion")
             except Exception as err:  # noqa: BLE001 - classified below; unknown errors re-raise
                 retryable, headers, reason = _classify(err)
-                reason = self._scrub(reason)
+                reason = scrub_text(reason)  # servers may echo the key back
                 if not retryable and not isinstance(err, openai.OpenAIError):
                     raise  # a bug or a bad setting, not an API failure
                 if not retryable or attempt == s.max_retries:
@@ -338,6 +336,7 @@ class OpenAICritic:
         choice = completion.choices[0]
         # A JSON "\ud800" escape decodes to a lone surrogate, which no file or tokenizer accepts.
         text = (choice.message.content or "").encode("utf-8", "replace").decode("utf-8")
+        text = scrub_known(text)  # a completion that repeats the key must not carry it into the cache
         prompt_tokens = int(getattr(completion.usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(completion.usage, "completion_tokens", 0) or 0)
         cost = self._cost(prompt_tokens, completion_tokens)
@@ -377,6 +376,3 @@ class OpenAICritic:
             "finish_reason": choice.finish_reason,
         }
         return CritiqueReply(text=text, usage=usage)
-
-    def _scrub(self, message: str) -> str:
-        return message.replace(self._api_key, "***") if self._api_key and self._api_key != "EMPTY" else message
