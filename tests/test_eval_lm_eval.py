@@ -159,7 +159,7 @@ def test_gsm8k_srt_mode_answers_with_the_refinement(tiny_model_dir, tmp_path):
 
 
 def test_gsm8k_settings_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown setting"):
+    with pytest.raises(ConfigError, match="shots: unknown key"):
         GSM8KBenchmark.from_config({"shots": 8})
     with pytest.raises(ConfigError, match="limit"):
         GSM8KBenchmark.from_config({"limit": 0})

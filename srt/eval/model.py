@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from srt.errors import ConfigError, SrtError
 from srt.generation import Generator, SamplingConfig
 from srt.inference import MODES, SelfRefiner
-from srt.records import JsonlWriter
+from srt.records import JsonLines, JsonlWriter
 
 ANSWER_MODES = ("plain", "srt")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -83,14 +83,19 @@ class EvalModel:
         self.answer_mode = answer_mode
         self.dtype = dtype
         self.batch_size = batch_size
-        self.sampling = sampling_config(sampling, temperature=0.0, max_new_tokens=1024)
-        self.candidate_sampling = sampling_config(
-            candidate_sampling,
-            temperature=0.7,
-            max_new_tokens=self.sampling.max_new_tokens,
-            seed=self.sampling.seed,
-        )
-        self.score_sampling = sampling_config(score_sampling, temperature=0.0, max_new_tokens=512)
+        try:
+            self.sampling = sampling_config(sampling, temperature=0.0, max_new_tokens=1024)
+            self.candidate_sampling = sampling_config(
+                candidate_sampling,
+                temperature=0.7,
+                max_new_tokens=self.sampling.max_new_tokens,
+                seed=self.sampling.seed,
+            )
+            self.score_sampling = sampling_config(score_sampling, temperature=0.0, max_new_tokens=512)
+        except (TypeError, ValueError) as exc:  # SamplingConfig's own checks
+            raise ConfigError(f"model {name!r}: invalid sampling settings: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"model {name!r}: {exc}") from None
         self.system_prompt = system_prompt
         self.revision = revision
         self.device = device
@@ -325,19 +330,16 @@ class EvalModel:
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    """Cached results by key; an unterminated last line (interrupted write) is ignored."""
+    """Cached results by key, read with the project's one JSONL line loop (:class:`srt.records.JsonLines`):
+    an unterminated last line left by an interrupted write is skipped (the writer cuts it on reopen);
+    any other bad line is ``<file>:<line>: <reason>``."""
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return done
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                entry = json.loads(raw)
-                done[entry["key"]] = entry["result"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                if not raw.endswith(b"\n"):
-                    continue  # the writer truncates it on reopen
-                raise SrtError(f"{path}:{lineno}: unreadable generation cache line ({err}); delete the file") from None
+    lines = JsonLines(path)
+    for lineno, raw, entry in lines:
+        if not isinstance(entry.get("key"), str) or not isinstance(entry.get("result"), dict):
+            lines.bad(lineno, raw, "not a generation cache line (needs a string 'key' and a 'result' object); "
+                      "delete the file to regenerate")
+        done[entry["key"]] = entry["result"]
     return done

@@ -36,36 +36,73 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
+
+from pydantic import Field
 
 from srt.critic import CritiqueRequest
 from srt.critic_template import ParseFailure, parse_score
-from srt.errors import ConfigError, RecordError, SrtError
+from srt.errors import ConfigError, SrtError
 from srt.eval.benchmark import BenchmarkResult, EvalContext
+from srt.eval.data import DataRows
+from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
 
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).parent / "data"
 FIXTURE = DATA_DIR / "alpaca_eval.jsonl"
 HUB_ID = "tatsu-lab/alpaca_eval"
-ANSWER_MODES = ("plain", "srt", "rerank")
+DATA_HELP = (
+    "`fixture` (16 hand-written items shipped with srt), a local .json/.jsonl file with `instruction` and `output` "
+    "(the reference answer; optional `id`, `generator`, `dataset`), or `hub` (tatsu-lab/alpaca_eval; needs the network)"
+)
+JUDGE_HELP = (
+    "The judge critic, `{name: <critic plugin>, <its settings>}` or a plugin name; default: the run's `judge`"
+)
+
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+class AlpacaEvalSettings(BenchmarkSettings):
+    """``benchmarks: {alpaca_eval: {...}}`` (unknown keys are an error)."""
+
+    data: str = Field("fixture", description=DATA_HELP)
+    subset: str = Field(
+        "alpaca_eval_gpt4_baseline",
+        description="With `data: hub`: `alpaca_eval_gpt4_baseline` (AlpacaEval 2.0 references) or `alpaca_eval` (1.0)",
+    )
+    limit: int | None = Field(None, ge=1, description="Evaluate the first N items only (None: all)")
+    judge: str | dict[str, Any] | None = Field(None, description=JUDGE_HELP)
+    answer_mode: Literal["plain", "srt", "rerank"] | None = Field(
+        None, description="How the model answers; None: the model's own answer_mode"
+    )
+    n: int = Field(16, ge=1, description="Candidates per instruction for `answer_mode: rerank`")
+    both_orders: bool = Field(
+        False, description="Swap-and-average against position bias; recorded as not applicable to score-based judging"
+    )
+    lc_min_items: int = Field(
+        10, ge=1, description="Fewest judged pairs for the length-controlled win rate (below: None, with a warning)"
+    )
+    glm_name: str = Field(
+        "length_controlled_minimal",
+        description="alpaca_eval's GLM for the length-controlled win rate; only length_controlled_minimal runs offline",
+    )
+
+
+def check_data(data: str) -> None:
+    """Plan check: a local data file exists and every row is usable (hub data is loaded when the run starts)."""
+    if data != "hub":
+        load_alpaca_items(data)
 
 
 # -- settings helpers shared by the judged benchmarks -----------------------------------------
-
-
-def check_settings(benchmark: str, settings: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
-    """Defaults merged with ``settings``; unknown keys are errors that list the known ones."""
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise ConfigError(f"benchmark {benchmark!r}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    return {**known, **settings}
 
 
 def judge_spec(benchmark: str, judge: Any) -> tuple[str, dict[str, Any]]:
@@ -75,7 +112,7 @@ def judge_spec(benchmark: str, judge: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(judge, dict) or not isinstance(judge.get("name"), str):
         raise ConfigError(
             f"benchmark {benchmark!r} needs a judge critic: set `judge: {{name: <critic>, ...}}` in its settings "
-            "or the run's `judge:` (see `srt-eval plugins` for installed critics)"
+            "or the run's `judge:` (e.g. --judge openai; see `srt-eval plugins` for installed critics)"
         )
     settings = {k: v for k, v in judge.items() if k != "name"}
     return judge["name"], settings
@@ -120,35 +157,14 @@ def _load_hub(subset: str) -> list[dict[str, Any]]:
 
 
 def _load_file(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise RecordError(f"{path}: alpaca_eval data file not found")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{path}: invalid JSON: {err.msg} at line {err.lineno}") from None
-        if not isinstance(rows, list):
-            raise RecordError(f"{path}: expected a JSON list of objects")
-        numbered = list(enumerate(rows, start=1))
-        where = "item"
-    else:
-        numbered, where = [], "line"
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    numbered.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise RecordError(f"{path}:{lineno}: invalid JSON: {err.msg}") from None
-    items, seen = [], set()
-    for n, row in numbered:
+    rows = DataRows(path, "alpaca_eval data file")
+    items = []
+    for n, raw, row in rows:
         for key in ("instruction", "output"):
-            if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                raise RecordError(f"{path}: {where} {n}: needs a string {key!r} (the reference answer is 'output')")
+            if not isinstance(row.get(key), str):
+                rows.bad(n, raw, f"needs a string {key!r} (the reference answer is 'output')")
         item_id = str(row.get("id", f"{path.stem}-{n}"))
-        if item_id in seen:
-            raise RecordError(f"{path}: {where} {n}: duplicate id {item_id!r}")
-        seen.add(item_id)
+        rows.unique(n, raw, item_id)
         items.append({"id": item_id, "instruction": row["instruction"], "output": row["output"],
                       "generator": row.get("generator", "reference"), "dataset": row.get("dataset")})
     return items
@@ -326,23 +342,17 @@ class AlpacaEvalBenchmark:
 
     name = "alpaca_eval"
     uses_judge = True  # the runner passes the run's judge when the settings name none
-    DEFAULTS: dict[str, Any] = {
-        "data": "fixture",  # fixture | path to .json/.jsonl | hub
-        "subset": "alpaca_eval_gpt4_baseline",  # hub only
-        "limit": None,
-        "judge": None,  # {name: <critic>, ...critic settings}
-        "answer_mode": None,  # plain | srt | rerank; default: the model's answer_mode
-        "n": 16,  # rerank only
-        "both_orders": False,  # not applicable to score-based judging (recorded in meta)
-        "lc_min_items": 10,
-        "glm_name": "length_controlled_minimal",
-    }
+    settings_model = AlpacaEvalSettings
+
+    @classmethod
+    def check_settings(cls, settings: AlpacaEvalSettings) -> None:
+        """Plan check, nothing loaded: a judge is named and the data file is readable (``file:line`` errors)."""
+        judge_spec(cls.name, settings.judge)
+        check_data(settings.data)
 
     def __init__(self, settings: dict[str, Any]):
-        self.settings = check_settings(self.name, settings, self.DEFAULTS)
+        self.settings = parse_settings(self.name, self.settings_model, settings)
         self.judge_name, self.judge_settings = judge_spec(self.name, self.settings["judge"])
-        if self.settings["answer_mode"] not in (None, *ANSWER_MODES):
-            raise ConfigError(f"benchmark {self.name!r}: answer_mode must be one of {ANSWER_MODES}")
         self.items, self.data_identity = load_alpaca_items(
             self.settings["data"], self.settings["subset"], self.settings["limit"]
         )

@@ -26,16 +26,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from srt.errors import ConfigError
 
-from .lm_eval_bridge import LmEvalBenchmark, RenderedTasks, render_tasks, resolve_data_file
+from .lm_eval_bridge import LmEvalBenchmark, LmEvalSettings, RenderedTasks, render_tasks, resolve_data_file
 
 TASK = "gsm8k_cot"
+
+
+class GSM8KSettings(LmEvalSettings):
+    """``benchmarks: {gsm8k: {...}}`` (unknown keys are an error)."""
+
+    data_files: str | dict[str, str] | None = Field(
+        None,
+        description='A JSONL of {"question", "answer": "... #### 42"} (or {test: path}), a path or a file name in the '
+        "shipped data folder; None: the shipped 12-problem fixture",
+    )
+    num_fewshot: int | None = Field(None, ge=0, description="None: the task's 8 chain-of-thought exemplars")
 
 
 class GSM8KBenchmark(LmEvalBenchmark):
     name = "gsm8k"
     template = "srt_gsm8k.yaml"
+    settings_model = GSM8KSettings
 
     def tasks(self, out_dir: Path) -> RenderedTasks:
         files = self.settings["data_files"]

@@ -18,14 +18,17 @@ or ``hub`` for ``Anthropic/hh-rlhf`` (test split; the paper uses 500 pairs: ``li
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from srt.errors import ConfigError, RecordError, SrtError
+from pydantic import Field
+
+from srt.errors import SrtError
 from srt.eval.benchmark import BenchmarkResult, EvalContext
-from srt_builtin.benchmarks.alpaca_winrate import DATA_DIR, check_settings, file_digest, mean
+from srt.eval.data import DataRows
+from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
+from srt_builtin.benchmarks.alpaca_winrate import DATA_DIR, file_digest, mean
 
 FIXTURE = DATA_DIR / "hh_rlhf_pairs.jsonl"
 HUB_ID = "Anthropic/hh-rlhf"
@@ -56,25 +59,21 @@ def hh_prompt_to_instruction(prompt: str) -> str:
 def load_pairs(data: str, limit: int | None) -> tuple[list[dict[str, Any]], str, int]:
     """(pairs with id/instruction/chosen/rejected, data identity, number of pairs skipped)."""
     if data == "hub":
-        rows, identity = _load_hub(limit), f"hub:{HUB_ID}/test"
-        numbered = [(i + 1, row) for i, row in enumerate(rows)]
-        where = "row"
+        hub_rows, identity = _load_hub(limit), f"hub:{HUB_ID}/test"
+        rows: Any = None
+        numbered = ((i + 1, "", row) for i, row in enumerate(hub_rows))
     else:
         path = FIXTURE if data == "fixture" else Path(data).expanduser()
-        if not path.is_file():
-            raise RecordError(f"{path}: judge_agreement data file not found")
+        rows = DataRows(path, "judge_agreement data file")
         identity = f"{path.name}:sha256:{file_digest(path)}"
-        numbered, where = [], "line"
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    numbered.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise RecordError(f"{path}:{lineno}: invalid JSON: {err.msg}") from None
+        numbered = iter(rows)
     pairs, skipped = [], 0
-    for n, row in numbered:
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
-            raise RecordError(f"{identity}: {where} {n}: needs string 'chosen' and 'rejected'")
+    for n, raw, row in numbered:
+        if not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
+            reason = "needs string 'chosen' and 'rejected'"
+            if rows is None:
+                raise SrtError(f"{identity}: row {n}: {reason}")
+            rows.bad(n, raw, reason)
         if isinstance(row.get("instruction"), str):
             instruction, chosen, rejected = row["instruction"], row["chosen"], row["rejected"]
         else:
@@ -105,17 +104,38 @@ def _load_hub(limit: int | None) -> list[dict[str, Any]]:
         ) from err
 
 
+class JudgeAgreementSettings(BenchmarkSettings):
+    """``benchmarks: {judge_agreement: {...}}`` (unknown keys are an error)."""
+
+    data: str = Field(
+        "fixture",
+        description="`fixture` (16 hand-written pairs shipped with srt), a local JSONL/JSON file of "
+        "`{instruction, chosen, rejected}` or HH-RLHF transcripts `{chosen, rejected}`, or `hub` "
+        "(Anthropic/hh-rlhf test split; needs the network)",
+    )
+    limit: int | None = Field(None, ge=1, description="Use the first N usable pairs only (the paper: 500)")
+    scoring: Literal["auto", "srt", "critic_prompt"] = Field(
+        "auto",
+        description="How the model critiques: `srt` (feedback inside its assistant turn), `critic_prompt` (the "
+        "critic prompt as a user message), `auto` (srt for models with answer_mode srt, else critic_prompt)",
+    )
+
+
 class JudgeAgreementBenchmark:
     """Agreement of the model's own scores with human preferences (see the module docstring)."""
 
     name = "judge_agreement"
     uses_judge = False  # the model is the judge
-    DEFAULTS: dict[str, Any] = {"data": "fixture", "limit": None, "scoring": "auto"}
+    settings_model = JudgeAgreementSettings
+
+    @classmethod
+    def check_settings(cls, settings: JudgeAgreementSettings) -> None:
+        """Plan check, nothing loaded: a local data file is readable and holds usable pairs."""
+        if settings.data != "hub":
+            load_pairs(settings.data, settings.limit)
 
     def __init__(self, settings: dict[str, Any]):
-        self.settings = check_settings(self.name, settings, self.DEFAULTS)
-        if self.settings["scoring"] not in ("auto", "srt", "critic_prompt"):
-            raise ConfigError(f"benchmark {self.name!r}: scoring must be auto, srt or critic_prompt")
+        self.settings = parse_settings(self.name, self.settings_model, settings)
         self.pairs, self.data_identity, self.skipped = load_pairs(self.settings["data"], self.settings["limit"])
 
     @classmethod

@@ -25,11 +25,14 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import yaml
+from pydantic import Field, model_validator
 
 from srt.errors import ConfigError
+from srt.eval.data import check_fields
+from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 DATA_DIR = Path(__file__).parent / "data"
@@ -102,6 +105,7 @@ class RenderedTasks:
     folder: Path  # the run's task YAMLs: TaskManager(include_path=folder, include_defaults=False)
     text: str  # what the config hash covers: our template + the shipped YAMLs it includes
     data_files: dict[str, str] = field(default_factory=dict)  # "task/split" -> absolute path
+    fields: list[str] = field(default_factory=list)  # what every row of a local data file must hold
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +175,7 @@ def render_tasks(
         f"    lm_eval --include_path {folder} --tasks {','.join(members)} --model hf --model_args pretrained=...\n",
         encoding="utf-8",
     )
-    return RenderedTasks(list(members), folder, "\n".join(hashed), resolved)
+    return RenderedTasks(list(members), folder, "\n".join(hashed), resolved, list(cfg.get("fields") or []))
 
 
 def _yaml_with_includes(path: Path) -> str:
@@ -435,45 +439,28 @@ def run_meta(
 # Settings shared by the lm-eval benchmarks
 
 
-COMMON_SETTINGS: dict[str, Any] = {
-    "data_files": None,  # benchmark-specific shape; default: the shipped fixtures
-    "hub": False,  # use lm-eval's shipped hub tasks (real data; needs the network)
-    "num_fewshot": None,  # None: the benchmark's default
-    "limit": None,  # documents per task (None: all)
-    "max_gen_toks": None,  # None: the task's own (lm-eval default 256)
-    "answer_mode": None,  # None: the model's answer_mode
-    "batch_size": None,  # None: the model's batch size
-    "apply_chat_template": False,  # plain mode: render lm-eval's prompt with the chat template
-    "cache": True,  # reuse generations from earlier runs (under the run's cache_dir)
-}
+class LmEvalSettings(BenchmarkSettings):
+    """Settings every lm-eval benchmark takes (each adds ``data_files`` in its own shape)."""
 
+    data_files: Any = Field(None, description="Local data files (shape per benchmark); None: the shipped fixtures")
+    hub: bool = Field(False, description="Use lm-eval's shipped hub tasks on the real data (needs the network)")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot exemplars; None: the benchmark's default")
+    limit: int | None = Field(None, ge=1, description="Documents per task (None: all)")
+    max_gen_toks: int | None = Field(
+        None, ge=1, description="Plain mode: new tokens per answer; None: the task's own (lm-eval's default 256)"
+    )
+    answer_mode: Literal["plain", "srt"] | None = Field(None, description="None: the model's answer_mode")
+    batch_size: int | None = Field(None, ge=1, description="None: the model's batch size")
+    apply_chat_template: bool = Field(
+        False, description="Plain mode: render lm-eval's prompt with the model's chat template (srt mode always does)"
+    )
+    cache: bool = Field(True, description="Reuse generations from earlier runs (under the run's cache_dir)")
 
-def parse_settings(benchmark: str, settings: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Defaults merged with the user's settings; unknown keys and bad numbers are ConfigErrors."""
-    settings = dict(settings or {})
-    unknown = sorted(set(settings) - set(defaults))
-    if unknown:
-        raise ConfigError(f"benchmark {benchmark!r}: unknown setting(s) {unknown}; known: {sorted(defaults)}")
-    merged = {**defaults, **settings}
-    for key in ("num_fewshot", "limit", "max_gen_toks", "batch_size"):
-        value = merged.get(key)
-        if value is None:
-            continue
-        minimum = 0 if key == "num_fewshot" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"benchmark {benchmark!r}: {key} must be an integer >= {minimum}, got {value!r}")
-    if merged.get("answer_mode") not in (None, *ANSWER_MODES):
-        raise ConfigError(
-            f"benchmark {benchmark!r}: answer_mode must be one of {ANSWER_MODES}, got {merged['answer_mode']!r}"
-        )
-    for key in ("hub", "apply_chat_template", "cache"):
-        if not isinstance(merged.get(key), bool):
-            raise ConfigError(f"benchmark {benchmark!r}: {key} must be true or false, got {merged.get(key)!r}")
-    if merged["hub"] and merged.get("data_files") is not None:
-        raise ConfigError(
-            f"benchmark {benchmark!r}: data_files and hub: true exclude each other (hub data comes from lm-eval's task)"
-        )
-    return merged
+    @model_validator(mode="after")
+    def _hub_or_files(self) -> "LmEvalSettings":
+        if self.hub and self.data_files is not None:
+            raise ValueError("data_files and hub: true exclude each other (hub data comes from lm-eval's task)")
+        return self
 
 
 class LmEvalBenchmark:
@@ -485,14 +472,26 @@ class LmEvalBenchmark:
 
     name: str = ""
     template: str = ""
-    defaults: dict[str, Any] = COMMON_SETTINGS
+    settings_model: type[LmEvalSettings] = LmEvalSettings
 
     def __init__(self, **settings: Any):
-        self.settings = parse_settings(self.name, settings, self.defaults)
+        self.settings = parse_settings(self.name, self.settings_model, settings)
 
     @classmethod
     def from_config(cls, settings: dict[str, Any]):
         return cls(**(settings or {}))
+
+    @classmethod
+    def check_settings(cls, settings: LmEvalSettings) -> None:
+        """Plan check, no model and no lm-eval run: the tasks exist in this lm-eval, and every local data
+        file exists and is readable JSONL/JSON whose rows have the fields the tasks read (``file:line``)."""
+        cls.from_config(settings.model_dump()).check_data()
+
+    def check_data(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            rendered = self.tasks(Path(tmp))
+        for path in sorted(set(rendered.data_files.values())):
+            check_fields(path, rendered.fields, f"benchmark {self.name!r} data file")
 
     def describe(self) -> dict[str, Any]:
         """Settings plus a hash of what else decides the task: the YAMLs (ours and lm-eval's) and data contents."""

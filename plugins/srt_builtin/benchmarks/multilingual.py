@@ -12,11 +12,42 @@ Settings shared with ``gsm8k`` (see :mod:`srt_builtin.benchmarks.gsm8k`): ``hub`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from srt.errors import ConfigError
 
-from .lm_eval_bridge import COMMON_SETTINGS, LmEvalBenchmark, RenderedTasks, mean, render_tasks, resolve_data_file
+from .lm_eval_bridge import LmEvalBenchmark, LmEvalSettings, RenderedTasks, mean, render_tasks, resolve_data_file
+
+
+class TyDiQASettings(LmEvalSettings):
+    """``benchmarks: {tydiqa: {...}}`` (unknown keys are an error)."""
+
+    data_files: dict[str, str] | None = Field(
+        None,
+        description="{train: path, validation: path} in the hub's secondary_task layout (id, title, context, question, "
+        "answers); None: the shipped fixtures",
+    )
+    num_fewshot: int | None = Field(1, ge=0, description="Exemplars from the same language (the Tulu-2 protocol: 1)")
+    languages: list[str] | str | None = Field(None, description="GoldP language codes; None: all nine")
+
+
+class MGSMSettings(LmEvalSettings):
+    """``benchmarks: {mgsm: {...}}`` (unknown keys are an error)."""
+
+    data_files: dict[str, str] | None = Field(
+        None, description="{language: path} of {question, answer, answer_number} rows; None: the shipped fixtures"
+    )
+    languages: list[str] | str | None = Field(
+        None, description="Language codes; None: the shipped fixtures' languages (with hub: true, all 11)"
+    )
+    variant: Literal["native_cot", "direct"] = Field(
+        "native_cot", description="native_cot: chain of thought in the question's language; direct: the number only"
+    )
+    num_fewshot: int | None = Field(
+        None, ge=0, description="0-shot locally (no local exemplars); with hub: true, from its train split"
+    )
 
 
 def _languages(benchmark: str, value: Any, known: list[str]) -> list[str]:
@@ -59,7 +90,7 @@ class TyDiQABenchmark(LmEvalBenchmark):
     name = "tydiqa"
     template = "srt_tydiqa.yaml"
     LANGUAGES = ["ar", "bn", "en", "fi", "id", "ko", "ru", "sw", "te"]
-    defaults = {**COMMON_SETTINGS, "num_fewshot": 1, "languages": None}
+    settings_model = TyDiQASettings
 
     def __init__(self, **settings: Any):
         super().__init__(**settings)
@@ -111,17 +142,12 @@ class MGSMBenchmark(LmEvalBenchmark):
     LANGUAGES = ["bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh"]
     FIXTURE_LANGUAGES = ["en", "de", "fr", "es", "zh", "ja", "ru", "sw"]
     METRICS = ["strict_match", "remove_whitespace", "flexible_extract"]
-    defaults = {**COMMON_SETTINGS, "languages": None, "variant": "native_cot"}
+    settings_model = MGSMSettings
 
     def __init__(self, **settings: Any):
         super().__init__(**settings)
-        variant = self.settings["variant"]
-        if variant not in self.VARIANTS:
-            raise ConfigError(f"benchmark 'mgsm': variant must be one of {sorted(self.VARIANTS)}, got {variant!r}")
-        self.template = self.VARIANTS[variant]
+        self.template = self.VARIANTS[self.settings["variant"]]
         files = self.settings["data_files"]
-        if files is not None and not isinstance(files, dict):
-            raise ConfigError(f"benchmark 'mgsm': data_files takes {{language: path}}, got {files!r}")
         langs = self.settings["languages"]
         if langs is None:
             langs = self.LANGUAGES if self.settings["hub"] else sorted({*self.FIXTURE_LANGUAGES, *(files or {})})

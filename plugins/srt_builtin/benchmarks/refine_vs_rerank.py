@@ -18,13 +18,17 @@ instructions are used. ``n`` defaults to 4 here for speed (the paper uses 16).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from srt.errors import ConfigError
+from pydantic import Field
+
 from srt.eval.benchmark import BenchmarkResult, EvalContext
+from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
 from srt_builtin.benchmarks.alpaca_winrate import (
+    DATA_HELP,
+    JUDGE_HELP,
     answer_stats,
-    check_settings,
+    check_data,
     judge_head_to_head,
     judge_spec,
     load_alpaca_items,
@@ -33,27 +37,37 @@ from srt_builtin.benchmarks.alpaca_winrate import (
 )
 
 
+class RefineVsRerankSettings(BenchmarkSettings):
+    """``benchmarks: {refine_vs_rerank: {...}}`` (unknown keys are an error)."""
+
+    data: str = Field("fixture", description=DATA_HELP + "; only the instructions are used")
+    subset: str = Field("alpaca_eval_gpt4_baseline", description="With `data: hub`: the alpaca_eval subset")
+    limit: int | None = Field(None, ge=1, description="Evaluate the first N instructions only (None: all)")
+    judge: str | dict[str, Any] | None = Field(None, description=JUDGE_HELP)
+    n: int = Field(4, ge=1, description="Candidates sampled for best-of-n re-ranking (the paper uses 16)")
+    scoring: Literal["srt", "critic_prompt"] = Field(
+        "srt",
+        description="How rerank candidates are self-scored: `srt` (the SRT self-critique) or `critic_prompt` "
+        "(the critic prompt as a user message, for plain chat models)",
+    )
+
+
 class RefineVsRerankBenchmark:
     """Win rate of self-refinement over best-of-n self-score re-ranking (module docstring)."""
 
     name = "refine_vs_rerank"
     uses_judge = True
-    DEFAULTS: dict[str, Any] = {
-        "data": "fixture",
-        "subset": "alpaca_eval_gpt4_baseline",
-        "limit": None,
-        "judge": None,
-        "n": 4,
-        "scoring": "srt",  # how rerank candidates are self-scored: srt | critic_prompt
-    }
+    settings_model = RefineVsRerankSettings
+
+    @classmethod
+    def check_settings(cls, settings: RefineVsRerankSettings) -> None:
+        """Plan check, nothing loaded: a judge is named and the data file is readable (``file:line`` errors)."""
+        judge_spec(cls.name, settings.judge)
+        check_data(settings.data)
 
     def __init__(self, settings: dict[str, Any]):
-        self.settings = check_settings(self.name, settings, self.DEFAULTS)
+        self.settings = parse_settings(self.name, self.settings_model, settings)
         self.judge_name, self.judge_settings = judge_spec(self.name, self.settings["judge"])
-        if not isinstance(self.settings["n"], int) or self.settings["n"] < 1:
-            raise ConfigError(f"benchmark {self.name!r}: n must be a whole number >= 1")
-        if self.settings["scoring"] not in ("srt", "critic_prompt"):
-            raise ConfigError(f"benchmark {self.name!r}: scoring must be srt or critic_prompt")
         self.items, self.data_identity = load_alpaca_items(
             self.settings["data"], self.settings["subset"], self.settings["limit"]
         )
