@@ -20,30 +20,73 @@ def plugins() -> None:
     echo_plugins([BENCHMARKS, CRITICS])
 
 
-@cli.command()
-@click.option("--model", "models", multiple=True, metavar="[NAME=]PATH",
-              help="Model folder, hub id or 'tiny' (repeatable; compared side by side).")
-@click.option("--benchmarks", default=None, help="Comma-separated benchmark plugins, e.g. alpaca_eval,gsm8k.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Eval YAML config.")
-@click.option("--output", "output_dir", default=None, help="Output directory (default from config).")
-@click.option("--answer-mode", type=click.Choice(["plain", "srt"]), default=None,
-              help="plain: the model's answer; srt: response -> feedback -> refinement, the refinement is the answer.")
-@click.option("--judge", default=None, help="Critic plugin used as judge (overrides the config).")
-@click.option("--seed", type=int, default=None)
-def run(models, benchmarks, config_path, output_dir, answer_mode, judge, seed) -> None:
-    """Run benchmarks on one or more models; writes per-sample JSONL, summary.json, report.md and plots."""
-    from srt.errors import ConfigError
-    from srt.eval.runner import cli_run
+def run_options(f):
+    """The options `run` and `validate` share (validate checks exactly what run would run)."""
+    options = [
+        click.option("--model", "models", multiple=True, metavar="[NAME=]PATH",
+                     help="Model folder, hub id or 'tiny' (repeatable; compared side by side). "
+                     "Replaces the config's models."),
+        click.option("--benchmarks", default=None, help="Comma-separated benchmark plugins, e.g. alpaca_eval,gsm8k."),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                     help="Eval YAML config."),
+        click.option("--output", "output_dir", default=None, help="Output directory (default from config)."),
+        click.option("--answer-mode", type=click.Choice(["plain", "srt"]), default=None,
+                     help="For every model: plain (the model's answer) or srt (response -> feedback -> refinement, "
+                     "the refinement is the answer). Per-model modes: `answer_mode` in the config's models."),
+        click.option("--judge", default=None,
+                     help="Critic plugin used as judge (replaces the config's judge; its settings: "
+                     "--set judge.KEY=VALUE)."),
+        click.option("--seed", type=int, default=None),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Dotted override of the config, e.g. --set judge.model=gpt-4o, "
+                     "--set benchmarks.gsm8k.limit=4 (repeatable; values are YAML)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
-    if not models and not config_path:
-        raise ConfigError("give at least one --model (or a --config with models)")
-    summary = cli_run(models, benchmarks, config_path, output_dir, seed=seed, judge=judge, answer_mode=answer_mode)
+
+@cli.command()
+@run_options
+def run(models, benchmarks, config_path, output_dir, answer_mode, judge, seed, overrides) -> None:
+    """Run benchmarks on one or more models; writes per-sample JSONL, summary.json, report.md and plots.
+
+    Everything is checked first (the plan of `srt-eval validate`); then the output directory is
+    locked for the run (a second run there stops at once).
+    """
     from pathlib import Path
 
+    from srt.eval.runner import cli_run
+
+    _need_models(models, config_path)
+    summary = cli_run(models, benchmarks, config_path, output_dir, seed=seed, judge=judge, answer_mode=answer_mode,
+                      overrides=overrides)
     out = Path(summary["run"]["output_dir"])
     if (out / "report.md").is_file():
         click.echo((out / "report.md").read_text(encoding="utf-8"))
     click.echo(f"results: {out}/summary.json, {out}/report.md")
+
+
+@cli.command()
+@run_options
+def validate(models, benchmarks, config_path, output_dir, answer_mode, judge, seed, overrides) -> None:
+    """Check an evaluation without running it: models found, benchmark settings and data files, the judge's
+    settings and API key variable, the output directory. Loads no model, writes nothing; exit status 2 on
+    the first problem."""
+    from srt.eval.runner import cli_plan
+
+    _need_models(models, config_path)
+    plan = cli_plan(models, benchmarks, config_path, output_dir, seed=seed, judge=judge, answer_mode=answer_mode,
+                    overrides=overrides)
+    click.echo(plan.describe())
+    click.echo("ok: nothing to fix")
+
+
+def _need_models(models, config_path) -> None:
+    from srt.errors import ConfigError
+
+    if not models and not config_path:
+        raise ConfigError("give at least one --model (or a --config with models)")
 
 
 @cli.command()

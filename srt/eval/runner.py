@@ -20,18 +20,19 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from srt.errors import ConfigError, SrtError
 from srt.eval.benchmark import BenchmarkResult, EvalContext
 from srt.eval.model import EvalModel, _hash
-from srt.records import write_jsonl_atomic
-from srt.registry import BENCHMARKS, create_critic, load_plugin
+from srt.records import JsonLines, write_jsonl_atomic
+from srt.registry import create_critic
+
+if TYPE_CHECKING:
+    from srt.eval.plan import EvalPlan
 
 logger = logging.getLogger(__name__)
 
@@ -46,44 +47,76 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    name: str | None = None  # default: the folder name
-    path: str
-    answer_mode: str = "plain"  # plain | srt
-    dtype: str = "auto"
-    batch_size: int = Field(8, ge=1)
-    sampling: dict[str, Any] = Field(default_factory=dict)  # temperature, top_p, max_new_tokens, seed, stop
-    candidate_sampling: dict[str, Any] = Field(default_factory=dict)  # rerank candidates (default T=0.7)
-    score_sampling: dict[str, Any] = Field(default_factory=dict)  # self-scores (default greedy, 512 tokens)
-    system_prompt: str | None = None
-    revision: str | None = None
-    device: str = "cpu"
+    """One model of ``models:`` (``--model [NAME=]PATH`` on the command line)."""
+
+    name: str | None = Field(None, description="Name in the report and the output folders; default: the folder name")
+    path: str = Field(description="Model folder, hub id, or `tiny` (a built-in test model)")
+    answer_mode: Literal["plain", "srt"] = Field(
+        "plain",
+        description="plain: the model's answer; srt: response -> feedback -> refinement, the refinement is the answer",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Load dtype")
+    batch_size: int = Field(8, ge=1, description="Prompts per generate call")
+    sampling: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Answer decoding (temperature, top_p, max_new_tokens, seed, stop); default greedy, 1024 tokens",
+    )
+    candidate_sampling: dict[str, Any] = Field(
+        default_factory=dict, description="Rerank candidates' decoding; default T=0.7, the answer's length and seed"
+    )
+    score_sampling: dict[str, Any] = Field(
+        default_factory=dict, description="Self-scores' decoding; default greedy, 512 new tokens"
+    )
+    system_prompt: str | None = Field(None, description="System message for every prompt")
+    revision: str | None = Field(None, description="Hub revision")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N")
 
 
 class EvalConfig(_Strict):
     """``srt-eval run --config FILE``: the YAML layout."""
 
-    output_dir: str = "runs/eval"
-    cache_dir: str | None = None  # default: <output_dir>/cache
-    seed: int = 0
-    judge: dict[str, Any] | None = None  # default judge critic for judged benchmarks: {name: ..., <settings>}
-    models: list[ModelSpec] = Field(default_factory=list)
-    # benchmark name -> settings; a settings mapping may name the plugin to use (`plugin: alpaca_eval`)
-    # so one plugin can run twice under two names with different settings.
-    benchmarks: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    output_dir: str = Field("runs/eval", description="Where results go; one run at a time per folder")
+    cache_dir: str | None = Field(None, description="Generation cache; default: <output_dir>/cache")
+    seed: int = Field(0, description="Seed of every benchmark run")
+    judge: dict[str, Any] | None = Field(
+        None,
+        description="Default judge critic of the judged benchmarks: {name: <critic plugin>, <its settings>}",
+    )
+    models: list[ModelSpec] = Field(default_factory=list, description="The models, side by side in the report")
+    benchmarks: dict[str, dict[str, Any] | None] = Field(
+        default_factory=dict,
+        description="Benchmark name -> its settings; `plugin: <name>` in the settings runs one plugin under "
+        "another name (so one plugin can run twice with different settings)",
+    )
 
 
-def load_eval_config(path: str | Path | None) -> EvalConfig:
-    if path is None:
-        return EvalConfig()
-    from srt.config import load_yaml
+def load_eval_config(
+    path: str | Path | None, overrides: Sequence[str] = (), judge: str | None = None
+) -> EvalConfig:
+    """The eval config from ``path`` (or the defaults), ``--judge`` applied, then ``--set KEY=VALUE`` overrides.
 
-    data = load_yaml(path)
+    ``judge``: a critic name; when it differs from the config judge's name, the config's judge
+    settings are dropped (they belong to another critic). Credentials in the config are refused.
+    """
+    from srt.config import apply_overrides, format_validation_error, load_yaml
+    from srt.secrets import find_secrets
+
+    data = load_yaml(path) if path is not None else {}
+    if judge is not None:
+        current = data.get("judge")
+        if not (isinstance(current, dict) and current.get("name") == judge):
+            data["judge"] = {"name": judge}
+    data = apply_overrides(data, list(overrides))
+    secrets = find_secrets(data)
+    if secrets:
+        raise ConfigError(
+            f"{path or 'config'}: {', '.join(secrets)} looks like a credential; results record the settings, so put "
+            "the key in an environment variable and name it (e.g. judge.api_key_env: OPENAI_API_KEY)"
+        )
     try:
-        return EvalConfig.model_validate(data or {})
+        return EvalConfig.model_validate(data)
     except ValidationError as exc:
-        from srt.config import format_validation_error
-
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+        raise ConfigError(format_validation_error(exc, str(path or "config"))) from None
 
 
 def model_from_spec(spec: ModelSpec | dict[str, Any] | str) -> EvalModel:
@@ -110,27 +143,6 @@ def model_from_spec(spec: ModelSpec | dict[str, Any] | str) -> EvalModel:
 
 
 # -- running ---------------------------------------------------------------------------------
-
-
-@dataclass
-class _Bench:
-    name: str
-    plugin: str
-    settings: dict[str, Any]
-    instance: Any = field(default=None)
-
-
-def _load_benchmarks(benchmarks: dict[str, dict[str, Any] | None], judge: dict[str, Any] | None) -> list[_Bench]:
-    loaded = []
-    for name, settings in benchmarks.items():
-        settings = dict(settings or {})
-        plugin = settings.pop("plugin", name)
-        cls = load_plugin(BENCHMARKS, plugin)  # unknown name -> PluginError listing the installed ones
-        # The run's judge applies to every benchmark that uses one, unless the benchmark names its own.
-        if getattr(cls, "uses_judge", False) and judge and "judge" not in settings:
-            settings["judge"] = dict(judge)
-        loaded.append(_Bench(name, plugin, settings, cls.from_config(settings)))
-    return loaded
 
 
 def package_versions(extra: Sequence[str] = ()) -> dict[str, str | None]:
@@ -197,30 +209,33 @@ def run_eval(
 
     ``benchmarks``: benchmark name -> settings (see each plugin; ``plugin:`` picks the plugin when
     the name differs). ``judge``: the default judge critic ``{name: ..., <critic settings>}`` for
-    benchmarks that need one.
+    benchmarks that need one. First :func:`srt.eval.plan.plan_eval` checks everything (nothing is
+    loaded or written when it fails); then the output directory is locked for the run's life, so a
+    second run there stops at once.
     """
-    if not models:
-        raise ConfigError("no models to evaluate: give at least one --model (or `models:` in the config)")
-    if not benchmarks:
-        raise ConfigError("no benchmarks selected: give --benchmarks a,b (or `benchmarks:` in the config)")
-    names = [m.name for m in models]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"two models share the name(s) {duplicates}; give each a distinct name (NAME=PATH)")
+    from srt.eval.plan import plan_eval
+    from srt.pipeline.lock import RunLock
+    from srt.secrets import register_env_secrets
 
-    output_dir = Path(output_dir)
-    cache_dir = Path(cache_dir) if cache_dir is not None else output_dir / "cache"
-    loaded = _load_benchmarks(benchmarks, judge)
+    register_env_secrets({"judge": judge, "benchmarks": benchmarks})  # key values never reach a log or a file
+    plan = plan_eval(models, benchmarks, output_dir, seed=seed, judge=judge, cache_dir=cache_dir)
+    with RunLock(plan.output_dir, "srt-eval run"):
+        return execute_plan(plan, report=report)
+
+
+def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
+    """Run a checked plan (:func:`run_eval` plans and locks first; call that)."""
+    output_dir, cache_dir, seed = plan.output_dir, plan.cache_dir, plan.seed
     judges = _Judges()
     results: dict[str, dict[str, Any]] = {}
     model_records: dict[str, Any] = {}
 
-    for model in models:
+    for model in plan.models:
         model.cache_dir = model.cache_dir or cache_dir
         record = model.describe()
         model_records[model.name] = record
         results[model.name] = {}
-        for bench in loaded:
+        for bench in plan.benchmarks:
             bench_dir = output_dir / _safe(model.name) / _safe(bench.name)
             task_hash = _hash(bench.instance.describe())
             config_hash = _hash({"task": task_hash, "model": record, "seed": seed})
@@ -263,8 +278,8 @@ def run_eval(
             "seed": seed,
             "output_dir": str(output_dir),
             "cache_dir": str(cache_dir),
-            "judge": judge,
-            "benchmarks": {b.name: {"plugin": b.plugin, "settings": b.settings} for b in loaded},
+            "judge": plan.judge,
+            "benchmarks": {b.name: {"plugin": b.plugin, "settings": b.settings} for b in plan.benchmarks},
             "package_versions": package_versions(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
@@ -310,7 +325,7 @@ def _safe(name: str) -> str:
 # -- CLI-facing functions ----------------------------------------------------------------------
 
 
-def cli_run(
+def cli_inputs(
     models: Sequence[str] = (),
     benchmarks: str | Sequence[str] | None = None,
     config_path: str | Path | None = None,
@@ -318,19 +333,27 @@ def cli_run(
     seed: int | None = None,
     judge: str | None = None,
     answer_mode: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """``srt-eval run``: merge the YAML config with the command line, then :func:`run_eval`.
+    """The command line merged with the YAML config: the keyword arguments of :func:`run_eval`.
 
     ``models``: ``PATH`` or ``NAME=PATH`` entries; they replace the config's ``models`` (taking
     ``answer_mode`` when given). ``benchmarks``: ``"a,b"`` or a list; selects benchmarks (with the
     config's settings for them when present). ``judge``: a critic name overriding the config's judge.
+    ``overrides``: ``--set KEY=VALUE`` on the config (``judge.model=gpt-4o``, ``benchmarks.gsm8k.limit=4``).
     """
-    cfg = load_eval_config(config_path)
+    cfg = load_eval_config(config_path, overrides, judge=judge)
     if models:
         specs = []
         for m in models:
             name, sep, path = m.partition("=")
-            specs.append(ModelSpec(name=name if sep else None, path=path if sep else m, answer_mode=answer_mode or "plain"))
+            try:
+                specs.append(ModelSpec(name=name if sep else None, path=path if sep else m,
+                                       answer_mode=answer_mode or "plain"))
+            except ValidationError as exc:
+                from srt.config import validation_problems
+
+                raise ConfigError(f"--model {m}: {validation_problems(exc)}") from None
         model_objs = [model_from_spec(s) for s in specs]
     else:
         model_objs = [model_from_spec(s) for s in cfg.models]
@@ -340,17 +363,27 @@ def cli_run(
     if isinstance(benchmarks, str):
         benchmarks = [b.strip() for b in benchmarks.split(",") if b.strip()]
     selected = {b: cfg.benchmarks.get(b) or {} for b in benchmarks} if benchmarks else dict(cfg.benchmarks)
-    judge_settings = cfg.judge
-    if judge and (cfg.judge or {}).get("name") != judge:
-        judge_settings = {"name": judge}  # another critic: the config's judge settings do not apply
-    return run_eval(
-        model_objs,
-        selected,
-        output_dir=output_dir or cfg.output_dir,
-        seed=cfg.seed if seed is None else seed,
-        judge=judge_settings,
-        cache_dir=cfg.cache_dir,
-    )
+    return {
+        "models": model_objs,
+        "benchmarks": selected,
+        "output_dir": output_dir or cfg.output_dir,
+        "seed": cfg.seed if seed is None else seed,
+        "judge": cfg.judge,
+        "cache_dir": cfg.cache_dir,
+    }
+
+
+def cli_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``srt-eval run``: :func:`cli_inputs`, then :func:`run_eval` (plan, lock, evaluate)."""
+    return run_eval(**cli_inputs(*args, **kwargs))
+
+
+def cli_plan(*args: Any, **kwargs: Any) -> EvalPlan:
+    """``srt-eval validate``: :func:`cli_inputs`, then :func:`run_eval`'s plan alone (nothing loaded or written)."""
+    from srt.eval.plan import plan_eval
+
+    inputs = cli_inputs(*args, **kwargs)
+    return plan_eval(inputs.pop("models"), inputs.pop("benchmarks"), inputs.pop("output_dir"), **inputs)
 
 
 def generate_file(
@@ -374,12 +407,9 @@ def generate_file(
     output are skipped. ``rerank`` self-scores with the SRT self-critique unless ``scoring`` is
     ``critic_prompt`` (for plain chat models). Returns the stats (also in ``<output>.stats.json``).
     """
-    from srt.inference import MODES
     from srt.records import JsonlWriter, existing_ids
 
-    if mode not in MODES:
-        raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    items = read_instructions(input_path)
+    items = plan_generate(model_path, input_path, output_path, mode)
     output_path = Path(output_path)
     done = existing_ids(output_path)
     todo = [it for it in items if it["id"] not in done]
@@ -414,45 +444,58 @@ def generate_file(
     return stats
 
 
+def plan_generate(model_path: str, input_path: str | Path, output_path: str | Path, mode: str) -> list[dict[str, Any]]:
+    """``srt-eval generate``'s checks, before any model loads: the mode, the input (every line, with
+    ``file:line`` errors), the output file (a file whose folder can be written; an existing output is
+    readable), the model (found without loading it). Returns the input's items."""
+    from srt.inference import MODES
+    from srt.models import check_model_reference
+    from srt.pipeline.plan import check_output_dir
+    from srt.records import existing_ids
+
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    items = read_instructions(input_path)
+    output = Path(output_path)
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a directory; give a file path (e.g. {output}/answers.jsonl)")
+    if output.resolve() == Path(input_path).resolve():
+        raise ConfigError(f"--output {output} is the input file; answers go to another file")
+    check_output_dir(output.parent, "the --output folder")
+    existing_ids(output)  # an earlier output this run appends to must be readable
+    check_model_reference(model_path, what="--model")
+    return items
+
+
 def _trace_stats(path: Path, mode: str) -> dict[str, Any]:
     """Counts over the whole output file (earlier runs included)."""
     counts = {"answered": 0, "parsed": 0, "fallback_unparseable": 0, "truncated": 0}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            trace = json.loads(line)["trace"]
-            counts["answered"] += 1
-            counts["truncated"] += trace.get("finish_reason") == "length"
-            if mode == "srt":
-                counts["parsed"] += bool(trace.get("parsed"))
-                counts["fallback_unparseable"] += bool(trace.get("fallback"))
+    lines = JsonLines(path)
+    for lineno, raw, row in lines:
+        trace = row.get("trace")
+        if not isinstance(trace, dict):
+            lines.bad(lineno, raw, "expected an answer with a 'trace' object (is this an srt-eval generate output?)")
+        counts["answered"] += 1
+        counts["truncated"] += trace.get("finish_reason") == "length"
+        if mode == "srt":
+            counts["parsed"] += bool(trace.get("parsed"))
+            counts["fallback_unparseable"] += bool(trace.get("fallback"))
     if mode != "srt":
         del counts["parsed"], counts["fallback_unparseable"]
     return counts
 
 
 def read_instructions(path: str | Path) -> list[dict[str, Any]]:
-    """``{id?, instruction}`` per line; a missing id becomes ``line-<n>``. Errors name file and line."""
-    from srt.errors import RecordError
-
-    path = Path(path)
-    if not path.is_file():
-        raise RecordError(f"{path}: file not found")
-    items, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}:{lineno}: invalid JSON: {err.msg}") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("instruction"), str) or not obj["instruction"].strip():
-                raise RecordError(f"{path}:{lineno}: expected an object with a non-empty string 'instruction'")
-            item_id = str(obj.get("id", f"line-{lineno}"))
-            if item_id in seen:
-                raise RecordError(f"{path}:{lineno}: duplicate id {item_id!r}")
-            seen.add(item_id)
-            items.append({**obj, "id": item_id})
+    """``{id?, instruction}`` per line; a missing id becomes ``line-<n>``. Read with the project's one JSONL
+    line loop (:class:`srt.records.JsonLines`): every problem is ``<file>:<line>: <reason>``."""
+    lines = JsonLines(path)
+    items = []
+    for lineno, raw, obj in lines:
+        if not isinstance(obj.get("instruction"), str) or not obj["instruction"].strip():
+            lines.bad(lineno, raw, "expected an object with a non-empty string 'instruction'")
+        item_id = str(obj.get("id", f"line-{lineno}"))
+        lines.unique(lineno, raw, item_id)
+        items.append({**obj, "id": item_id})
+    if not items:
+        raise lines.no_records_error()
     return items
