@@ -6,7 +6,20 @@ returns per-sample results and metrics; the harness (:mod:`srt.eval.runner`) cac
 writes per-sample JSONL, the summary JSON, the side-by-side table and the plots.
 
 A plugin class is built with ``Cls.from_config(settings)`` where ``settings`` is the benchmark's
-mapping in the eval config (data files, shots, answer mode, judge...).
+mapping in the eval config (data files, shots, answer mode, judge...). Before that, and before any
+model loads, ``srt-eval run`` and ``srt-eval validate`` check the settings
+(:func:`srt.eval.plan.plan_eval`) through what the class declares:
+
+* ``settings_model``: a pydantic model of its settings (``extra="forbid"``, a ``description`` per
+  field); unknown keys and wrong types are one ``Error:`` line;
+* ``check_settings(parsed)`` (classmethod): its own cheap checks, e.g. every data file it names
+  exists and is readable (raise an :class:`srt.errors.SrtError` with one line, ``file:line``);
+* ``uses_judge = True``: the run's ``judge`` critic (``{name: ..., <settings>}``) is passed as the
+  ``judge`` setting unless the benchmark names its own, and that critic's settings are checked too.
+
+``from_config`` should stay cheap (settings and data, never a model): the plan builds every
+benchmark before the run starts, so a data set that cannot be read (or fetched, for hub data) stops
+the run before any generation.
 """
 
 from __future__ import annotations
