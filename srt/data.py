@@ -871,7 +871,7 @@ def _load_records(records, files, model: type[BaseModel], what: str) -> list | N
     if files is not None:
         if isinstance(files, (str, os.PathLike)):
             files = [files]
-        return [r for path in files for r in read_jsonl(path, model)]
+        return [r for path in files for r in read_jsonl(path, model, allow_empty=False)]
     if records is None:
         return None
     out = []

@@ -117,7 +117,9 @@ def fsdp_strategy(options: dict[str, Any] | None = None) -> FSDPStrategy:
     return FSDPStrategy(
         auto_wrap_policy=layers,
         activation_checkpointing_policy=layers if opts.activation_checkpointing else None,
-        mixed_precision=MixedPrecision(param_dtype=dtype, reduce_dtype=dtype, buffer_dtype=dtype) if dtype else None,
+        # Gradients reduced in fp32 (as fsdp2 does); buffers stay as they are: casting RoPE's fp32
+        # inv_freq to bf16 puts positions ~8k off by more than a radian.
+        mixed_precision=MixedPrecision(param_dtype=dtype, reduce_dtype=torch.float32, buffer_dtype=None) if dtype else None,
         sharding_strategy=opts.sharding_strategy,
         state_dict_type=opts.state_dict_type,
         cpu_offload=opts.cpu_offload,

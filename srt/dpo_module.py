@@ -291,9 +291,12 @@ class DPOModule(CausalLMModule):
         # bf16/fp16 weights or autocast ("bf16-mixed") move log-probs by ~1e-3..1e-2 per token between
         # differently shaped batches or fp32-precomputed references (measured 1.6e-2 on the tiny model);
         # a wrong reference is off by ~0.1 per token or more.
-        low_precision = next(self.model.parameters()).dtype in (torch.bfloat16, torch.float16) or (
-            self._trainer is not None and "16" in str(self.trainer.precision)
-        )
+        # Trainable weights are fp32 masters even when loaded in bf16, so look at the load dtype and at
+        # any half-precision weights left (frozen ones), not only at the first parameter.
+        half = (torch.bfloat16, torch.float16)
+        low_precision = getattr(self, "load_dtype", None) in half \
+            or any(p.dtype in half for p in self.model.parameters()) \
+            or (self._trainer is not None and "16" in str(self.trainer.precision))
         return 5e-2 if low_precision else 1e-3  # per labelled token
 
     @torch.no_grad()

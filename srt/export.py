@@ -39,6 +39,21 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+_WRAPPERS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+def _unwrapped(name: str) -> str:
+    """A module or parameter name without FSDP1 / activation-checkpointing wrapper levels."""
+    return ".".join(p for p in name.split(".") if p not in _WRAPPERS)
+
+
+def _lookup(root: torch.nn.Module, dotted: str) -> torch.Tensor:
+    obj = root
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _full_state_dict(model: torch.nn.Module, fsdp_root: torch.nn.Module | None = None) -> dict[str, torch.Tensor] | None:
     """Gathered CPU state dict if the model is sharded (FSDP1 units or FSDP2 DTensors), else None
     (use the live one). A collective: every rank must call it; with FSDP1 only rank 0 gets the tensors."""
@@ -53,10 +68,21 @@ def _full_state_dict(model: torch.nn.Module, fsdp_root: torch.nn.Module | None =
         name = next((n for n, m in (fsdp_root.named_modules() if fsdp_root is not None else ()) if m is model), None)
         if name is None:
             raise ConfigError("the model is sharded with FSDP: pass fsdp_root=, the FSDP-wrapped module that contains it")
-        parts = [p for p in name.split(".") if p not in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")]
-        prefix = ".".join(parts) + "." if parts else ""
-        full = get_model_state_dict(fsdp_root, options=options)
-        return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+        # summon_full_params, not a state-dict gather: torch's FSDP1 state-dict hooks fail when the root
+        # unit holds only frozen parameters (a LoRA model's embeddings).
+        from torch.distributed.fsdp import ShardingStrategy
+
+        sharded = getattr(fsdp_root, "sharding_strategy", None) != ShardingStrategy.NO_SHARD  # one device: NO_SHARD
+        names = [n for n, _ in model.named_parameters()]  # the names state_dict() would have (wrapped)
+        for mod_name, module in model.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            names += [prefix + b for b, _ in module.named_buffers(recurse=False) if b not in module._non_persistent_buffers_set]
+            # The root unit's parameters: FSDP1 leaves them as plain tensor attributes between steps.
+            names += [prefix + k for k, v in vars(module).items() if isinstance(v, torch.Tensor) and not k.startswith("_")]
+        with FullyShardedDataParallel.summon_full_params(fsdp_root, writeback=False, offload_to_cpu=sharded,
+                                                         rank0_only=True):
+            # Looked up by attribute: inside summon_full_params a unit's parameters are the full tensors.
+            return {_unwrapped(name): _lookup(model, name).detach().cpu().clone() for name in names}
     if not any(isinstance(p, DTensor) for p in model.parameters()):
         return None
     return get_model_state_dict(model, options=options)
@@ -70,7 +96,7 @@ def merged_lora_state_dict(peft_model, state_dict: dict[str, torch.Tensor] | Non
     state_dict = peft_model.state_dict() if state_dict is None else state_dict
     prefix = "base_model.model."
     merged: dict[str, torch.Tensor] = {}
-    lora_modules = {name: m for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
+    lora_modules = {_unwrapped(name): m for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
     for name, module in lora_modules.items():
         if not isinstance(module, LoraLinear) or getattr(module, "use_dora", {}).get(module.active_adapters[0], False):
             raise ConfigError(f"merge_lora supports plain LoRA on Linear layers only; {name} is {type(module).__name__}")
@@ -187,7 +213,10 @@ def save_hf(
         config = getattr(base, "config", None)
         live_dtype = getattr(config, "dtype", None)
         try:
-            base.save_pretrained(tmp_dir, state_dict=state_dict)
+            if is_peft and not merge_lora and state_dict is not None and _fsdp1_wrapped(model):
+                _save_adapter(model, tmp_dir, state_dict)
+            else:
+                base.save_pretrained(tmp_dir, state_dict=state_dict)
         finally:
             if config is not None:
                 config.dtype = live_dtype  # save_pretrained overwrites it with the live weights' dtype
@@ -200,6 +229,29 @@ def save_hf(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return output_dir
+
+
+def _fsdp1_wrapped(model: torch.nn.Module) -> bool:
+    return any(_WRAPPERS[0] in name for name, _ in model.named_modules())
+
+
+def _save_adapter(peft_model, out_dir: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """The adapter folder from a gathered state dict, for FSDP1: peft finds adapter weights by module
+    name and strips only a leading FSDP wrapper level, so under per-layer FSDP units it finds none."""
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import save_file
+
+    adapter = peft_model.active_adapter
+    layers = [_unwrapped(n) for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
+    tensors = {}
+    for key, value in state_dict.items():
+        layer = next((name for name in layers if key.startswith(name + ".lora_")), None)
+        if layer is not None and f".{adapter}." in key:
+            tensors[key.replace(f".{adapter}.", ".")] = value.contiguous()
+    if not tensors:
+        raise ConfigError("no LoRA weights found in the gathered state dict (FSDP1 adapter export)")
+    peft_model.peft_config[adapter].save_pretrained(str(out_dir))
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

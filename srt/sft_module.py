@@ -303,6 +303,17 @@ class CausalLMModule(L.LightningModule):
             raise ConfigError("cannot size the LR schedule: set max_steps or max_epochs on the Trainer")
         return {"optimizer": optimizer, "lr_scheduler": cosine_with_warmup(optimizer, total, hp.warmup_ratio)}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # Lightning's FSDP1 precision plugin refuses clipping by norm (the norm spans every shard);
+        # the FSDP root unit computes it across ranks and clips.
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self.trainer.strategy
+        if gradient_clip_val and isinstance(strategy, FSDPStrategy) and gradient_clip_algorithm in (None, "norm"):
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_train_start(self):
         # Lightning keeps submodules in whatever mode they were given; HF models load in eval mode.
         self.model.train()

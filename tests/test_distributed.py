@@ -240,7 +240,7 @@ def test_fsdp_strategy_from_config():
     checkpointing = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
     assert LlamaDecoderLayer in checkpointing._module_classes
     mp = strategy.mixed_precision
-    assert (mp.param_dtype, mp.reduce_dtype, mp.buffer_dtype) == (torch.bfloat16,) * 3
+    assert (mp.param_dtype, mp.reduce_dtype, mp.buffer_dtype) == (torch.bfloat16, torch.float32, None)
     assert strategy.sharding_strategy == ShardingStrategy.SHARD_GRAD_OP
     assert strategy._state_dict_type == "sharded"
     assert strategy.kwargs["use_orig_params"] is True and strategy.kwargs["limit_all_gathers"] is True

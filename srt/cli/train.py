@@ -65,7 +65,7 @@ def check_records(path: str, kind: str, lenient: bool, rejects_path: str | None)
     from srt.records import FeedbackRecord, InstructionRecord, JsonlReader, PreferencePair
 
     model = {"feedback": FeedbackRecord, "pair": PreferencePair, "instruction": InstructionRecord}[kind]
-    reader = JsonlReader(path, model, lenient=lenient, rejects_path=rejects_path)
+    reader = JsonlReader(path, model, lenient=lenient, rejects_path=rejects_path, allow_empty=False)
     for _ in reader:
         pass
     click.echo(f"{path}: {reader.read} valid {kind} records, {reader.rejected} rejected"
