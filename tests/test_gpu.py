@@ -3,8 +3,8 @@ bf16-mixed training (SFT and DPO's step-0 reference check), attention kernels on
 generation on the device.
 
 They run on a CUDA machine (``benchmarks/gpu/run.sh`` runs this file there) and are skipped
-elsewhere, except that ``SRT_GPU_DRY=1`` (``benchmarks/gpu/run.sh --dry``, what CI runs) runs on the
-CPU the ones that can: everything but Lightning's FSDPStrategy (FSDP1), which refuses the CPU. Every
+elsewhere, except that ``SRT_GPU_DRY=1`` (``benchmarks/gpu/run.sh --dry``, what CI runs) runs them on the
+CPU, FSDP1 included (Lightning's FSDPStrategy refuses the CPU; see the ``fsdp1_anywhere`` fixture). Every
 comparison is against a plain single-device run on the same device, so the tolerances are those of
 the kernels, not of CPU vs GPU arithmetic.
 """
@@ -28,7 +28,35 @@ ACCELERATOR = "gpu" if CUDA else "cpu"
 
 pytestmark = pytest.mark.skipif(not (CUDA or DRY), reason="GPU-only tests: need CUDA (SRT_GPU_DRY=1 runs the CPU-capable "
                                 "ones, as benchmarks/gpu/run.sh --dry does)")
-needs_cuda = pytest.mark.skipif(not CUDA, reason="FSDP1 (Lightning FSDPStrategy) requires a GPU")
+
+
+@pytest.fixture()
+def fsdp1_anywhere(monkeypatch):
+    """FSDP1 on a GPU as is; on the CPU (the dry run) through a subclass of Lightning's FSDPStrategy,
+    which refuses exactly its own class there, and FSDP units placed on the CPU. The FSDP code that
+    runs is torch's and Lightning's own, so the CPU run catches FSDP1 bugs before a GPU is available
+    (it found three: gradient clipping, adapter export, merged export)."""
+    if CUDA:
+        return
+    import lightning.pytorch.strategies as strategies
+    import torch.distributed.fsdp as fsdp
+
+    import srt.distributed
+
+    class CPUFSDPStrategy(strategies.FSDPStrategy):
+        pass
+
+    monkeypatch.setattr(srt.distributed, "FSDPStrategy", CPUFSDPStrategy)
+    init = fsdp.FullyShardedDataParallel.__init__
+
+    def on_cpu(self, *args, **kwargs):
+        kwargs["device_id"] = kwargs.get("device_id") or torch.device("cpu")
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(fsdp.FullyShardedDataParallel, "__init__", on_cpu)
+
+
+fsdp1_test = pytest.mark.usefixtures("fsdp1_anywhere")
 # Plain fp32 matmuls on the GPU, so fp32 runs compare tightly (TF32 would move losses by ~1e-3).
 if CUDA:
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -250,7 +278,7 @@ def test_packed_rows_score_like_padded_batches(attn, tiny_model_dir, tiny_tokeni
 # clipping (against plain runs without it) so that sharding and export are checked whatever that one says.
 
 
-@needs_cuda
+@fsdp1_test
 def test_fsdp1_trains_with_gradient_clipping_like_plain(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
     from srt.distributed import fsdp_strategy
 
@@ -259,7 +287,7 @@ def test_fsdp1_trains_with_gradient_clipping_like_plain(tiny_model_dir, tiny_tok
     assert_close_tensors(weights(tmp_path / "model"), weights(plain["full"] / "model"), atol=1e-4)
 
 
-@needs_cuda
+@fsdp1_test
 def test_fsdp1_one_gpu_full_finetune_matches_plain_and_exports(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -275,7 +303,7 @@ def test_fsdp1_one_gpu_full_finetune_matches_plain_and_exports(tiny_model_dir, t
     AutoModelForCausalLM.from_pretrained(tmp_path / "model")  # a plain HF folder
 
 
-@needs_cuda
+@fsdp1_test
 def test_fsdp1_one_gpu_lora_adapter_export_matches_plain(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
     from srt.distributed import fsdp_strategy
 
@@ -285,7 +313,7 @@ def test_fsdp1_one_gpu_lora_adapter_export_matches_plain(tiny_model_dir, tiny_to
     check_lora_export(tmp_path, plain["lora-noclip"], atol=1e-4)
 
 
-@needs_cuda
+@fsdp1_test
 def test_fsdp1_bf16_mixed_precision_trains_close_to_fp32(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
     from srt.distributed import fsdp_strategy
 
