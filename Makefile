@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo tiny bench clean
+.PHONY: install test wheel-check demo tiny bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,22 @@ $(STAMP): requirements.lock setup.cfg plugins/srt-critic-length/setup.cfg
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile tests
+
+# The wheel as a user installs it (`pip install .`, not editable) in a clean venv, and the tiny pipeline
+# run from that install (console scripts import the installed package, never the checkout).
+WHEEL_VENV ?= /tmp/srt-wheel-venv
+wheel-check: $(STAMP)
+	rm -rf $(WHEEL_VENV) dist
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation . -w dist
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install -q -r requirements.lock
+	$(WHEEL_VENV)/bin/pip install -q --no-deps dist/srt-*.whl
+	cd /tmp && $(WHEEL_VENV)/bin/python -c "import srt, srt_builtin, srt.pipeline, srt.demo; assert 'site-packages' in srt.__file__, srt.__file__; print('installed:', srt.__file__)"
+	$(WHEEL_VENV)/bin/srt-train plugins
+	$(WHEEL_VENV)/bin/srt-eval --help > /dev/null
+	cd /tmp && $(WHEEL_VENV)/bin/python -m srt.demo --help > /dev/null
+	$(WHEEL_VENV)/bin/srt-train run --config configs/tiny.yaml --set output_dir=$(WHEEL_VENV)/runs/tiny
+	test -f $(WHEEL_VENV)/runs/tiny/stage2/round1/model/srt_done.json
 
 tiny: $(STAMP)
 	$(BIN)/srt-train run --config configs/tiny.yaml
