@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test wheel-check demo tiny bench clean
+.PHONY: install test lint wheel-check demo tiny bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): requirements.lock setup.cfg plugins/srt-critic-length/setup.cfg
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The wheel as a user installs it (`pip install .`, not editable) in a clean venv, and the tiny pipeline
 # run from that install (console scripts import the installed package, never the checkout).

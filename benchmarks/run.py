@@ -54,10 +54,30 @@ def settings(quick: bool) -> dict:
     # records default to (warmup + steps) x batch size: one run is one epoch, so srt and TRL both see
     # every example, the longest included (peak memory depends on the longest batch a run meets).
     if quick:
-        return dict(repeats=1, warmup=1, steps=2, batch_size=2, max_length=128, threads=1,
-                    gen_prompts=4, gen_tokens=8, grid_lengths=[64, 128], grid_batches=[1, 2])
-    return dict(repeats=3, warmup=2, steps=10, batch_size=4, max_length=512, threads=1,
-                gen_prompts=16, gen_tokens=64, grid_lengths=[128, 256, 512], grid_batches=[1, 4, 8])
+        return dict(
+            repeats=1,
+            warmup=1,
+            steps=2,
+            batch_size=2,
+            max_length=128,
+            threads=1,
+            gen_prompts=4,
+            gen_tokens=8,
+            grid_lengths=[64, 128],
+            grid_batches=[1, 2],
+        )
+    return dict(
+        repeats=3,
+        warmup=2,
+        steps=10,
+        batch_size=4,
+        max_length=512,
+        threads=1,
+        gen_prompts=16,
+        gen_tokens=64,
+        grid_lengths=[128, 256, 512],
+        grid_batches=[1, 4, 8],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,9 +93,17 @@ def build_default_model(out_dir: Path) -> str:
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -85,10 +113,12 @@ def build_default_model(out_dir: Path) -> str:
     return str(out_dir)
 
 
-WORDS = ("the a of to and in is that for it with as was on be by this are from or at which an not have "
-         "answer step first then because so total each number more than less equal half twice clips friends "
-         "April May sold price cost apples train speed hours minutes distance water tank fills rate paper "
-         "explain reason example clearly correct wrong missing detail check result final therefore").split()
+WORDS = (
+    "the a of to and in is that for it with as was on be by this are from or at which an not have "
+    "answer step first then because so total each number more than less equal half twice clips friends "
+    "April May sold price cost apples train speed hours minutes distance water tank fills rate paper "
+    "explain reason example clearly correct wrong missing detail check result final therefore"
+).split()
 
 
 def words(rng: random.Random, mean: float, sigma: float = 0.5) -> str:
@@ -115,19 +145,30 @@ def build_data(model_path: str, s: dict, out_dir: Path, seed: int = 0) -> dict:
     scale = s.get("fill", 0.4) * s["max_length"] / (105 * tokens_per_word)
     records = [
         FeedbackRecord(
-            id=f"r{i}", instruction=words(rng, 15 * scale), response=words(rng, 30 * scale),
-            feedback=Feedback(weaknesses=words(rng, 10 * scale), suggestions=words(rng, 10 * scale),
-                              score=rng.randint(1, 9), raw=""),
-            refinement=words(rng, 40 * scale), stage=1,
+            id=f"r{i}",
+            instruction=words(rng, 15 * scale),
+            response=words(rng, 30 * scale),
+            feedback=Feedback(
+                weaknesses=words(rng, 10 * scale), suggestions=words(rng, 10 * scale), score=rng.randint(1, 9), raw=""
+            ),
+            refinement=words(rng, 40 * scale),
+            stage=1,
         )
         for i in range(2 * s["records"])
     ]
     sft_config = SFTDataConfig(max_length=s["max_length"], truncation="drop")
     kept = {ex["id"] for ex in build_sft_examples(tokenizer, records, sft_config, chat=chat)}
     records = [r for r in records if r.id in kept][: s["records"]]
-    pairs = [PreferencePair(id=f"p{i}", prompt=r.instruction, chosen=r.refinement, rejected=r.response)
-             for i, r in enumerate(records)]
-    kept = {ex["id"] for ex in build_dpo_examples(tokenizer, pairs, DPODataConfig(max_length=s["max_length"], truncation="drop"), chat=chat)}
+    pairs = [
+        PreferencePair(id=f"p{i}", prompt=r.instruction, chosen=r.refinement, rejected=r.response)
+        for i, r in enumerate(records)
+    ]
+    kept = {
+        ex["id"]
+        for ex in build_dpo_examples(
+            tokenizer, pairs, DPODataConfig(max_length=s["max_length"], truncation="drop"), chat=chat
+        )
+    }
     pairs = [p for p in pairs if p.id in kept]
 
     def trl_sft(r):
@@ -138,8 +179,14 @@ def build_data(model_path: str, s: dict, out_dir: Path, seed: int = 0) -> dict:
         "sft": [r.model_dump(mode="json") for r in records],
         "dpo": [p.model_dump(mode="json") for p in pairs],
         "trl_sft": [trl_sft(r) for r in records],
-        "trl_dpo": [{"prompt": chat.prompt(p.prompt), "chosen": p.chosen + chat.end_of_turn,
-                     "rejected": p.rejected + chat.end_of_turn} for p in pairs],
+        "trl_dpo": [
+            {
+                "prompt": chat.prompt(p.prompt),
+                "chosen": p.chosen + chat.end_of_turn,
+                "rejected": p.rejected + chat.end_of_turn,
+            }
+            for p in pairs
+        ],
     }
     paths = {}
     for name, rows in files.items():
@@ -147,8 +194,10 @@ def build_data(model_path: str, s: dict, out_dir: Path, seed: int = 0) -> dict:
         with open(paths[name], "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
     sft_lengths = sorted(len(ex["input_ids"]) for ex in build_sft_examples(tokenizer, records, sft_config, chat=chat))
-    paths["summary"] = (f"{len(records)} SFT records (tokens: median {sft_lengths[len(sft_lengths) // 2]}, "
-                        f"min {sft_lengths[0]}, max {sft_lengths[-1]}), {len(pairs)} preference pairs")
+    paths["summary"] = (
+        f"{len(records)} SFT records (tokens: median {sft_lengths[len(sft_lengths) // 2]}, "
+        f"min {sft_lengths[0]}, max {sft_lengths[-1]}), {len(pairs)} preference pairs"
+    )
     return paths
 
 
@@ -190,11 +239,16 @@ def batch_counts(batch) -> tuple[int, int]:
 def step_stats(step_ends: list[float], counts: list[tuple[float, int, int]], warmup: int) -> dict:
     """Durations between consecutive step ends after the warm-up, and the (units, tokens, positions) of
     the same steps; units are tokens (SFT) or pairs (DPO)."""
-    durations = [b - a for a, b in zip(step_ends[warmup - 1:], step_ends[warmup:])]
-    units, tokens, positions = zip(*counts[warmup: warmup + len(durations)])
-    return {"median_step_s": statistics.median(durations), "steps": len(durations),
-            "units_per_s": sum(units) / sum(durations), "units_per_step": statistics.mean(units),
-            "tokens_per_step": statistics.mean(tokens), "padding": 1 - sum(tokens) / sum(positions)}
+    durations = [b - a for a, b in zip(step_ends[warmup - 1 :], step_ends[warmup:])]
+    units, tokens, positions = zip(*counts[warmup : warmup + len(durations)])
+    return {
+        "median_step_s": statistics.median(durations),
+        "steps": len(durations),
+        "units_per_s": sum(units) / sum(durations),
+        "units_per_step": statistics.mean(units),
+        "tokens_per_step": statistics.mean(tokens),
+        "padding": 1 - sum(tokens) / sum(positions),
+    }
 
 
 def lightning_timer(units_of_batch):
@@ -228,10 +282,12 @@ def hf_timer():
 
 def counting_collator(collate, counts: list, units_of_batch):
     """Wrap TRL's collator to record each batch's counts; batch i is step i (no accumulation)."""
+
     def wrapped(examples):
         batch = collate(examples)
         counts.append((float(units_of_batch(batch)), *batch_counts(batch)))
         return batch
+
     return wrapped
 
 
@@ -243,17 +299,37 @@ def lightning_trainer(steps: int, callback):
     import lightning as L
 
     # Gradient clipping at 1.0 as srt's pipeline (trainer.gradient_clip_val) and TRL (max_grad_norm) default to.
-    return L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps, gradient_clip_val=1.0, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, callbacks=[callback])
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=steps,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+    )
 
 
 def trl_args(config_cls, s: dict, out_dir: str, **extra):
     return config_cls(
-        output_dir=out_dir, per_device_train_batch_size=s["batch_size"], max_length=s["max_length"],
-        max_steps=s["warmup"] + s["steps"], gradient_checkpointing=False, bf16=False, use_cpu=True,
-        report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
-        dataloader_num_workers=0, seed=0, **extra,
+        output_dir=out_dir,
+        per_device_train_batch_size=s["batch_size"],
+        max_length=s["max_length"],
+        max_steps=s["warmup"] + s["steps"],
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        **extra,
     )
 
 
@@ -270,8 +346,14 @@ def run_sft(config: str, s: dict, model_path: str, data: dict) -> dict:
         from srt.data import FeedbackDataModule
         from srt.sft_module import SFTModule
 
-        datamodule = FeedbackDataModule(tokenizer, mode="sft", train_files=data["sft"], batch_size=s["batch_size"],
-                                        max_length=s["max_length"], packing=config == "srt_packed")
+        datamodule = FeedbackDataModule(
+            tokenizer,
+            mode="sft",
+            train_files=data["sft"],
+            batch_size=s["batch_size"],
+            max_length=s["max_length"],
+            packing=config == "srt_packed",
+        )
         module = SFTModule(model, tokenizer, lr=1e-5)
         timer = lightning_timer(sft_tokens)
         lightning_trainer(total_steps, timer).fit(module, datamodule=datamodule)
@@ -281,10 +363,15 @@ def run_sft(config: str, s: dict, model_path: str, data: dict) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     with tempfile.TemporaryDirectory() as out_dir:
-        args = trl_args(SFTConfig, s, out_dir, learning_rate=1e-5, completion_only_loss=True,
-                        packing=config == "trl_packed")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(read_jsonl(data["trl_sft"])),
-                             processing_class=tokenizer)
+        args = trl_args(
+            SFTConfig, s, out_dir, learning_rate=1e-5, completion_only_loss=True, packing=config == "trl_packed"
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(read_jsonl(data["trl_sft"])),
+            processing_class=tokenizer,
+        )
         timer, counts = hf_timer(), []
         trainer.add_callback(timer)
         trainer.data_collator = counting_collator(trainer.data_collator, counts, sft_tokens)
@@ -306,8 +393,14 @@ def run_dpo(config: str, s: dict, model_path: str, data: dict) -> dict:
         from srt.data import FeedbackDataModule
         from srt.dpo_module import DPOModule, compute_reference_logps
 
-        datamodule = FeedbackDataModule(tokenizer, mode="dpo", train_files=data["dpo"], batch_size=s["batch_size"],
-                                        max_length=s["max_length"], packing=config == "srt_packed")
+        datamodule = FeedbackDataModule(
+            tokenizer,
+            mode="dpo",
+            train_files=data["dpo"],
+            batch_size=s["batch_size"],
+            max_length=s["max_length"],
+            packing=config == "srt_packed",
+        )
         datamodule.setup("fit")
         start = time.perf_counter()
         # The starting policy is the reference: compute its log-probs once, then hold one model.
@@ -322,13 +415,20 @@ def run_dpo(config: str, s: dict, model_path: str, data: dict) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     with tempfile.TemporaryDirectory() as out_dir:
-        args = trl_args(DPOConfig, s, out_dir, learning_rate=5e-7, beta=0.01,
-                        precompute_ref_log_probs=config == "trl_precompute")
-        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(read_jsonl(data["trl_dpo"])),
-                             processing_class=tokenizer)
+        args = trl_args(
+            DPOConfig, s, out_dir, learning_rate=5e-7, beta=0.01, precompute_ref_log_probs=config == "trl_precompute"
+        )
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(read_jsonl(data["trl_dpo"])),
+            processing_class=tokenizer,
+        )
         timer, counts = hf_timer(), []
         trainer.add_callback(timer)
-        trainer.data_collator = counting_collator(trainer.data_collator, counts, lambda batch: len(batch["input_ids"]) // 2)
+        trainer.data_collator = counting_collator(
+            trainer.data_collator, counts, lambda batch: len(batch["input_ids"]) // 2
+        )
         trainer.train()
     return step_stats(timer.ends, counts, s["warmup"])
 
@@ -352,8 +452,11 @@ def run_generate(s: dict, model_path: str, data: dict) -> dict:
         start = time.perf_counter()
         results = generator.chat(instructions, sampling, desc=f"generate bs={batch_size}")
         elapsed = time.perf_counter() - start
-        out[f"batch_{batch_size}"] = {"tokens_per_s": sum(r.num_new_tokens for r in results) / elapsed,
-                                      "new_tokens": sum(r.num_new_tokens for r in results), "seconds": elapsed}
+        out[f"batch_{batch_size}"] = {
+            "tokens_per_s": sum(r.num_new_tokens for r in results) / elapsed,
+            "new_tokens": sum(r.num_new_tokens for r in results),
+            "seconds": elapsed,
+        }
     return out
 
 
@@ -418,13 +521,15 @@ def run_worker(spec: dict, log_dir: Path) -> dict:
     name = "-".join(str(spec[k]) for k in ("kind", "config", "repeat") if spec.get(k) is not None)
     threads = str(spec["settings"]["threads"])
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
     (log_dir / f"{name}.log").write_text(proc.stdout + proc.stderr)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
         raise RuntimeError(f"benchmark worker {name} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,8 +548,16 @@ def machine_description() -> dict:
         cpu = names[0]
     with open("/proc/meminfo") as f:
         mem_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(mem_kb / 2**20, 1), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "load_avg": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "load_avg": os.getloadavg(),
+    }
 
 
 def run_all(s: dict, model_path: str, data: dict, log_dir: Path) -> dict:
@@ -456,7 +569,9 @@ def run_all(s: dict, model_path: str, data: dict, log_dir: Path) -> dict:
             order = interleaved if repeat % 2 == 0 else interleaved[::-1]  # reversed every other repeat
             for config in order:
                 print(f"[repeat {repeat + 1}/{s['repeats']}] {kind} {config} ...", flush=True)
-                results[kind][config].append(run_worker({**base, "kind": kind, "config": config, "repeat": repeat}, log_dir))
+                results[kind][config].append(
+                    run_worker({**base, "kind": kind, "config": config, "repeat": repeat}, log_dir)
+                )
     if not s.get("training_only"):
         print("generation ...", flush=True)
         results["generate"] = run_worker({**base, "kind": "generate"}, log_dir)
@@ -484,8 +599,12 @@ def verdict(ok: bool) -> str:
 
 def write_results(path: Path, machine: dict, s: dict, model_desc: str, data: dict, results: dict, load_end) -> dict:
     sft, dpo = results["sft"], results["dpo"]
-    speed = {k: {c: median_of(runs, "units_per_s") for c, runs in group.items()} for k, group in (("sft", sft), ("dpo", dpo))}
-    peak = {k: {c: median_of(runs, "peak_mb") for c, runs in group.items()} for k, group in (("sft", sft), ("dpo", dpo))}
+    speed = {
+        k: {c: median_of(runs, "units_per_s") for c, runs in group.items()} for k, group in (("sft", sft), ("dpo", dpo))
+    }
+    peak = {
+        k: {c: median_of(runs, "peak_mb") for c, runs in group.items()} for k, group in (("sft", sft), ("dpo", dpo))
+    }
     ratios = {
         "sft_speed_padded": speed["sft"]["srt"] / speed["sft"]["trl"],
         "sft_speed_packed": speed["sft"]["srt_packed"] / speed["sft"]["trl"],
@@ -507,12 +626,18 @@ def write_results(path: Path, machine: dict, s: dict, model_desc: str, data: dic
     }
 
     names = {"srt": "srt (padded)", "srt_packed": "srt (packed)", "trl": "TRL (padded)", "trl_packed": "TRL (packed)"}
-    dpo_names = {"srt": "srt, precomputed reference", "srt_packed": "srt, precomputed reference, packed",
-                 "trl": "TRL, default reference model", "trl_precompute": "TRL, precompute_ref_log_probs=True"}
+    dpo_names = {
+        "srt": "srt, precomputed reference",
+        "srt_packed": "srt, precomputed reference, packed",
+        "trl": "TRL, default reference model",
+        "trl_precompute": "TRL, precompute_ref_log_probs=True",
+    }
     lines = [
         "# srt vs TRL: throughput and peak memory",
         "",
-        "Written by `benchmarks/run.py` (" + ("`--quick` smoke run" if s.get("quick") else "full run" if s["repeats"] > 1 else "a single-repeat run") + f") on {time.strftime('%Y-%m-%d %H:%M')}.",
+        "Written by `benchmarks/run.py` ("
+        + ("`--quick` smoke run" if s.get("quick") else "full run" if s["repeats"] > 1 else "a single-repeat run")
+        + f") on {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "## Machine",
         "",
@@ -560,29 +685,63 @@ def write_results(path: Path, machine: dict, s: dict, model_desc: str, data: dic
     ]
     for c in SFT_CONFIGS:
         runs = sft[c]
-        lines.append(f"| {names[c]} | {speed['sft'][c]:.0f} | {median_of(runs, 'median_step_s'):.3f} | "
-                     f"{median_of(runs, 'units_per_step'):.0f} | {padding_of(runs)} | {peak['sft'][c]:.0f} | {per_run(runs, '.0f')} |")
-    lines += ["", "| DPO | pairs/s | median step (s) | tokens/step | padding | peak MB | runs (pairs/s) |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {names[c]} | {speed['sft'][c]:.0f} | {median_of(runs, 'median_step_s'):.3f} | "
+            f"{median_of(runs, 'units_per_step'):.0f} | {padding_of(runs)} | {peak['sft'][c]:.0f} | {per_run(runs, '.0f')} |"
+        )
+    lines += [
+        "",
+        "| DPO | pairs/s | median step (s) | tokens/step | padding | peak MB | runs (pairs/s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for c in DPO_CONFIGS:
         runs = dpo[c]
-        extra = f" (reference precompute {median_of(runs, 'precompute_s'):.1f} s, not in pairs/s)" if "precompute_s" in runs[0] else ""
-        lines.append(f"| {dpo_names[c]}{extra} | {speed['dpo'][c]:.2f} | {median_of(runs, 'median_step_s'):.3f} | "
-                     f"{median_of(runs, 'tokens_per_step'):.0f} | {padding_of(runs)} | {peak['dpo'][c]:.0f} | {per_run(runs, '.2f')} |")
+        extra = (
+            f" (reference precompute {median_of(runs, 'precompute_s'):.1f} s, not in pairs/s)"
+            if "precompute_s" in runs[0]
+            else ""
+        )
+        lines.append(
+            f"| {dpo_names[c]}{extra} | {speed['dpo'][c]:.2f} | {median_of(runs, 'median_step_s'):.3f} | "
+            f"{median_of(runs, 'tokens_per_step'):.0f} | {padding_of(runs)} | {peak['dpo'][c]:.0f} | {per_run(runs, '.2f')} |"
+        )
     gen = results.get("generate")
-    lines += [] if gen is None else ["", "| generation (srt.generation.Generator, sampling) | new tokens/s | new tokens | peak MB |", "| --- | --- | --- | --- |"]
+    lines += (
+        []
+        if gen is None
+        else [
+            "",
+            "| generation (srt.generation.Generator, sampling) | new tokens/s | new tokens | peak MB |",
+            "| --- | --- | --- | --- |",
+        ]
+    )
     for b in (1, 8) if gen else ():
         g = gen[f"batch_{b}"]
-        lines.append(f"| batch size {b} | {g['tokens_per_s']:.0f} | {g['new_tokens']} | {gen['peak_mb']:.0f} (whole worker) |")
+        lines.append(
+            f"| batch size {b} | {g['tokens_per_s']:.0f} | {g['new_tokens']} | {gen['peak_mb']:.0f} (whole worker) |"
+        )
     grid = results.get("grid", {})
-    lines += [] if not grid else ["", "SFT step time in seconds (forward + backward + AdamW, srt SFTModule loss, fixed-shape batches):", "",
-              "| seq length \\ batch | " + " | ".join(str(b) for b in s["grid_batches"]) + " |",
-              "| --- |" + " --- |" * len(s["grid_batches"])]
+    lines += (
+        []
+        if not grid
+        else [
+            "",
+            "SFT step time in seconds (forward + backward + AdamW, srt SFTModule loss, fixed-shape batches):",
+            "",
+            "| seq length \\ batch | " + " | ".join(str(b) for b in s["grid_batches"]) + " |",
+            "| --- |" + " --- |" * len(s["grid_batches"]),
+        ]
+    )
     for length in s["grid_lengths"] if grid else ():
         lines.append(f"| {length} | " + " | ".join(f"{grid[f'{length}x{b}']:.3f}" for b in s["grid_batches"]) + " |")
-    step = {k: {c: median_of(runs, "median_step_s") for c, runs in group.items()} for k, group in (("sft", sft), ("dpo", dpo))}
-    pad = {k: {c: median_of(runs, "padding") if "padding" in runs[0] else float("nan") for c, runs in group.items()}
-           for k, group in (("sft", sft), ("dpo", dpo))}
+    step = {
+        k: {c: median_of(runs, "median_step_s") for c, runs in group.items()}
+        for k, group in (("sft", sft), ("dpo", dpo))
+    }
+    pad = {
+        k: {c: median_of(runs, "padding") if "padding" in runs[0] else float("nan") for c, runs in group.items()}
+        for k, group in (("sft", sft), ("dpo", dpo))
+    }
     lines += ["", "## Why", "", *explain(ratios, peak, step, pad, s["max_length"]), ""]
     path.write_text("\n".join(lines))
     return {"ratios": ratios, "met": met}
@@ -591,9 +750,16 @@ def write_results(path: Path, machine: dict, s: dict, model_desc: str, data: dic
 def explain(r: dict, peak: dict, step: dict, pad: dict, max_length: int) -> list[str]:
     """The mechanisms behind the ratios, with this run's numbers."""
     trl_ref_cost = step["dpo"]["trl"] / step["dpo"]["trl_precompute"]
-    versus = "about what that arithmetic predicts" if abs(trl_ref_cost - 4 / 3) < 0.15 else (
-        "more than that arithmetic: the rest is TRL per-step overhead or load noise that this benchmark does "
-        "not separate (see the per-run spread)" if trl_ref_cost > 4 / 3 else "less than that arithmetic")
+    versus = (
+        "about what that arithmetic predicts"
+        if abs(trl_ref_cost - 4 / 3) < 0.15
+        else (
+            "more than that arithmetic: the rest is TRL per-step overhead or load noise that this benchmark does "
+            "not separate (see the per-run spread)"
+            if trl_ref_cost > 4 / 3
+            else "less than that arithmetic"
+        )
+    )
     saved_mb = peak["dpo"]["trl"] - peak["dpo"]["srt"]
     pct = lambda kind, config: f"{100 * pad[kind][config]:.0f}%"  # noqa: E731
     return [
@@ -640,23 +806,46 @@ def explain(r: dict, peak: dict, step: dict, pad: dict, max_length: int) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny settings, one repeat")
-    parser.add_argument("--model", default=None, help="model name or path (srt.models.resolve_model_path); default: "
-                        "a 4-layer hidden-256 Llama with srt.tiny's tokenizer")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model name or path (srt.models.resolve_model_path); default: "
+        "a 4-layer hidden-256 Llama with srt.tiny's tokenizer",
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per run (not timed)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run")
-    parser.add_argument("--records", type=int, default=None, help="synthetic records/pairs (default (warmup + steps) "
-                        "x batch size: one epoch per run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default 1: on a shared, "
-                        "loaded machine more threads make timings erratic)")
-    parser.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/RESULTS.md; "
-                        "--quick writes benchmarks/RESULTS-quick.md)")
-    parser.add_argument("--training-only", action="store_true", help="only the SFT and DPO comparisons "
-                        "(no generation, no step-time grid): for big models on a CPU")
-    parser.add_argument("--from-json", type=Path, default=None, help="re-render the markdown from a RESULTS.json "
-                        "written by an earlier run (no measuring)")
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=None,
+        help="synthetic records/pairs (default (warmup + steps) x batch size: one epoch per run)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default 1: on a shared, loaded machine more threads make timings erratic)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results file (default benchmarks/RESULTS.md; --quick writes benchmarks/RESULTS-quick.md)",
+    )
+    parser.add_argument(
+        "--training-only",
+        action="store_true",
+        help="only the SFT and DPO comparisons (no generation, no step-time grid): for big models on a CPU",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="re-render the markdown from a RESULTS.json written by an earlier run (no measuring)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -664,8 +853,15 @@ def main() -> None:
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
         out = args.out or args.from_json.with_suffix(".md")
-        write_results(out, saved["machine"], saved["settings"], saved["model_desc"], {"summary": saved["data_summary"]},
-                      saved["results"], saved["load_end"])
+        write_results(
+            out,
+            saved["machine"],
+            saved["settings"],
+            saved["model_desc"],
+            {"summary": saved["data_summary"]},
+            saved["results"],
+            saved["load_end"],
+        )
         return print(f"wrote {out}")
 
     s = {**settings(args.quick), "quick": args.quick}
@@ -683,7 +879,9 @@ def main() -> None:
             model_path, model_desc = resolve_model_path(args.model), f"`{args.model}`"
         else:
             model_path = build_default_model(tmp / "model")
-            model_desc = "Llama, 4 layers, hidden 256, 8 heads (4 KV), MLP 1024, srt.tiny tokenizer (vocab 768), ~4M parameters"
+            model_desc = (
+                "Llama, 4 layers, hidden 256, 8 heads (4 KV), MLP 1024, srt.tiny tokenizer (vocab 768), ~4M parameters"
+            )
         (tmp / "logs").mkdir()
         data = build_data(model_path, s, tmp)
         print(f"data: {data['summary']}", flush=True)
@@ -691,8 +889,15 @@ def main() -> None:
         out = args.out or HERE / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
         load_end = os.getloadavg()
         summary = write_results(out, machine, s, model_desc, data, results, load_end)
-    saved = {"machine": machine, "settings": s, "model_desc": model_desc, "data_summary": data["summary"],
-             "load_end": load_end, "results": results, **summary}
+    saved = {
+        "machine": machine,
+        "settings": s,
+        "model_desc": model_desc,
+        "data_summary": data["summary"],
+        "load_end": load_end,
+        "results": results,
+        **summary,
+    }
     out.with_suffix(".json").write_text(json.dumps(saved, indent=1))
     print(json.dumps(summary, indent=1))
     print(f"wrote {out}")

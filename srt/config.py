@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from srt.errors import ConfigError
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,7 +65,9 @@ class GenerationConfig(_Strict):
     chunk_size: int = Field(64, ge=1)  # results are appended to disk every chunk: a kill loses at most one
     response: SamplingSettings = Field(default_factory=lambda: SamplingSettings(temperature=0.7, max_new_tokens=512))
     critique: SamplingSettings = Field(default_factory=lambda: SamplingSettings(temperature=0.0, max_new_tokens=2048))
-    server: dict[str, Any] = Field(default_factory=dict)  # for backend=openai: base_url, model, api_key_env, max_concurrency
+    server: dict[str, Any] = Field(
+        default_factory=dict
+    )  # for backend=openai: base_url, model, api_key_env, max_concurrency
 
 
 class FilterConfig(_Strict):
@@ -187,9 +190,11 @@ class RunConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RunConfig":
+    def _consistent(self) -> RunConfig:
         if self.dpo.reference == "adapter_disabled" and self.dpo.lora is None:
-            raise ValueError("dpo.reference=adapter_disabled needs dpo.lora (the reference is the base with the adapter off)")
+            raise ValueError(
+                "dpo.reference=adapter_disabled needs dpo.lora (the reference is the base with the adapter off)"
+            )
         return self
 
 
@@ -256,7 +261,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), schema: type[BaseModel] = RunConfig):
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), schema: type[BaseModel] = RunConfig
+):
     """Load, override and validate a config. Raises ConfigError with one readable line."""
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, list(overrides))

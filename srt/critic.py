@@ -24,8 +24,9 @@ What a plugin declares (class attributes, all optional), so the core never tests
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Critic(Protocol):
     name: str
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> "Critic": ...
+    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> Critic: ...
 
     def describe(self) -> dict[str, Any]:
         """Provenance for records and manifests: name, model, settings. Never secrets."""

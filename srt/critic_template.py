@@ -77,7 +77,7 @@ applies your suggestions. Write only the response itself there, with no commenta
 
 # sha256 of "<version>\n<template>", first 16 hex digits: changes whenever the wording or the
 # version changes, so records and caches made with another prompt are told apart.
-TEMPLATE_HASH = hashlib.sha256(f"{TEMPLATE_VERSION}\n{CRITIC_TEMPLATE}".encode("utf-8")).hexdigest()[:16]
+TEMPLATE_HASH = hashlib.sha256(f"{TEMPLATE_VERSION}\n{CRITIC_TEMPLATE}".encode()).hexdigest()[:16]
 
 FEEDBACK_HEADER = "### Feedback"
 REFINEMENT_HEADER = "### Improved Response"
@@ -173,7 +173,7 @@ def _strip_feedback_echo(text: str) -> str:
         m = _FEEDBACK_RE.match(stripped)
         if not m or m.group("rest").strip():
             return text
-        text = stripped[m.end():]
+        text = stripped[m.end() :]
 
 
 def _find_improved(text: str) -> re.Match | None:
@@ -198,7 +198,7 @@ def _split_improved(text: str) -> tuple[str, str | None]:
     m = _find_improved(text)
     if m is None:
         return text, None
-    return text[: m.start()], text[m.start("rest"):]
+    return text[: m.start()], text[m.start("rest") :]
 
 
 def _score_line_start(text: str, m: re.Match) -> int:
@@ -260,9 +260,7 @@ def parse_critique(text: str | None, require_improved_response: bool = True) -> 
     if not improved:
         improved = None
         if require_improved_response:
-            return ParseFailure(
-                "missing_improved_response", f"no (non-empty) '{REFINEMENT_HEADER}' section", raw
-            )
+            return ParseFailure("missing_improved_response", f"no (non-empty) '{REFINEMENT_HEADER}' section", raw)
     return ParsedCritique(section(weak), section(sugg), score, improved, raw)
 
 
@@ -334,13 +332,13 @@ def parse_srt_output(text: str) -> SrtOutput:
     # Only a header alone on its line splits: a response may well contain "Feedback: ...".
     split = _find_header(_FEEDBACK_RE, text, inline_text=False)
     if split is not None:
-        response, rest = text[: split.start()], text[split.start("rest"):]
+        response, rest = text[: split.start()], text[split.start("rest") :]
     else:
         split = _find_header(_WEAKNESSES_RE, text)
         if split is None:
             failure = ParseFailure("missing_feedback", f"no '{FEEDBACK_HEADER}' section", text)
             return SrtOutput(text.strip(), None, None, failure)
-        response, rest = text[: split.start()], text[split.start():]
+        response, rest = text[: split.start()], text[split.start() :]
 
     _, refinement = _split_improved(rest)
     refinement = refinement.strip() if refinement is not None else None

@@ -36,9 +36,10 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -173,8 +174,11 @@ class ChatFormat:
             self._messages(self._PROBE_USER) + [{"role": "assistant", "content": self._PROBE_ASSISTANT}], tokenize=False
         )
         ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
-        turn_marker = tokenizer.bos_token_id is not None and ids.count(tokenizer.bos_token_id) > 1 \
-            and ids[:2] != [tokenizer.bos_token_id] * 2  # not simply a BOS rendered twice at the start
+        turn_marker = (
+            tokenizer.bos_token_id is not None
+            and ids.count(tokenizer.bos_token_id) > 1
+            and ids[:2] != [tokenizer.bos_token_id] * 2
+        )  # not simply a BOS rendered twice at the start
         self.bos_per_conversation = ids.count(tokenizer.bos_token_id) + int(self.prepend_bos) if turn_marker else 1
 
     def _messages(self, user_text: str) -> list[dict[str, str]]:
@@ -182,9 +186,7 @@ class ChatFormat:
         return messages + [{"role": "user", "content": user_text}]
 
     def prompt(self, user_text: str) -> str:
-        return self.tokenizer.apply_chat_template(
-            self._messages(user_text), add_generation_prompt=True, tokenize=False
-        )
+        return self.tokenizer.apply_chat_template(self._messages(user_text), add_generation_prompt=True, tokenize=False)
 
     def _find_end_of_turn(self) -> str:
         prefix = self.prompt(self._PROBE_USER)
@@ -198,7 +200,7 @@ class ChatFormat:
                 "<assistant content> + <end of turn> (it rewrites the content or the prompt), so the "
                 f"training sequence cannot be built from spans.\n  prompt: {prefix!r}\n  full:   {full!r}"
             )
-        tail = full[len(prefix) + len(self._PROBE_ASSISTANT):]
+        tail = full[len(prefix) + len(self._PROBE_ASSISTANT) :]
         eos = self.tokenizer.eos_token
         if eos in tail:
             return tail[: tail.index(eos) + len(eos)]
@@ -254,7 +256,9 @@ def sft_segments(record: FeedbackRecord, config: SFTDataConfig, chat: ChatFormat
     return [prompt, *((name, text, train[name]) for name, text in pieces), end]
 
 
-def dpo_segments(pair: PreferencePair, chat: ChatFormat, completion_end: str = "eos") -> tuple[str, list[Segment], list[Segment]]:
+def dpo_segments(
+    pair: PreferencePair, chat: ChatFormat, completion_end: str = "eos"
+) -> tuple[str, list[Segment], list[Segment]]:
     """(prompt text, chosen segments, rejected segments) of one pair; raises _Unusable."""
     if not pair.chosen.strip():
         raise _Unusable("empty chosen")
@@ -262,7 +266,11 @@ def dpo_segments(pair: PreferencePair, chat: ChatFormat, completion_end: str = "
         raise _Unusable("empty rejected")
     if pair.chosen == pair.rejected:
         raise _Unusable("chosen == rejected")
-    ends = {"eos": [("eos", chat.end_of_turn, True)], "feedback": [("completion", FEEDBACK_SEPARATOR, True)], "none": []}
+    ends = {
+        "eos": [("eos", chat.end_of_turn, True)],
+        "feedback": [("completion", FEEDBACK_SEPARATOR, True)],
+        "none": [],
+    }
     end = ends[completion_end]
     return (
         chat.prompt(pair.prompt),
@@ -297,8 +305,10 @@ def _check_ids(tokenizer, ids: list[int], where: str, bos_per_conversation: int 
     count = ids.count(bos)
     if bos_per_conversation > 1:
         if count > bos_per_conversation or ids[:2] == [bos, bos]:
-            raise TemplateError(f"{where}: BOS appears {count} times, the chat template renders {bos_per_conversation} "
-                                "(the template or the data adds BOS twice)")
+            raise TemplateError(
+                f"{where}: BOS appears {count} times, the chat template renders {bos_per_conversation} "
+                "(the template or the data adds BOS twice)"
+            )
         return
     if count > 1 or (count == 1 and ids[0] != bos):
         raise TemplateError(f"{where}: BOS appears {count} times / not first (the template or the data adds BOS twice)")
@@ -324,7 +334,9 @@ def _labels(stored: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
 _TEMPLATE_SEGMENTS = ("prompt", "eos")  # rendered by the chat template: special tokens are meant
 
 
-def _tokenize_segment_lists(tokenizer, segment_lists: list[list[Segment]], desc: str) -> list[list[tuple[str, list[int], bool]]]:
+def _tokenize_segment_lists(
+    tokenizer, segment_lists: list[list[Segment]], desc: str
+) -> list[list[tuple[str, list[int], bool]]]:
     """Each segment tokenized on its own; returns [(name, ids, train)] per list."""
     flat = [(name, text) for segments in segment_lists for name, text, _ in segments]
     ids: list[list[int] | None] = [None] * len(flat)
@@ -454,7 +466,7 @@ def build_dpo_examples(
             if keep < len(prompt_ids):  # cut the prompt from the left, keeping a leading BOS
                 has_bos = prompt_ids[:1] == [tokenizer.bos_token_id]
                 head = prompt_ids[:1] if has_bos and keep > 1 else []
-                prompt_ids = head + prompt_ids[len(prompt_ids) - (keep - len(head)):]
+                prompt_ids = head + prompt_ids[len(prompt_ids) - (keep - len(head)) :]
             room = config.max_length - len(prompt_ids)
             chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
             stats.truncated += 1
@@ -530,7 +542,9 @@ def _pad_right(seqs: Sequence[torch.Tensor], value: int, multiple: int | None) -
     return out
 
 
-def _pad_side(items: Sequence[Mapping[str, Any]], prefix: str, pad_token_id: int, multiple: int | None) -> dict[str, torch.Tensor]:
+def _pad_side(
+    items: Sequence[Mapping[str, Any]], prefix: str, pad_token_id: int, multiple: int | None
+) -> dict[str, torch.Tensor]:
     ids = [it[f"{prefix}input_ids"] for it in items]
     mask = [torch.ones(len(s), dtype=torch.long) for s in ids]
     return {
@@ -586,8 +600,10 @@ def _reference_columns(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Te
         return {}
     if not all(with_ref):
         raise ValueError("some items of the batch carry reference log-probs and some do not")
-    return {key: torch.tensor([float(it[key]) for it in items], dtype=torch.float32)
-            for key in ("ref_chosen_logps", "ref_rejected_logps")}
+    return {
+        key: torch.tensor([float(it[key]) for it in items], dtype=torch.float32)
+        for key in ("ref_chosen_logps", "ref_rejected_logps")
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,7 +658,9 @@ def _packed_row(sequences: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[
     }
 
 
-def _pad_packed_rows(rows: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int, multiple: int | None) -> dict[str, torch.Tensor]:
+def _pad_packed_rows(
+    rows: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int, multiple: int | None
+) -> dict[str, torch.Tensor]:
     longest = max(len(r["input_ids"]) for r in rows)
     if multiple:
         longest = math.ceil(longest / multiple) * multiple
@@ -759,7 +777,9 @@ class LengthGroupedSampler(DistributedSampler):
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        super().__init__(list(lengths), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        super().__init__(
+            list(lengths), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.group_by_length = group_by_length
@@ -777,8 +797,11 @@ class LengthGroupedSampler(DistributedSampler):
         step = self.batch_size * world
         if self.group_by_length:
             mega = step * self.mega_batch_mult
-            order = [i for s in range(0, len(order), mega)
-                     for i in sorted(order[s : s + mega], key=lambda j: -self.lengths[j])]
+            order = [
+                i
+                for s in range(0, len(order), mega)
+                for i in sorted(order[s : s + mega], key=lambda j: -self.lengths[j])
+            ]
         batches = [order[s : s + step] for s in range(0, len(order), step)]
         if self.shuffle:
             full = [b for b in batches if len(b) == step]
@@ -934,7 +957,9 @@ class FeedbackDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if packing_length is not None and (not packing or packing_length < max_length):
-            raise ConfigError(f"packing_length ({packing_length}) needs packing=True and must be >= max_length ({max_length})")
+            raise ConfigError(
+                f"packing_length ({packing_length}) needs packing=True and must be >= max_length ({max_length})"
+            )
         self.tokenizer = tokenizer
         self.mode = mode
         try:
@@ -942,15 +967,20 @@ class FeedbackDataModule(L.LightningDataModule):
                 if max_prompt_length is not None:
                     raise ConfigError("max_prompt_length applies to mode='dpo' only")
                 self.config: SFTDataConfig | DPODataConfig = SFTDataConfig(
-                    max_length=max_length, truncation=truncation or "drop", mask_response=mask_response,
-                    ablation=ablation, system_prompt=system_prompt,
+                    max_length=max_length,
+                    truncation=truncation or "drop",
+                    mask_response=mask_response,
+                    ablation=ablation,
+                    system_prompt=system_prompt,
                 )
             else:
                 if mask_response or ablation is not None:
                     raise ConfigError("mask_response and ablation apply to mode='sft' only")
                 self.config = DPODataConfig(
-                    max_length=max_length, max_prompt_length=max_prompt_length,
-                    truncation=truncation or "truncate", system_prompt=system_prompt,
+                    max_length=max_length,
+                    max_prompt_length=max_prompt_length,
+                    truncation=truncation or "truncate",
+                    system_prompt=system_prompt,
                     completion_end=completion_end,
                 )
         except ValidationError as e:
@@ -992,12 +1022,16 @@ class FeedbackDataModule(L.LightningDataModule):
                 continue
             stats = DataStats()
             if self.mode == "sft":
-                examples = build_sft_examples(self.tokenizer, records, self.config, chat=chat, stats=stats, desc=f"tokenize {split}")
+                examples = build_sft_examples(
+                    self.tokenizer, records, self.config, chat=chat, stats=stats, desc=f"tokenize {split}"
+                )
                 self.datasets[split] = SFTDataset(examples)
                 if self.packing:
                     self.datasets[split] = PackedSFTDataset(self.datasets[split], self.packing_length)
             else:
-                examples = build_dpo_examples(self.tokenizer, records, self.config, chat=chat, stats=stats, desc=f"tokenize {split}")
+                examples = build_dpo_examples(
+                    self.tokenizer, records, self.config, chat=chat, stats=stats, desc=f"tokenize {split}"
+                )
                 self.datasets[split] = DPODataset(examples)
             self.stats[split] = stats
             if self._rank_and_world()[0] == 0:  # every rank tokenizes; one of them reports
@@ -1005,8 +1039,14 @@ class FeedbackDataModule(L.LightningDataModule):
                 log("%s data (%s): %s", split, self.mode, stats.summary())
                 if isinstance(self.datasets[split], PackedSFTDataset):
                     packed = self.datasets[split]
-                    logger.info("%s data: %d examples packed into %d rows of <= %d tokens (%.0f%% filled)",
-                                split, stats.examples, len(packed), packed.capacity, 100 * packed.fill())
+                    logger.info(
+                        "%s data: %d examples packed into %d rows of <= %d tokens (%.0f%% filled)",
+                        split,
+                        stats.examples,
+                        len(packed),
+                        packed.capacity,
+                        100 * packed.fill(),
+                    )
         if not len(self.datasets["train"]):
             raise ConfigError(f"no usable training examples: {self.stats['train'].summary()}")
         if self._ref_logps is not None:
@@ -1064,7 +1104,11 @@ class FeedbackDataModule(L.LightningDataModule):
         dataset = self._dataset("train")
         rank, world = self._rank_and_world()
         return LengthGroupedSampler(
-            dataset.lengths(), self.batch_size, num_replicas=world, rank=rank, seed=self.seed,
+            dataset.lengths(),
+            self.batch_size,
+            num_replicas=world,
+            rank=rank,
+            seed=self.seed,
             group_by_length=self.group_by_length,
         )
 
@@ -1072,9 +1116,13 @@ class FeedbackDataModule(L.LightningDataModule):
         # Own generators: creating an iterator must not draw from the global RNG, or a resumed run's
         # dropout would drift from an uninterrupted one (srt.pipeline.checkpoints.ResumeRNG).
         loader = ResumableDataLoader(
-            self._dataset("train"), batch_size=self.batch_size, sampler=self.train_sampler(),
-            collate_fn=self.collator, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
+            self._dataset("train"),
+            batch_size=self.batch_size,
+            sampler=self.train_sampler(),
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
         if self._loader_resume is not None:
             loader.load_state_dict(self._loader_resume)
@@ -1084,8 +1132,12 @@ class FeedbackDataModule(L.LightningDataModule):
 
     def _ordered_loader(self, dataset) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self.collator,
-            num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed),
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -1106,13 +1158,22 @@ class FeedbackDataModule(L.LightningDataModule):
         # own state is restored only when the loader is built after the loops, which sizing the LR
         # schedule prevents), so the position travels here. Also what shaped the data, to notice a
         # resume with different data settings.
-        state = {"seed": self.seed, "mode": self.mode, "config": self.config.model_dump(),
-                 "train_examples": len(self.datasets["train"]) if self.datasets else None, "packing": self.packing}
+        state = {
+            "seed": self.seed,
+            "mode": self.mode,
+            "config": self.config.model_dump(),
+            "train_examples": len(self.datasets["train"]) if self.datasets else None,
+            "packing": self.packing,
+        }
         if self._train_loader is not None:
             state["train_loader"] = self._train_loader.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if (state.get("mode"), state.get("config"), state.get("packing", False)) != (self.mode, self.config.model_dump(), self.packing):
+        if (state.get("mode"), state.get("config"), state.get("packing", False)) != (
+            self.mode,
+            self.config.model_dump(),
+            self.packing,
+        ):
             logger.warning("resuming with different data settings than the checkpoint: %s", state)
         self._loader_resume = state.get("train_loader")

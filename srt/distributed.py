@@ -28,7 +28,8 @@ writes from rank 0.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
@@ -38,11 +39,23 @@ from srt.errors import ConfigError
 
 # Used by ``fsdp`` when wrap_layers is not set (the model is not built yet when the strategy is).
 DEFAULT_WRAP_LAYERS = (
-    "LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer",
-    "Gemma2DecoderLayer", "Gemma3DecoderLayer", "Phi3DecoderLayer",
+    "LlamaDecoderLayer",
+    "MistralDecoderLayer",
+    "Qwen2DecoderLayer",
+    "Qwen3DecoderLayer",
+    "Gemma2DecoderLayer",
+    "Gemma3DecoderLayer",
+    "Phi3DecoderLayer",
 )
-_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-           "fp32": None, "float32": None, "32": None}
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": None,
+    "float32": None,
+    "32": None,
+}
 
 
 class FSDPOptions(BaseModel):
@@ -58,7 +71,7 @@ class FSDPOptions(BaseModel):
     limit_all_gathers: bool = True
 
     @classmethod
-    def parse(cls, options: dict[str, Any] | None) -> "FSDPOptions":
+    def parse(cls, options: dict[str, Any] | None) -> FSDPOptions:
         try:
             return cls.model_validate(dict(options or {}))
         except ValidationError as exc:
@@ -91,7 +104,8 @@ def resolve_layer_class(name: str) -> type[torch.nn.Module]:
     lowered = name.lower()
     model_types = sorted(
         (t for t in MODEL_MAPPING_NAMES if lowered.startswith(t.replace("_", "").replace("-", ""))),
-        key=len, reverse=True,
+        key=len,
+        reverse=True,
     )
     for model_type in model_types:
         package = model_type.replace("-", "_")
@@ -119,7 +133,9 @@ def fsdp_strategy(options: dict[str, Any] | None = None) -> FSDPStrategy:
         activation_checkpointing_policy=layers if opts.activation_checkpointing else None,
         # Gradients reduced in fp32 (as fsdp2 does); buffers stay as they are: casting RoPE's fp32
         # inv_freq to bf16 puts positions ~8k off by more than a radian.
-        mixed_precision=MixedPrecision(param_dtype=dtype, reduce_dtype=torch.float32, buffer_dtype=None) if dtype else None,
+        mixed_precision=MixedPrecision(param_dtype=dtype, reduce_dtype=torch.float32, buffer_dtype=None)
+        if dtype
+        else None,
         sharding_strategy=opts.sharding_strategy,
         state_dict_type=opts.state_dict_type,
         cpu_offload=opts.cpu_offload,

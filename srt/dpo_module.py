@@ -22,8 +22,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -62,18 +63,28 @@ def concatenated_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Ten
     attention_mask = torch.cat([_pad_to(batch[f"{s}_attention_mask"], width, 0) for s in sides])
     labels = torch.cat([_pad_to(batch[f"{s}_labels"], width, IGNORE_INDEX) for s in sides])
     row_of_token = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
-    return _sequence_logps(model, input_ids, labels, row_of_token, input_ids.shape[0] // 2, attention_mask=attention_mask)
+    return _sequence_logps(
+        model, input_ids, labels, row_of_token, input_ids.shape[0] // 2, attention_mask=attention_mask
+    )
 
 
 def packed_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """:func:`concatenated_forward` for packed rows: one forward over the rows (position_ids, no
     attention mask: no attention across sequences), then each token's log-prob is summed into its
     sequence (``sequence_ids``: chosen 0..B-1, rejected B..2B-1)."""
-    return _sequence_logps(model, batch["input_ids"], batch["labels"], batch["sequence_ids"], len(batch["ids"]),
-                           position_ids=batch["position_ids"])
+    return _sequence_logps(
+        model,
+        batch["input_ids"],
+        batch["labels"],
+        batch["sequence_ids"],
+        len(batch["ids"]),
+        position_ids=batch["position_ids"],
+    )
 
 
-def _sequence_logps(model, input_ids, labels, sequence_of_token, n: int, chunk: int = 1024, **inputs) -> dict[str, torch.Tensor]:
+def _sequence_logps(
+    model, input_ids, labels, sequence_of_token, n: int, chunk: int = 1024, **inputs
+) -> dict[str, torch.Tensor]:
     """Summed log-probs and labelled-token counts of 2n sequences (chosen 0..n-1, rejected n..2n-1);
     ``sequence_of_token`` [R, T] says which sequence each token belongs to. Logits exist only at
     scored positions (:func:`srt.sft_module.scored_logits`), upcast to float32 ``chunk`` rows at a time."""
@@ -85,8 +96,15 @@ def _sequence_logps(model, input_ids, labels, sequence_of_token, n: int, chunk: 
         token_logps.append(part.gather(-1, part_labels[:, None]).squeeze(-1) - part.logsumexp(dim=-1))
     token_logps = torch.cat(token_logps)
     sums = torch.zeros(2 * n, dtype=torch.float32, device=logits.device).index_add(0, sequence, token_logps)
-    counts = torch.zeros(2 * n, dtype=torch.long, device=logits.device).index_add(0, sequence, torch.ones_like(sequence))
-    return {"chosen_logps": sums[:n], "rejected_logps": sums[n:], "chosen_tokens": counts[:n], "rejected_tokens": counts[n:]}
+    counts = torch.zeros(2 * n, dtype=torch.long, device=logits.device).index_add(
+        0, sequence, torch.ones_like(sequence)
+    )
+    return {
+        "chosen_logps": sums[:n],
+        "rejected_logps": sums[n:],
+        "chosen_tokens": counts[:n],
+        "rejected_tokens": counts[n:],
+    }
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -124,11 +142,24 @@ class ReferenceLogpsCache:
         self.cache_dir = Path(cache_dir)
 
     @staticmethod
-    def key_fields(*, data_hash: str, model: str, chat_template: str | None, max_length: int, dtype: str,
-                   data_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    def key_fields(
+        *,
+        data_hash: str,
+        model: str,
+        chat_template: str | None,
+        max_length: int,
+        dtype: str,
+        data_config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         # data_config: how pairs became token ids (truncation, system prompt, completion end...)
-        return {"data_hash": data_hash, "model": str(model), "chat_template": chat_template or "",
-                "max_length": int(max_length), "dtype": str(dtype), "data_config": data_config or {}}
+        return {
+            "data_hash": data_hash,
+            "model": str(model),
+            "chat_template": chat_template or "",
+            "max_length": int(max_length),
+            "dtype": str(dtype),
+            "data_config": data_config or {},
+        }
 
     @classmethod
     def key(cls, **fields) -> str:
@@ -161,7 +192,9 @@ class ReferenceLogpsCache:
         os.replace(tmp, path)
         return path
 
-    def get_or_compute(self, compute: Callable[[], Mapping[str, tuple[float, float]]], **fields) -> dict[str, tuple[float, float]]:
+    def get_or_compute(
+        self, compute: Callable[[], Mapping[str, tuple[float, float]]], **fields
+    ) -> dict[str, tuple[float, float]]:
         """Load the entry for ``fields`` (see :meth:`key_fields`), or compute, save and return it."""
         key = self.key(**fields)
         cached = self.load(key)
@@ -210,10 +243,14 @@ class DPOModule(CausalLMModule):
         if reference == "adapter_disabled":
             has_adapter = self.lora is not None or (self._given_model and is_peft_model(self._given_model[0]))
             if not has_adapter:
-                raise ConfigError("reference='adapter_disabled' needs a LoRA policy (set lora), or use 'frozen_copy'/'precomputed'")
+                raise ConfigError(
+                    "reference='adapter_disabled' needs a LoRA policy (set lora), or use 'frozen_copy'/'precomputed'"
+                )
             if not reference_is_base:
-                raise ConfigError("reference='adapter_disabled' requires reference_is_base: true (confirming the LoRA "
-                                  "base is the stage-1 model). " + _ADAPTER_PITFALL + ".")
+                raise ConfigError(
+                    "reference='adapter_disabled' requires reference_is_base: true (confirming the LoRA "
+                    "base is the stage-1 model). " + _ADAPTER_PITFALL + "."
+                )
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.nll_weight, self.reference = nll_weight, reference
         self.check_reference_at_start = check_reference_at_start
@@ -268,18 +305,28 @@ class DPOModule(CausalLMModule):
         nll = -pc.sum() / policy["chosen_tokens"].sum().clamp(min=1)
         loss = losses.mean() + self.nll_weight * nll if self.nll_weight else losses.mean()
         return {
-            "loss": loss, "losses": losses, "chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards,
-            "policy_chosen_logps": pc.detach(), "policy_rejected_logps": pr.detach(),
-            "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected,
-            "chosen_tokens": policy["chosen_tokens"], "rejected_tokens": policy["rejected_tokens"], "nll": nll.detach(),
+            "loss": loss,
+            "losses": losses,
+            "chosen_rewards": chosen_rewards,
+            "rejected_rewards": rejected_rewards,
+            "policy_chosen_logps": pc.detach(),
+            "policy_rejected_logps": pr.detach(),
+            "ref_chosen_logps": ref_chosen,
+            "ref_rejected_logps": ref_rejected,
+            "chosen_tokens": policy["chosen_tokens"],
+            "rejected_tokens": policy["rejected_tokens"],
+            "nll": nll.detach(),
         }
 
     def _log_pair_metrics(self, out: dict[str, torch.Tensor], prefix: str, **kwargs) -> None:
         c, r = out["chosen_rewards"], out["rejected_rewards"]
         metrics = {
-            "rewards/chosen": c.mean(), "rewards/rejected": r.mean(), "rewards/margins": (c - r).mean(),
+            "rewards/chosen": c.mean(),
+            "rewards/rejected": r.mean(),
+            "rewards/margins": (c - r).mean(),
             "rewards/accuracies": (c > r).float().mean(),
-            "logps/chosen": out["policy_chosen_logps"].mean(), "logps/rejected": out["policy_rejected_logps"].mean(),
+            "logps/chosen": out["policy_chosen_logps"].mean(),
+            "logps/rejected": out["policy_rejected_logps"].mean(),
             "nll/chosen": out["nll"],
         }
         self.log_dict({prefix + k: v for k, v in metrics.items()}, batch_size=c.shape[0], **kwargs)
@@ -294,9 +341,11 @@ class DPOModule(CausalLMModule):
         # Trainable weights are fp32 masters even when loaded in bf16, so look at the load dtype and at
         # any half-precision weights left (frozen ones), not only at the first parameter.
         half = (torch.bfloat16, torch.float16)
-        low_precision = getattr(self, "load_dtype", None) in half \
-            or any(p.dtype in half for p in self.model.parameters()) \
+        low_precision = (
+            getattr(self, "load_dtype", None) in half
+            or any(p.dtype in half for p in self.model.parameters())
             or (self._trainer is not None and "16" in str(self.trainer.precision))
+        )
         return 5e-2 if low_precision else 1e-3  # per labelled token
 
     @torch.no_grad()
@@ -310,13 +359,20 @@ class DPOModule(CausalLMModule):
         finally:
             self.model.train(was_training)
         tol = self._tolerance()
-        diffs = torch.cat([
-            (out["policy_chosen_logps"] - out["ref_chosen_logps"]).abs() / out["chosen_tokens"].clamp(min=1),
-            (out["policy_rejected_logps"] - out["ref_rejected_logps"]).abs() / out["rejected_tokens"].clamp(min=1),
-        ])
+        diffs = torch.cat(
+            [
+                (out["policy_chosen_logps"] - out["ref_chosen_logps"]).abs() / out["chosen_tokens"].clamp(min=1),
+                (out["policy_rejected_logps"] - out["ref_rejected_logps"]).abs() / out["rejected_tokens"].clamp(min=1),
+            ]
+        )
         worst = diffs.max().item()
-        losses, c, r = dpo_loss(out["policy_chosen_logps"], out["policy_rejected_logps"],
-                                out["ref_chosen_logps"], out["ref_rejected_logps"], beta=self.beta)
+        losses, c, r = dpo_loss(
+            out["policy_chosen_logps"],
+            out["policy_rejected_logps"],
+            out["ref_chosen_logps"],
+            out["ref_rejected_logps"],
+            beta=self.beta,
+        )
         sigmoid_loss = losses.mean().item()
         max_tokens = int(torch.cat([out["chosen_tokens"], out["rejected_tokens"]]).max())
         loss_tol = max(1e-3, self.beta * tol * max_tokens)  # what a logp gap within tolerance can move
@@ -330,7 +386,8 @@ class DPOModule(CausalLMModule):
                 "model DPO starts from",
                 "frozen_copy": "the frozen reference copy differs from the policy (the policy was changed after "
                 "the copy was taken?)",
-                "adapter_disabled": "the model with its LoRA adapter disabled is not the starting policy. " + _ADAPTER_PITFALL,
+                "adapter_disabled": "the model with its LoRA adapter disabled is not the starting policy. "
+                + _ADAPTER_PITFALL,
             }[self.reference]
             raise ConfigError(
                 f"DPO reference check at step 0 failed: policy and reference should be identical, but log-probs "
@@ -357,7 +414,9 @@ class DPOModule(CausalLMModule):
 
     def validation_step(self, batch, batch_idx):
         out = self.compute_batch(batch)
-        self.log("val/loss", out["loss"], on_epoch=True, sync_dist=True, batch_size=out["losses"].shape[0], prog_bar=True)
+        self.log(
+            "val/loss", out["loss"], on_epoch=True, sync_dist=True, batch_size=out["losses"].shape[0], prog_bar=True
+        )
         self._log_pair_metrics(out, "val/", on_epoch=True, sync_dist=True)
         return out["loss"]
 
@@ -365,5 +424,8 @@ class DPOModule(CausalLMModule):
         """Summed log-probs of the current policy, keyed by pair id: at the start of DPO this is
         the reference (``trainer.predict`` shards it over ranks; merge the returned lists)."""
         result = concatenated_forward(self.model, batch)
-        return {"ids": list(batch["ids"]), "ref_chosen_logps": result["chosen_logps"].cpu(),
-                "ref_rejected_logps": result["rejected_logps"].cpu()}
+        return {
+            "ids": list(batch["ids"]),
+            "ref_chosen_logps": result["chosen_logps"].cpu(),
+            "ref_rejected_logps": result["rejected_logps"].cpu(),
+        }

@@ -54,7 +54,9 @@ def _lookup(root: torch.nn.Module, dotted: str) -> torch.Tensor:
     return obj
 
 
-def _full_state_dict(model: torch.nn.Module, fsdp_root: torch.nn.Module | None = None) -> dict[str, torch.Tensor] | None:
+def _full_state_dict(
+    model: torch.nn.Module, fsdp_root: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor] | None:
     """Gathered CPU state dict if the model is sharded (FSDP1 units or FSDP2 DTensors), else None
     (use the live one). A collective: every rank must call it; with FSDP1 only rank 0 gets the tensors."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -67,7 +69,9 @@ def _full_state_dict(model: torch.nn.Module, fsdp_root: torch.nn.Module | None =
         # wrapper around the LightningModule), so gather from the root and keep this model's part.
         name = next((n for n, m in (fsdp_root.named_modules() if fsdp_root is not None else ()) if m is model), None)
         if name is None:
-            raise ConfigError("the model is sharded with FSDP: pass fsdp_root=, the FSDP-wrapped module that contains it")
+            raise ConfigError(
+                "the model is sharded with FSDP: pass fsdp_root=, the FSDP-wrapped module that contains it"
+            )
         # summon_full_params, not a state-dict gather: torch's FSDP1 state-dict hooks fail when the root
         # unit holds only frozen parameters (a LoRA model's embeddings).
         from torch.distributed.fsdp import ShardingStrategy
@@ -76,11 +80,18 @@ def _full_state_dict(model: torch.nn.Module, fsdp_root: torch.nn.Module | None =
         names = [n for n, _ in model.named_parameters()]  # the names state_dict() would have (wrapped)
         for mod_name, module in model.named_modules():
             prefix = f"{mod_name}." if mod_name else ""
-            names += [prefix + b for b, _ in module.named_buffers(recurse=False) if b not in module._non_persistent_buffers_set]
+            names += [
+                prefix + b
+                for b, _ in module.named_buffers(recurse=False)
+                if b not in module._non_persistent_buffers_set
+            ]
             # The root unit's parameters: FSDP1 leaves them as plain tensor attributes between steps.
-            names += [prefix + k for k, v in vars(module).items() if isinstance(v, torch.Tensor) and not k.startswith("_")]
-        with FullyShardedDataParallel.summon_full_params(fsdp_root, writeback=False, offload_to_cpu=sharded,
-                                                         rank0_only=True):
+            names += [
+                prefix + k for k, v in vars(module).items() if isinstance(v, torch.Tensor) and not k.startswith("_")
+            ]
+        with FullyShardedDataParallel.summon_full_params(
+            fsdp_root, writeback=False, offload_to_cpu=sharded, rank0_only=True
+        ):
             # Looked up by attribute: inside summon_full_params a unit's parameters are the full tensors.
             return {_unwrapped(name): _lookup(model, name).detach().cpu().clone() for name in names}
     if not any(isinstance(p, DTensor) for p in model.parameters()):
@@ -99,7 +110,9 @@ def merged_lora_state_dict(peft_model, state_dict: dict[str, torch.Tensor] | Non
     lora_modules = {_unwrapped(name): m for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
     for name, module in lora_modules.items():
         if not isinstance(module, LoraLinear) or getattr(module, "use_dora", {}).get(module.active_adapters[0], False):
-            raise ConfigError(f"merge_lora supports plain LoRA on Linear layers only; {name} is {type(module).__name__}")
+            raise ConfigError(
+                f"merge_lora supports plain LoRA on Linear layers only; {name} is {type(module).__name__}"
+            )
         weight = state_dict[f"{name}.base_layer.weight"]
         delta = torch.zeros(weight.shape, dtype=torch.float32, device="cpu")
         for adapter in module.active_adapters:
@@ -129,8 +142,9 @@ def _as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[name]
 
 
-def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, keep: tuple[str, ...] = ()
-                    ) -> dict[str, torch.Tensor]:
+def cast_state_dict(
+    state_dict: dict[str, torch.Tensor], dtype: torch.dtype, keep: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """Floating-point tensors cast to ``dtype`` (others unchanged); tensors that shared storage still do
     (tied weights are then recognised and saved once). Keys naming a module in ``keep`` (a model's
     ``_keep_in_fp32_modules``) are left as they are."""
@@ -138,8 +152,12 @@ def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, kee
     done: dict[tuple, torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dtype == dtype or (
-                keep_re is not None and keep_re.search(key)):
+        if (
+            not isinstance(value, torch.Tensor)
+            or not value.is_floating_point()
+            or value.dtype == dtype
+            or (keep_re is not None and keep_re.search(key))
+        ):
             out[key] = value
             continue
         alias = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride())
@@ -208,8 +226,9 @@ def save_hf(
         else:
             base, state_dict = model, gathered  # peft filters the adapter weights itself
         if dtype is not None:
-            state_dict = cast_state_dict(base.state_dict() if state_dict is None else state_dict, dtype,
-                                         keep=_keep_in_fp32(base))
+            state_dict = cast_state_dict(
+                base.state_dict() if state_dict is None else state_dict, dtype, keep=_keep_in_fp32(base)
+            )
         config = getattr(base, "config", None)
         live_dtype = getattr(config, "dtype", None)
         try:

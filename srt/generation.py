@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -83,7 +84,9 @@ class _PerRowSampler(LogitsProcessor):
             probs = probs / probs.sum(-1, keepdim=True)
         uniforms = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(probs.device)
         cdf = probs.cumsum(-1)
-        tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1), right=True).clamp_(max=probs.shape[-1] - 1)
+        tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1), right=True).clamp_(
+            max=probs.shape[-1] - 1
+        )
         picked = torch.full_like(scores, float("-inf"))
         return picked.scatter_(-1, tokens, 0.0)
 
@@ -153,7 +156,7 @@ class Generator(ChatGeneration):
     @classmethod
     def from_pretrained(
         cls, name_or_path: str, *, dtype: str = "auto", device: str = "cpu", batch_size: int = 8, **load_kwargs
-    ) -> "Generator":
+    ) -> Generator:
         from srt.models import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(name_or_path, dtype=dtype, device=device, **load_kwargs)
@@ -199,7 +202,9 @@ class Generator(ChatGeneration):
                 bar.set_postfix(tok_per_s=f"{new_tokens / max(time.perf_counter() - start, 1e-9):.1f}")
         return outputs  # type: ignore[return-value]
 
-    def _generate_batch(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[GenerationOutput]:
+    def _generate_batch(
+        self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]
+    ) -> list[GenerationOutput]:
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from srt.critic_template import (
     FEEDBACK_HEADER,
@@ -168,9 +169,7 @@ class SelfRefiner:
 
     # -- self-scoring and best-of-n re-ranking -----------------------------------------------
 
-    def score(
-        self, instructions: Sequence[str], responses: Sequence[str], via: ScoringVia = "srt"
-    ) -> list[SelfScore]:
+    def score(self, instructions: Sequence[str], responses: Sequence[str], via: ScoringVia = "srt") -> list[SelfScore]:
         """The model's own score (1..10) of each response.
 
         ``via="srt"``: an SRT model continues ``response + "### Feedback"`` in its assistant turn.

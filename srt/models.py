@@ -15,15 +15,15 @@ in a temporary folder and renamed into place, so a crash never leaves a half-wri
 from __future__ import annotations
 
 import hashlib
-import json
 import importlib.util
+import json
 import os
 import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -104,7 +104,9 @@ def _convert_smollm2_gguf(out_dir: Path) -> None:
         raise SrtError(f"model 'smollm2-135m-instruct' needs the gguf package: {SMOLLM2_INSTALL}")
 
     # Reading the GGUF tokenizer takes up to a minute on 2 cores and shows no progress bar: say so.
-    print(f"converting {SMOLLM2_GGUF} to a Hugging Face folder (once; up to a minute): {out_dir.parent}", file=sys.stderr)
+    print(
+        f"converting {SMOLLM2_GGUF} to a Hugging Face folder (once; up to a minute): {out_dir.parent}", file=sys.stderr
+    )
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
     gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     config = gguf_model.config
@@ -196,8 +198,13 @@ def model_revision(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, *, revision: str | None = None, trust_remote_code: bool = False,
-                   cache_dir: str | os.PathLike | None = None):
+def load_tokenizer(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+):
     """The tokenizer of any model :func:`load_model_and_tokenizer` understands, without loading weights."""
     from transformers import AutoTokenizer
 
@@ -205,15 +212,24 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, revision: str | None = No
     if (path / "adapter_config.json").is_file() and not (path / "tokenizer_config.json").is_file():
         from peft import PeftConfig
 
-        path = Path(resolve_model_path(PeftConfig.from_pretrained(str(path)).base_model_name_or_path, cache_dir=cache_dir))
+        path = Path(
+            resolve_model_path(PeftConfig.from_pretrained(str(path)).base_model_name_or_path, cache_dir=cache_dir)
+        )
     try:
         return AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise SrtError(f"cannot load the tokenizer of {str(name_or_path)!r} (resolved to {str(path)!r}): {err}") from err
+        raise SrtError(
+            f"cannot load the tokenizer of {str(name_or_path)!r} (resolved to {str(path)!r}): {err}"
+        ) from err
 
 
-def check_model_reference(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                          cache_dir: str | os.PathLike | None = None, what: str = "model.path") -> None:
+def check_model_reference(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    what: str = "model.path",
+) -> None:
     """Plan check: the model can be found, without loading (or building) anything.
 
     The built-in names need what builds them; a folder needs ``config.json`` (or a PEFT adapter whose
@@ -251,5 +267,7 @@ def check_model_reference(name_or_path: str | os.PathLike, *, revision: str | No
 
         found = try_to_load_from_cache(name, "config.json", revision=revision)
         if not isinstance(found, str):
-            raise SrtError(f"{what}: {name!r} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE=1 "
-                           "(download it first, or point model.path at a folder)")
+            raise SrtError(
+                f"{what}: {name!r} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE=1 "
+                "(download it first, or point model.path at a folder)"
+            )

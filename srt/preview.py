@@ -9,7 +9,8 @@ quickest check that the loss mask covers what it should.
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -28,17 +29,22 @@ _GREEN, _RESET = "\033[32m", "\033[0m"
 def _sides(example: Mapping[str, Any]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(title, ids, trained mask) per sequence of an example, whichever form it comes in:
     a stored example (``train_mask``), a dataset item (``labels``), SFT or DPO."""
+
     def one(ids, labels=None, train_mask=None):
         ids = torch.as_tensor(ids).long()
         mask = torch.as_tensor(train_mask).bool() if train_mask is not None else torch.as_tensor(labels) != IGNORE_INDEX
         return ids, mask
 
     if "chosen" in example:  # stored DPO example
-        return [(side, *one(example[side]["input_ids"], train_mask=example[side]["train_mask"]))
-                for side in ("chosen", "rejected")]
+        return [
+            (side, *one(example[side]["input_ids"], train_mask=example[side]["train_mask"]))
+            for side in ("chosen", "rejected")
+        ]
     if "chosen_input_ids" in example:  # DPO dataset item
-        return [(side, *one(example[f"{side}_input_ids"], labels=example[f"{side}_labels"]))
-                for side in ("chosen", "rejected")]
+        return [
+            (side, *one(example[f"{side}_input_ids"], labels=example[f"{side}_labels"]))
+            for side in ("chosen", "rejected")
+        ]
     return [("sequence", *one(example["input_ids"], example.get("labels"), example.get("train_mask")))]
 
 

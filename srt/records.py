@@ -19,6 +19,7 @@ the file in append mode cuts it so the run resumes cleanly. Any other unterminat
 data: complete JSON is a normal record (hand-written files often lack the final newline), anything
 else is a bad line like any other.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, Iterable, Iterator, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -343,8 +345,14 @@ class RowRejects:
     ``<path>:<line>``; lenient appends ``{file, line, reason, raw}`` to ``rejects_path``
     (default ``<path>.rejects.jsonl``) and counts it. Also checks ids for duplicates."""
 
-    def __init__(self, path: str | os.PathLike, *, lenient: bool = False, rejects_path: str | os.PathLike | None = None,
-                 unit: Literal["line", "row"] = "line"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        lenient: bool = False,
+        rejects_path: str | os.PathLike | None = None,
+        unit: Literal["line", "row"] = "line",
+    ):
         self.path = Path(path)
         self.lenient = lenient
         self.rejects_path = Path(rejects_path) if rejects_path else Path(f"{self.path}.rejects.jsonl")
@@ -427,7 +435,10 @@ class JsonLines(RowRejects):
                         self.truncated_tail = True
                         logger.warning(
                             "%s:%d: skipping unterminated last line (%d bytes, likely an interrupted write): %s",
-                            self.path, lineno, len(raw), err.reason,
+                            self.path,
+                            lineno,
+                            len(raw),
+                            err.reason,
                         )
                         if self.lenient:
                             reason = f"unterminated last line (likely an interrupted write): {err.reason}"
@@ -518,8 +529,11 @@ def read_jsonl(
     allow_empty: bool = True,
 ) -> Iterator[M]:
     """Stream validated records; see :class:`JsonlReader` (use it directly to get the counts)."""
-    return iter(JsonlReader(path, model, lenient=lenient, rejects_path=rejects_path, unique_ids=unique_ids,
-                            allow_empty=allow_empty))
+    return iter(
+        JsonlReader(
+            path, model, lenient=lenient, rejects_path=rejects_path, unique_ids=unique_ids, allow_empty=allow_empty
+        )
+    )
 
 
 def _repair_tail(path: Path) -> None:
@@ -566,8 +580,9 @@ def _repair_tail(path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
         if reason:
-            logger.warning("%s: the last line had no newline and is not valid (%s); kept it and added the newline",
-                           path, reason)
+            logger.warning(
+                "%s: the last line had no newline and is not valid (%s); kept it and added the newline", path, reason
+            )
 
 
 class JsonlWriter:
@@ -627,7 +642,7 @@ class JsonlWriter:
             os.fsync(self._file.fileno())
         self._file.close()
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> JsonlWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -75,7 +75,7 @@ def load_plugin(group: str, name: str):
 def list_plugins(group: str, check: bool = True) -> list[PluginInfo]:
     """Every plugin in ``group`` with where it comes from; ``check`` imports each to report errors."""
     infos = []
-    for name, ep in sorted(_entry_points(group).items()):
+    for _, ep in sorted(_entry_points(group).items()):
         info = _info(group, ep)
         if check:
             try:
@@ -102,7 +102,9 @@ def check_plugin_settings(group: str, name: str, settings: dict | None, where: s
         try:
             parsed = model.model_validate(parsed)
         except ValidationError as exc:
-            raise PluginError(f"{where}: {group} plugin {name!r}: invalid settings: {validation_problems(exc)}") from None
+            raise PluginError(
+                f"{where}: {group} plugin {name!r}: invalid settings: {validation_problems(exc)}"
+            ) from None
     check = getattr(cls, "check_settings", None)
     if callable(check):
         try:

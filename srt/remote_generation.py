@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
@@ -62,19 +63,22 @@ class RemoteGenerator(ChatGeneration):
         if settings.api_key_env:
             api_key = os.environ.get(settings.api_key_env, "")
             if not api_key:
-                raise ConfigError(f"generation.server.api_key_env: environment variable {settings.api_key_env} is not set")
+                raise ConfigError(
+                    f"generation.server.api_key_env: environment variable {settings.api_key_env} is not set"
+                )
         self.settings = settings
         self.tokenizer = tokenizer
         self.model_name = settings.model or model_name
         if not self.model_name:
             raise ConfigError("generation.server.model is not set (the model name the server serves)")
         self.batch_size = settings.max_concurrency  # what callers size their chunks by
-        self.client = OpenAI(base_url=settings.base_url, api_key=api_key, timeout=settings.timeout_s,
-                             max_retries=settings.max_retries)
+        self.client = OpenAI(
+            base_url=settings.base_url, api_key=api_key, timeout=settings.timeout_s, max_retries=settings.max_retries
+        )
         self._drop_bos = _tokenizer_adds_bos(tokenizer)
 
     @classmethod
-    def from_config(cls, server: dict[str, Any], model_path: str) -> "RemoteGenerator":
+    def from_config(cls, server: dict[str, Any], model_path: str) -> RemoteGenerator:
         """``server``: the ``generation.server`` section; ``model_path``: the local model (or hub id)
         whose tokenizer renders the prompts and whose name is the default served model name."""
         from srt.models import load_tokenizer
@@ -106,8 +110,10 @@ class RemoteGenerator(ChatGeneration):
                 keys.append(f"{prompt}\x00{seen[prompt]}")
         outputs: list[GenerationOutput | None] = [None] * len(prompts)
         new_tokens, start = 0, time.perf_counter()
-        with ThreadPoolExecutor(max_workers=self.settings.max_concurrency, thread_name_prefix="srt-remote") as pool, \
-                tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True) as bar:
+        with (
+            ThreadPoolExecutor(max_workers=self.settings.max_concurrency, thread_name_prefix="srt-remote") as pool,
+            tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True) as bar,
+        ):
             futures = {
                 pool.submit(self._complete, prompt, sampling, _row_seed(sampling.seed, key)): i
                 for i, (prompt, key) in enumerate(zip(prompts, keys))
@@ -129,7 +135,7 @@ class RemoteGenerator(ChatGeneration):
         import openai
 
         bos = self.tokenizer.bos_token
-        text_prompt = prompt[len(bos):] if self._drop_bos and prompt.startswith(bos) else prompt
+        text_prompt = prompt[len(bos) :] if self._drop_bos and prompt.startswith(bos) else prompt
         try:
             response = self.client.completions.create(
                 model=self.model_name,
@@ -153,7 +159,9 @@ class RemoteGenerator(ChatGeneration):
         choice = response.choices[0]
         text = choice.text or ""
         usage = response.usage
-        num_prompt = usage.prompt_tokens if usage else len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        num_prompt = (
+            usage.prompt_tokens if usage else len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        )
         num_new = usage.completion_tokens if usage else len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         # Servers cut stop strings from the text; cut here too in case one is configured to keep them.
         stop_at = min((p for p in (text.find(s) for s in sampling.stop) if p >= 0), default=None)

@@ -16,12 +16,25 @@ import logging
 import os
 import re
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "<redacted>"
-_KEY_WORDS = ("api_key", "apikey", "api-key", "secret", "password", "passwd", "authorization", "credential",
-              "access_key", "private_key", "bearer", "cookie")
+_KEY_WORDS = (
+    "api_key",
+    "apikey",
+    "api-key",
+    "secret",
+    "password",
+    "passwd",
+    "authorization",
+    "credential",
+    "access_key",
+    "private_key",
+    "bearer",
+    "cookie",
+)
 _VALUE_PATTERNS = [
     re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE),
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),
@@ -35,8 +48,18 @@ _known: set[str] = set()
 _lock = threading.Lock()
 
 
-_NOT_SECRET = {"pad_token", "eos_token", "bos_token", "unk_token", "sep_token", "cls_token", "mask_token",
-               "cache_key", "sort_key", "primary_key"}
+_NOT_SECRET = {
+    "pad_token",
+    "eos_token",
+    "bos_token",
+    "unk_token",
+    "sep_token",
+    "cls_token",
+    "mask_token",
+    "cache_key",
+    "sort_key",
+    "primary_key",
+}
 
 
 def is_secret_key(key: Any) -> bool:

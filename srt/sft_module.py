@@ -72,7 +72,9 @@ def cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float) -> dict
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
 
-def scored_logits(model, input_ids, labels, attention_mask=None, position_ids=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def scored_logits(
+    model, input_ids, labels, attention_mask=None, position_ids=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits only at the positions whose next token is labelled: ``(logits [N, V], labels [N], scored [B, T-1])``.
 
     ``scored[b, t]`` is True where ``labels[b, t + 1] != -100``; the N logits are those positions in
@@ -87,8 +89,13 @@ def scored_logits(model, input_ids, labels, attention_mask=None, position_ids=No
         # the packed rows go in as one. Every row starts an example whose first label is -100: nothing is
         # scored across a row boundary and the scored positions keep their order.
         input_ids, position_ids, keep = input_ids.reshape(1, -1), position_ids.reshape(1, -1), keep.reshape(1, -1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=keep, use_cache=False).logits
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=keep,
+        use_cache=False,
+    ).logits
     if logits.shape[:-1] != (int(scored.sum()),):
         raise ConfigError(
             f"{type(model).__name__} ignores logits_to_keep given as a boolean mask (transformers models call "
@@ -273,8 +280,13 @@ class CausalLMModule(L.LightningModule):
         if upcast and (not attached or self.trainer.is_global_zero):
             what = ", ".join(f"{n} {str(d).removeprefix('torch.')}" for d, n in upcast.items())
             scope = "all weights: FSDP1 needs one dtype per unit" if uniform else "the trainable weights"
-            log.info("fp32 master weights: upcast %s parameter tensor(s) to float32 (%s); compute runs in the "
-                     "Trainer's precision, exports are written in %s", what, scope, self.load_dtype)
+            log.info(
+                "fp32 master weights: upcast %s parameter tensor(s) to float32 (%s); compute runs in the "
+                "Trainer's precision, exports are written in %s",
+                what,
+                scope,
+                self.load_dtype,
+            )
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -292,7 +304,9 @@ class CausalLMModule(L.LightningModule):
     def forward(self, input_ids, attention_mask=None, position_ids=None):
         # Packed rows come with position_ids restarting per example and no attention_mask:
         # transformers then builds the block-diagonal causal mask (see srt.data, packing).
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
 
     # -- optimization ---------------------------------------------------------------------
     def configure_optimizers(self):
@@ -337,8 +351,9 @@ class CausalLMModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     # -- export ---------------------------------------------------------------------------
-    def save_hf(self, output_dir: str | os.PathLike, merge_lora: bool = False,
-                dtype: str | torch.dtype | None = "auto"):
+    def save_hf(
+        self, output_dir: str | os.PathLike, merge_lora: bool = False, dtype: str | torch.dtype | None = "auto"
+    ):
         """Export as a HF folder (adapter, merged or full weights + tokenizer); rank 0 writes.
 
         ``dtype``: of merged or full weights; "auto" (default) is :attr:`load_dtype`, the dtype the starting
@@ -352,8 +367,15 @@ class CausalLMModule(L.LightningModule):
         root = self.trainer.strategy.model if attached else None  # FSDP1 gathers through its root unit
         if isinstance(dtype, str) and dtype == "auto":
             dtype = self.load_dtype
-        return save_hf(self.model, output_dir, self.tokenizer, merge_lora=merge_lora, is_global_zero=is_zero,
-                       fsdp_root=root, dtype=dtype)
+        return save_hf(
+            self.model,
+            output_dir,
+            self.tokenizer,
+            merge_lora=merge_lora,
+            is_global_zero=is_zero,
+            fsdp_root=root,
+            dtype=dtype,
+        )
 
 
 class SFTModule(CausalLMModule):

@@ -13,7 +13,8 @@ These catch the pitfalls that silently train a model wrongly:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from srt.errors import TemplateError
 
@@ -23,7 +24,9 @@ SAMPLE_CONVERSATION = [
 ]
 
 
-def encode_chat_prefix(tokenizer: Any, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = False) -> list[int]:
+def encode_chat_prefix(
+    tokenizer: Any, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = False
+) -> list[int]:
     """Render ``messages`` with the chat template and tokenize without adding special tokens.
 
     The template already renders BOS (and the turn markers), so ``add_special_tokens=False`` is the
@@ -80,7 +83,10 @@ def check_tokenizer(tokenizer: Any, *, for_training: bool = True, eos_in_labels_
         )
 
     if not getattr(tokenizer, "chat_template", None):
-        problem("has no chat_template; set one (tokenizer.chat_template = '...') or pick an instruct model's tokenizer", True)
+        problem(
+            "has no chat_template; set one (tokenizer.chat_template = '...') or pick an instruct model's tokenizer",
+            True,
+        )
 
     try:
         ids = encode_chat_prefix(tokenizer, SAMPLE_CONVERSATION)

@@ -26,8 +26,24 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj
 LR = 1e-2
 CLIP = 0.5  # small enough to clip: the gradient-norm path (sharded under FSDP2) is part of the comparison
 
-_WORDS = ["apples", "rivers", "clouds", "stones", "forests", "engines", "letters", "gardens", "bridges", "candles",
-          "islands", "mirrors", "planets", "shadows", "towers", "violins"]
+_WORDS = [
+    "apples",
+    "rivers",
+    "clouds",
+    "stones",
+    "forests",
+    "engines",
+    "letters",
+    "gardens",
+    "bridges",
+    "candles",
+    "islands",
+    "mirrors",
+    "planets",
+    "shadows",
+    "towers",
+    "violins",
+]
 
 
 def equal_count_records(tokenizer, n: int = 8) -> list[FeedbackRecord]:
@@ -39,13 +55,18 @@ def equal_count_records(tokenizer, n: int = 8) -> list[FeedbackRecord]:
     """
     pool = []
     for i, (word, other) in enumerate((w, o) for shift in (5, 3, 7) for w, o in zip(_WORDS, _WORDS[shift:] + _WORDS)):
-        pool.append(FeedbackRecord(
-            id=f"r{i}", stage=1, instruction=f"Write one line about {word} and {other}.",
-            response=f"The {word} are near the {other}.",
-            feedback=Feedback(weaknesses=f"Says little about {word}.", suggestions=f"Describe the {other}.", score=4,
-                              raw="raw"),
-            refinement=f"The {word} are near the {other}, which look calm today.",
-        ))
+        pool.append(
+            FeedbackRecord(
+                id=f"r{i}",
+                stage=1,
+                instruction=f"Write one line about {word} and {other}.",
+                response=f"The {word} are near the {other}.",
+                feedback=Feedback(
+                    weaknesses=f"Says little about {word}.", suggestions=f"Describe the {other}.", score=4, raw="raw"
+                ),
+                refinement=f"The {word} are near the {other}, which look calm today.",
+            )
+        )
     dm = FeedbackDataModule(tokenizer, mode="sft", train_records=pool, max_length=512)
     dm.setup()
     counts = [int((item["labels"] != -100).sum()) for item in dm.datasets["train"]]
@@ -87,16 +108,43 @@ def read_losses(out_dir: str | os.PathLike) -> list[float]:
     return [sum(step) / len(step) for step in zip(*per_rank)]
 
 
-def train(model_dir, tokenizer, records, out_dir, *, strategy="auto", devices=1, micro_batch=4, steps=3,
-          lora=None, callbacks=(), ckpt_path=None, export=True) -> SFTModule:
+def train(
+    model_dir,
+    tokenizer,
+    records,
+    out_dir,
+    *,
+    strategy="auto",
+    devices=1,
+    micro_batch=4,
+    steps=3,
+    lora=None,
+    callbacks=(),
+    ckpt_path=None,
+    export=True,
+) -> SFTModule:
     """A few SFT steps from ``model_dir``; every rank records its losses; exports to ``out_dir/model``."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    datamodule = FeedbackDataModule(tokenizer, mode="sft", train_records=records, batch_size=micro_batch,
-                                    max_length=512, group_by_length=False, seed=7)
+    datamodule = FeedbackDataModule(
+        tokenizer,
+        mode="sft",
+        train_records=records,
+        batch_size=micro_batch,
+        max_length=512,
+        group_by_length=False,
+        seed=7,
+    )
     module = SeededSFTModule(str(model_dir), tokenizer, lora=lora, lr=LR, warmup_ratio=0.0, dtype="float32")
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_steps=steps, gradient_clip_val=CLIP,
-        logger=False, enable_checkpointing=bool(callbacks), enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_steps=steps,
+        gradient_clip_val=CLIP,
+        logger=False,
+        enable_checkpointing=bool(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
         callbacks=[LossRecorder(out_dir), *callbacks],
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -109,12 +157,16 @@ def _sharding_report(module, path: Path) -> None:
     from torch.distributed.tensor import DTensor
 
     params = list(module.model.parameters())
-    path.write_text(json.dumps({
-        "all_dtensor": all(isinstance(p, DTensor) for p in params),
-        "fsdp_units": sum(type(m).__name__.startswith("FSDP") for m in module.model.modules()),
-        "local_numel": sum(p.to_local().numel() for p in params if isinstance(p, DTensor)),
-        "full_numel": sum(p.numel() for p in params),
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "all_dtensor": all(isinstance(p, DTensor) for p in params),
+                "fsdp_units": sum(type(m).__name__.startswith("FSDP") for m in module.model.modules()),
+                "local_numel": sum(p.to_local().numel() for p in params if isinstance(p, DTensor)),
+                "full_numel": sum(p.numel() for p in params),
+            }
+        )
+    )
 
 
 def _fsdp2_main(model_dir: str, records_path: str, out_dir: str) -> None:
@@ -133,14 +185,22 @@ def _fsdp2_main(model_dir: str, records_path: str, out_dir: str) -> None:
     records = list(read_jsonl(records_path, FeedbackRecord))
     run = dict(strategy=None, devices=2, micro_batch=2)
 
-    ckpt = ModelCheckpoint(dirpath=out / "ckpt", filename="step{step}", auto_insert_metric_name=False,
-                           every_n_train_steps=2, save_top_k=-1)
-    module = train(model_dir, tokenizer, records, out / "full", **{**run, "strategy": fsdp2_strategy({})},
-                   callbacks=[ckpt])
+    ckpt = ModelCheckpoint(
+        dirpath=out / "ckpt", filename="step{step}", auto_insert_metric_name=False, every_n_train_steps=2, save_top_k=-1
+    )
+    module = train(
+        model_dir, tokenizer, records, out / "full", **{**run, "strategy": fsdp2_strategy({})}, callbacks=[ckpt]
+    )
     _sharding_report(module, out / "full" / f"sharding_rank{rank}.json")
 
-    train(model_dir, tokenizer, records, out / "resumed", **{**run, "strategy": fsdp2_strategy({})},
-          ckpt_path=str(out / "ckpt" / "step2.ckpt"))
+    train(
+        model_dir,
+        tokenizer,
+        records,
+        out / "resumed",
+        **{**run, "strategy": fsdp2_strategy({})},
+        ckpt_path=str(out / "ckpt" / "step2.ckpt"),
+    )
 
     module = train(model_dir, tokenizer, records, out / "lora", **{**run, "strategy": fsdp2_strategy({})}, lora=LORA)
     _sharding_report(module, out / "lora" / f"sharding_rank{rank}.json")

@@ -24,9 +24,10 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 Responder = Callable[[list[dict[str, Any]]], str]
 
@@ -40,41 +41,41 @@ class Fault:
     text: str = ""
 
     @classmethod
-    def http(cls, status: int, retry_after: str | None = None) -> "Fault":
+    def http(cls, status: int, retry_after: str | None = None) -> Fault:
         return cls("http", status=status, retry_after=retry_after)
 
     @classmethod
-    def timeout(cls, sleep_s: float) -> "Fault":
+    def timeout(cls, sleep_s: float) -> Fault:
         """Hold the request for ``sleep_s`` before answering (longer than the client's timeout)."""
         return cls("timeout", sleep_s=sleep_s)
 
     @classmethod
-    def drop(cls) -> "Fault":
+    def drop(cls) -> Fault:
         """Close the socket without sending any response."""
         return cls("drop")
 
     @classmethod
-    def garbage(cls, text: str = "lorem ipsum, not a critique at all") -> "Fault":
+    def garbage(cls, text: str = "lorem ipsum, not a critique at all") -> Fault:
         """A well-formed 200 completion whose text is not in the critic format."""
         return cls("garbage", text=text)
 
     @classmethod
-    def malformed_json(cls) -> "Fault":
+    def malformed_json(cls) -> Fault:
         """A 200 response with Content-Type application/json whose body is not JSON."""
         return cls("malformed_json")
 
     @classmethod
-    def echo_key(cls, status: int = 401) -> "Fault":
+    def echo_key(cls, status: int = 401) -> Fault:
         """An error whose message repeats the request's Authorization header (servers do that)."""
         return cls("echo_key", status=status)
 
     @classmethod
-    def echo_key_text(cls) -> "Fault":
+    def echo_key_text(cls) -> Fault:
         """A 200 completion whose text repeats the request's Authorization header."""
         return cls("echo_key_text")
 
     @classmethod
-    def empty(cls) -> "Fault":
+    def empty(cls) -> Fault:
         """A well-formed 200 completion with empty content."""
         return cls("empty")
 
@@ -112,7 +113,6 @@ class TinyLlamaResponder:
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         return text, ids.shape[1], len(generated), "stop" if stopped else "length"
 
-
     def complete_prompt(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int, int, str, str | None]:
         """Greedy text completion of a raw prompt, as vLLM's ``/v1/completions`` does it (special
         tokens added by the tokenizer, stop strings cut from the text)."""
@@ -120,7 +120,9 @@ class TinyLlamaResponder:
 
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         with self._lock, torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False)
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False
+            )
         generated = out[0, ids.shape[1] :].tolist()
         eos_at = next((k for k, t in enumerate(generated) if t == self.tokenizer.eos_token_id), None)
         text = self.tokenizer.decode(generated[:eos_at], skip_special_tokens=True)
@@ -148,7 +150,7 @@ class ChatServer:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> "ChatServer":
+    def start(self) -> ChatServer:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.chat = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -161,7 +163,7 @@ class ChatServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "ChatServer":
+    def __enter__(self) -> ChatServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -310,8 +312,12 @@ class _Handler(BaseHTTPRequestHandler):
                 body["prompt"], int(body.get("max_tokens") or 16), [stop] if isinstance(stop, str) else stop
             )
             payload = _completion_json(model, text, prompt_tokens, completion_tokens, finish)
-            payload.update(object="text_completion", choices=[
-                {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason, "logprobs": None}])
+            payload.update(
+                object="text_completion",
+                choices=[
+                    {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason, "logprobs": None}
+                ],
+            )
             return self._send(200, json.dumps(payload).encode())
         text, prompt_tokens, completion_tokens, finish = chat.complete(body)
         payload = _completion_json(model, text, prompt_tokens, completion_tokens, finish)

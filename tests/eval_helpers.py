@@ -38,7 +38,6 @@ def srt_turn(example: dict) -> str:
 
 def train_srt_model(model, tokenizer, out_dir: Path, examples=SRT_EXAMPLES, max_steps: int = 400) -> Path:
     """Fit ``model`` on ``examples`` (loss on the assistant turn + EOS) until greedy reproduces them."""
-    from srt.generation import Generator, SamplingConfig
 
     rows = []
     for ex in examples:

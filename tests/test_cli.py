@@ -43,19 +43,27 @@ def test_validate_prints_resolved_config_with_overrides(tmp_path):
 
     data = Path(__file__).resolve().parents[1] / "configs" / "data" / "word_problems_stage1.jsonl"
     cfg = tmp_path / "ok.yaml"
-    cfg.write_text(f"output_dir: {tmp_path / 'run'}\ncritic:\n  name: reference\ndata:\n  stage1:\n    path: {data}\n"
-                   "    fields: {instruction: instruction, reference: answer}\n  stage2:\n"
-                   f"    path: {data}\n    fields: {{instruction: instruction}}\n")
+    cfg.write_text(
+        f"output_dir: {tmp_path / 'run'}\ncritic:\n  name: reference\ndata:\n  stage1:\n    path: {data}\n"
+        "    fields: {instruction: instruction, reference: answer}\n  stage2:\n"
+        f"    path: {data}\n    fields: {{instruction: instruction}}\n"
+    )
     res = run("train", "validate", "--config", str(cfg), "--set", "dpo.beta=0.1")
     assert res.returncode == 0, res.stderr
-    assert "beta: 0.1" in res.stdout and "stage2.round1.dpo" in res.stdout and res.stdout.rstrip().endswith("ok: nothing to fix")
+    assert (
+        "beta: 0.1" in res.stdout
+        and "stage2.round1.dpo" in res.stdout
+        and res.stdout.rstrip().endswith("ok: nothing to fix")
+    )
     assert not (tmp_path / "run").exists()  # validate writes nothing
 
 
 def test_check_records_names_file_and_line_and_lenient_writes_rejects(tmp_path):
     good = {"id": "a", "instruction": "q", "response": "r", "stage": 1}
     path = tmp_path / "records.jsonl"
-    path.write_text(json.dumps(good) + "\n" + '{"id": "b", "instruction": ""\n' + json.dumps({**good, "id": "c"}) + "\n")
+    path.write_text(
+        json.dumps(good) + "\n" + '{"id": "b", "instruction": ""\n' + json.dumps({**good, "id": "c"}) + "\n"
+    )
     res = run("train", "check-records", str(path))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"{path}:2: invalid JSON" in res.stderr

@@ -23,7 +23,9 @@ def test_defaults_follow_the_paper():
 
 def test_overrides_are_typed_and_nested(tmp_path):
     p = write(tmp_path, "sft:\n  epochs: 3\ncritic:\n  name: hf\n  model: tiny\n")
-    cfg = load_config(p, ["sft.epochs=2", "sft.optim.lr=0.001", "sft.lora.r=8", "trainer.devices=2", "critic.max_new_tokens=64"])
+    cfg = load_config(
+        p, ["sft.epochs=2", "sft.optim.lr=0.001", "sft.lora.r=8", "trainer.devices=2", "critic.max_new_tokens=64"]
+    )
     assert cfg.sft.epochs == 2 and cfg.sft.optim.lr == 0.001
     assert cfg.sft.lora is not None and cfg.sft.lora.r == 8
     assert cfg.trainer.devices == 2 and cfg.critic == {"name": "hf", "model": "tiny", "max_new_tokens": 64}

@@ -40,7 +40,13 @@ Overall Score: [[6]]
 Step 1 ... Step 2 ..."""
 
 
-def critique(weak_header="Weaknesses:", sugg_header="Suggestions:", score_line="Overall Score: [[6]]", improved_header="### Improved Response", improved="Better answer."):
+def critique(
+    weak_header="Weaknesses:",
+    sugg_header="Suggestions:",
+    score_line="Overall Score: [[6]]",
+    improved_header="### Improved Response",
+    improved="Better answer.",
+):
     parts = [f"{weak_header}\nToo short.", f"{sugg_header}\nAdd detail.", score_line]
     text = "\n\n".join(p for p in parts if p is not None)
     if improved_header is not None:
@@ -69,7 +75,10 @@ def test_template_hash_is_sha256_of_version_and_text():
 
 
 def test_render_critique_canonical_format():
-    assert render_critique("w", "s", 7, "r") == "Weaknesses:\nw\n\nSuggestions:\ns\n\nOverall Score: [[7]]\n\n### Improved Response\nr"
+    assert (
+        render_critique("w", "s", 7, "r")
+        == "Weaknesses:\nw\n\nSuggestions:\ns\n\nOverall Score: [[7]]\n\n### Improved Response\nr"
+    )
     assert render_critique("w", "s", 7) == "Weaknesses:\nw\n\nSuggestions:\ns\n\nOverall Score: [[7]]"
 
 
@@ -95,17 +104,38 @@ def test_parse_canonical():
     assert p.feedback_text() == render_feedback(p.weaknesses, p.suggestions, 6)
 
 
-@pytest.mark.parametrize("header", ["### Improved Response", "###Improved Response", "**Improved Response:**", "## improved response",
-                                    "  ###   IMPROVED   RESPONSE  ", "Improved Response:", "**Improved Response**:", "# Improved response"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "### Improved Response",
+        "###Improved Response",
+        "**Improved Response:**",
+        "## improved response",
+        "  ###   IMPROVED   RESPONSE  ",
+        "Improved Response:",
+        "**Improved Response**:",
+        "# Improved response",
+    ],
+)
 def test_improved_header_variants(header):
     p = parse_critique(critique(improved_header=header))
     assert isinstance(p, ParsedCritique), (header, p)
     assert p.improved_response == "Better answer." and p.suggestions == "Add detail."
 
 
-@pytest.mark.parametrize("weak, sugg", [("Weaknesses:", "Suggestions:"), ("**Weaknesses**:", "**Suggestions**:"), ("### Weaknesses", "### Suggestions"),
-                                        ("**Weaknesses:**", "**Suggestions:**"), ("weaknesses :", "SUGGESTIONS"), ("## Weakness", "## Actionable Suggestions:"),
-                                        ("1. Weaknesses:", "2. Suggestions:"), ("__Weaknesses__", "__Suggestions:__")])
+@pytest.mark.parametrize(
+    "weak, sugg",
+    [
+        ("Weaknesses:", "Suggestions:"),
+        ("**Weaknesses**:", "**Suggestions**:"),
+        ("### Weaknesses", "### Suggestions"),
+        ("**Weaknesses:**", "**Suggestions:**"),
+        ("weaknesses :", "SUGGESTIONS"),
+        ("## Weakness", "## Actionable Suggestions:"),
+        ("1. Weaknesses:", "2. Suggestions:"),
+        ("__Weaknesses__", "__Suggestions:__"),
+    ],
+)
 def test_section_header_variants(weak, sugg):
     p = parse_critique(critique(weak_header=weak, sugg_header=sugg))
     assert isinstance(p, ParsedCritique), (weak, sugg, p)
@@ -131,9 +161,20 @@ def test_echoed_feedback_header_is_dropped():
         assert p.weaknesses == "The answer skips the second step."
 
 
-@pytest.mark.parametrize("line, score", [("Overall Score: [[10]]", 10), ("Overall Score: [[1]]", 1), ("Overall Score: [[ 7 ]]", 7),
-                                         ("overall score: [[7]]", 7), ("OVERALL SCORE:[[8]]", 8), ("**Overall Score:** [[9]]", 9),
-                                         ("Overall Score: [[5/10]]", 5), ("Overall Score: [[+3]]", 3), ("- Overall Score: **[[2]]**", 2)])
+@pytest.mark.parametrize(
+    "line, score",
+    [
+        ("Overall Score: [[10]]", 10),
+        ("Overall Score: [[1]]", 1),
+        ("Overall Score: [[ 7 ]]", 7),
+        ("overall score: [[7]]", 7),
+        ("OVERALL SCORE:[[8]]", 8),
+        ("**Overall Score:** [[9]]", 9),
+        ("Overall Score: [[5/10]]", 5),
+        ("Overall Score: [[+3]]", 3),
+        ("- Overall Score: **[[2]]**", 2),
+    ],
+)
 def test_score_variants(line, score):
     p = parse_critique(critique(score_line=line))
     assert isinstance(p, ParsedCritique), (line, p)
@@ -152,8 +193,18 @@ def test_ten_and_one_are_never_confused():
     assert parse_score("Rated 1 of 10 earlier.\nOverall Score: [[10]]") == 10
 
 
-@pytest.mark.parametrize("value, reason", [("0", "score_out_of_range"), ("11", "score_out_of_range"), ("-1", "score_out_of_range"),
-                                           ("7.5", "invalid_score"), ("seven", "invalid_score"), ("", "invalid_score"), ("7/5", "invalid_score")])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("0", "score_out_of_range"),
+        ("11", "score_out_of_range"),
+        ("-1", "score_out_of_range"),
+        ("7.5", "invalid_score"),
+        ("seven", "invalid_score"),
+        ("", "invalid_score"),
+        ("7/5", "invalid_score"),
+    ],
+)
 def test_bad_scores(value, reason):
     text = critique(score_line=f"Overall Score: [[{value}]]")
     for result in (parse_critique(text), parse_score(text)):
@@ -168,7 +219,10 @@ def test_missing_score():
 
 
 def test_last_score_in_feedback_wins_and_improved_scores_ignored():
-    text = critique(score_line="Overall Score: [[3]]\nOn reflection:\nOverall Score: [[5]]", improved="Answer.\nOverall Score: [[10]]")
+    text = critique(
+        score_line="Overall Score: [[3]]\nOn reflection:\nOverall Score: [[5]]",
+        improved="Answer.\nOverall Score: [[10]]",
+    )
     p = parse_critique(text)
     assert p.score == 5 and p.improved_response == "Answer.\nOverall Score: [[10]]"
     assert parse_score(text) == 5
@@ -185,7 +239,10 @@ def test_missing_sections():
     assert parse_critique(None).reason == "empty"
     assert parse_score("").reason == "empty"
     assert parse_critique(critique(weak_header="Problems:")).reason == "missing_weaknesses"
-    assert parse_critique("Weaknesses:\n\nSuggestions:\nx\nOverall Score: [[3]]\n### Improved Response\ny").reason == "missing_weaknesses"
+    assert (
+        parse_critique("Weaknesses:\n\nSuggestions:\nx\nOverall Score: [[3]]\n### Improved Response\ny").reason
+        == "missing_weaknesses"
+    )
     assert parse_critique(critique(sugg_header="Ideas:")).reason == "missing_suggestions"
     f = parse_critique(critique(improved_header=None))
     assert f.reason == "missing_improved_response"
@@ -203,7 +260,11 @@ def test_non_english_text():
     text = render_critique("回答太短，缺少例子。", "أضف مثالاً واضحاً 🙂", 10, "这是改进后的回答 🎉\nمرحبا")
     p = parse_critique(text)
     assert (p.weaknesses, p.suggestions, p.score, p.improved_response) == (
-        "回答太短，缺少例子。", "أضف مثالاً واضحاً 🙂", 10, "这是改进后的回答 🎉\nمرحبا")
+        "回答太短，缺少例子。",
+        "أضف مثالاً واضحاً 🙂",
+        10,
+        "这是改进后的回答 🎉\nمرحبا",
+    )
 
 
 # ---------------------------------------------------------------- SRT turn
@@ -211,7 +272,11 @@ def test_non_english_text():
 
 def test_srt_segments_and_turn():
     segs = srt_segments("resp", "FB", "ref")
-    assert segs == [("response", "resp"), ("feedback", "\n\n### Feedback\nFB"), ("refinement", "\n\n### Improved Response\nref")]
+    assert segs == [
+        ("response", "resp"),
+        ("feedback", "\n\n### Feedback\nFB"),
+        ("refinement", "\n\n### Improved Response\nref"),
+    ]
     assert render_srt_turn("resp", "FB", "ref") == "resp\n\n### Feedback\nFB\n\n### Improved Response\nref"
     assert render_srt_segments is srt_segments
     assert FEEDBACK_SEPARATOR == f"\n\n{FEEDBACK_HEADER}\n" and REFINEMENT_SEPARATOR == f"\n\n{REFINEMENT_HEADER}\n"
@@ -226,7 +291,9 @@ def test_self_critique_prefix_is_prefix_of_turn():
 
 
 def test_parse_srt_output_full():
-    out = parse_srt_output(render_srt_turn("The answer is 4.", render_feedback("No steps.", "Show steps.", 5), "2 + 2 = 4."))
+    out = parse_srt_output(
+        render_srt_turn("The answer is 4.", render_feedback("No steps.", "Show steps.", 5), "2 + 2 = 4.")
+    )
     assert isinstance(out, SrtOutput) and out.failure is None
     assert out.response == "The answer is 4." and out.feedback.score == 5 and out.refinement == "2 + 2 = 4."
     assert out.answer == "2 + 2 = 4." and not out.used_fallback
@@ -234,7 +301,9 @@ def test_parse_srt_output_full():
 
 def test_parse_srt_output_fallbacks():
     out = parse_srt_output("Just an answer, no feedback. Feedback: none needed.")
-    assert out.failure.reason == "missing_feedback" and out.answer == "Just an answer, no feedback. Feedback: none needed."
+    assert (
+        out.failure.reason == "missing_feedback" and out.answer == "Just an answer, no feedback. Feedback: none needed."
+    )
     assert out.used_fallback
     # Feedback cut off (max tokens): answer falls back to the response.
     out = parse_srt_output("resp\n\n### Feedback\nWeaknesses:\nsomething")
@@ -243,7 +312,9 @@ def test_parse_srt_output_fallbacks():
     out = parse_srt_output("resp\n\n### Feedback\nWeaknesses:\nw\nSuggestions:\ns\n### Improved Response\nbetter")
     assert out.failure.reason == "missing_score" and out.answer == "better" and out.feedback is None
     # The model skipped the feedback header but wrote the sections.
-    out = parse_srt_output("resp\n\nWeaknesses:\nw\nSuggestions:\ns\nOverall Score: [[4]]\n### Improved Response\nbetter")
+    out = parse_srt_output(
+        "resp\n\nWeaknesses:\nw\nSuggestions:\ns\nOverall Score: [[4]]\n### Improved Response\nbetter"
+    )
     assert out.failure is None and out.response == "resp" and out.feedback.weaknesses == "w" and out.answer == "better"
 
 
@@ -252,7 +323,9 @@ def test_parse_srt_output_fallbacks():
 _KEYWORDS = re.compile(r"weakness|suggestion|improved|score|feedback|\[\[|\]\]", re.IGNORECASE)
 # Arbitrary unicode, plus text dense in the markdown/punctuation the parser looks at.
 _tricky = st.text(alphabet="ab #*_:-.1)[]\n\t\r\u2028\x1c中🎉", min_size=1, max_size=60)
-free_text = st.one_of(st.text(min_size=1, max_size=200), _tricky).filter(lambda t: t.strip() and not _KEYWORDS.search(t))
+free_text = st.one_of(st.text(min_size=1, max_size=200), _tricky).filter(
+    lambda t: t.strip() and not _KEYWORDS.search(t)
+)
 scores = st.integers(min_value=1, max_value=10)
 
 
@@ -261,7 +334,12 @@ scores = st.integers(min_value=1, max_value=10)
 def test_property_critique_roundtrip(weak, sugg, score, improved):
     p = parse_critique(render_critique(weak, sugg, score, improved))
     assert isinstance(p, ParsedCritique), p
-    assert (p.weaknesses, p.suggestions, p.score, p.improved_response) == (weak.strip(), sugg.strip(), score, improved.strip())
+    assert (p.weaknesses, p.suggestions, p.score, p.improved_response) == (
+        weak.strip(),
+        sugg.strip(),
+        score,
+        improved.strip(),
+    )
     assert parse_score(render_critique(weak, sugg, score)) == score
 
 
@@ -270,8 +348,14 @@ def test_property_critique_roundtrip(weak, sugg, score, improved):
 def test_property_srt_turn_roundtrip(response, weak, sugg, score, refinement):
     out = parse_srt_output(render_srt_turn(response, render_feedback(weak, sugg, score), refinement))
     assert out.failure is None, out.failure
-    assert out.response == response.strip() and out.refinement == refinement.strip() and out.answer == refinement.strip()
-    assert (out.feedback.weaknesses, out.feedback.suggestions, out.feedback.score) == (weak.strip(), sugg.strip(), score)
+    assert (
+        out.response == response.strip() and out.refinement == refinement.strip() and out.answer == refinement.strip()
+    )
+    assert (out.feedback.weaknesses, out.feedback.suggestions, out.feedback.score) == (
+        weak.strip(),
+        sugg.strip(),
+        score,
+    )
 
 
 # ---------------------------------------------------------------- which line is the improved-response header
@@ -336,10 +420,18 @@ def test_inline_header_after_the_score_is_the_fallback():
 
 @pytest.mark.parametrize(
     "header",
-    ["### Improved Response", "Improved Response", "improved response:", "**Improved Response**",
-     "__Improved Response__",
-     "### **Improved Response:**", "## Improved Response :", "4. Improved Response", "4) **Improved Response:**",
-     "\t#   improved\tresponse  "],
+    [
+        "### Improved Response",
+        "Improved Response",
+        "improved response:",
+        "**Improved Response**",
+        "__Improved Response__",
+        "### **Improved Response:**",
+        "## Improved Response :",
+        "4. Improved Response",
+        "4) **Improved Response:**",
+        "\t#   improved\tresponse  ",
+    ],
 )
 def test_header_alone_variants(header):
     p = parse_critique(critique(improved_header=header, improved=REFINED))
@@ -349,9 +441,14 @@ def test_header_alone_variants(header):
 
 @pytest.mark.parametrize(
     "line",
-    ["- Improved response: shorter", "* Improved Response", "Improved response is what follows.",
-     "The improved response:",
-     "Improved responses were tried:", "Improved response - see below"],
+    [
+        "- Improved response: shorter",
+        "* Improved Response",
+        "Improved response is what follows.",
+        "The improved response:",
+        "Improved responses were tried:",
+        "Improved response - see below",
+    ],
 )
 def test_lines_that_are_not_the_header(line):
     # Inserted in the weaknesses of a canonical critique: the parse is unchanged apart from the weaknesses.
@@ -367,8 +464,16 @@ _spaces = st.sampled_from(["", " ", "  ", "\t"])
 
 
 @settings(max_examples=200, deadline=None)
-@given(_hashes, _deco, _spaces, st.sampled_from(["Improved Response", "improved response", "IMPROVED  RESPONSE"]),
-       st.booleans(), _spaces, free_text, free_text)
+@given(
+    _hashes,
+    _deco,
+    _spaces,
+    st.sampled_from(["Improved Response", "improved response", "IMPROVED  RESPONSE"]),
+    st.booleans(),
+    _spaces,
+    free_text,
+    free_text,
+)
 def test_property_header_alone_splits_and_bullets_never_do(hashes, deco, pad, keyword, colon, trail, note, refinement):
     header = f"{pad}{hashes}{deco}{keyword}{':' if colon else ''}{deco}{trail}"
     bullet = f"- Improved response: {note.splitlines()[0] if note.splitlines() else 'x'}"

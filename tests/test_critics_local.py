@@ -178,7 +178,9 @@ def _train_to_emit(model, tokenizer, examples, max_steps=300, lr=1e-2):
 
 
 def _user_turn(tokenizer, content):
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +232,7 @@ def test_hf_critic_untrained_model_batched_deterministic(tiny_model_dir, tiny_to
 
 def test_hf_critic_trained_critique_and_score_mode(trained_critic_dir):
     from srt.critic_template import render_critique
+
     critic = load_plugin(CRITICS, "hf").from_config(
         {"model": str(trained_critic_dir), "max_new_tokens": 120, "batch_size": 2, "device": "cpu"}
     )

@@ -25,18 +25,28 @@ from srt.errors import ConfigError, RecordError, TemplateError
 from srt.preview import format_example, preview_records
 from srt.records import Feedback, FeedbackRecord, JsonlWriter, PreferencePair
 
+
 # What the tiny chat template renders (srt/tiny.py), written out here independently of srt.data.
 def tiny_prompt(instruction: str, system: str | None = None) -> str:
     sys_turn = f"<|system|>\n{system}</s>\n" if system else ""
     return f"<s>{sys_turn}<|user|>\n{instruction}</s>\n<|assistant|>\n"
 
 
-def record(i: int = 0, *, response="Paris.", weaknesses="Too short.", suggestions="Add a reason.",
-           score=4, refinement="Paris is the capital of France.", instruction="What is the capital of France?",
-           feedback=True) -> FeedbackRecord:
+def record(
+    i: int = 0,
+    *,
+    response="Paris.",
+    weaknesses="Too short.",
+    suggestions="Add a reason.",
+    score=4,
+    refinement="Paris is the capital of France.",
+    instruction="What is the capital of France?",
+    feedback=True,
+) -> FeedbackRecord:
     fb = Feedback(weaknesses=weaknesses, suggestions=suggestions, score=score, raw="raw") if feedback else None
-    return FeedbackRecord(id=f"r{i}", instruction=instruction, response=response, feedback=fb,
-                          refinement=refinement, stage=1)
+    return FeedbackRecord(
+        id=f"r{i}", instruction=instruction, response=response, feedback=fb, refinement=refinement, stage=1
+    )
 
 
 def pair(i: int, prompt="Say hi.", chosen="Hello there, friend!", rejected="hi") -> PreferencePair:
@@ -71,8 +81,7 @@ def test_sft_sequence_spans(tiny_tokenizer):
     item = sft_item(tiny_tokenizer, record(), max_length=512)
     assert masked_text(tiny_tokenizer, item) == tiny_prompt("What is the capital of France?")
     assert trained_text(tiny_tokenizer, item) == (
-        "Paris.\n\n### Feedback\n" + FULL_FEEDBACK
-        + "\n\n### Improved Response\nParis is the capital of France.</s>"
+        "Paris.\n\n### Feedback\n" + FULL_FEEDBACK + "\n\n### Improved Response\nParis is the capital of France.</s>"
     )
     ids, labels = item["input_ids"], item["labels"]
     # Trained tokens are one contiguous run that ends with EOS (the template's "\n" after EOS is dropped).
@@ -84,11 +93,14 @@ def test_sft_sequence_spans(tiny_tokenizer):
 
 def test_special_token_strings_in_data_stay_text(tiny_tokenizer):
     tok = tiny_tokenizer
-    item = sft_item(tok, record(response="Use </s> to stop.", refinement="Write <s> or </s> literally."),
-                    max_length=512)
+    item = sft_item(
+        tok, record(response="Use </s> to stop.", refinement="Write <s> or </s> literally."), max_length=512
+    )
     # Only the template's EOS ids: end of the user turn and end of the sequence.
     assert (item["input_ids"] == tok.eos_token_id).nonzero().flatten().tolist() == [
-        len(tok(tiny_prompt("What is the capital of France?"))["input_ids"]) - 4, len(item["input_ids"]) - 1]
+        len(tok(tiny_prompt("What is the capital of France?"))["input_ids"]) - 4,
+        len(item["input_ids"]) - 1,
+    ]
     assert (item["input_ids"] == tok.bos_token_id).sum() == 1
     assert trained_text(tok, item).startswith("Use </s> to stop.")
 
@@ -102,12 +114,21 @@ def test_sft_system_prompt_and_mask_response(tiny_tokenizer):
 @pytest.mark.parametrize(
     "ablation, expected",
     [
-        ("no_weaknesses", "Paris.\n\n### Feedback\nSuggestions:\nAdd a reason.\n\nOverall Score: [[4]]"
-                          "\n\n### Improved Response\nBetter.</s>"),
-        ("no_suggestions", "Paris.\n\n### Feedback\nWeaknesses:\nToo short.\n\nOverall Score: [[4]]"
-                           "\n\n### Improved Response\nBetter.</s>"),
-        ("no_score", "Paris.\n\n### Feedback\nWeaknesses:\nToo short.\n\nSuggestions:\nAdd a reason."
-                     "\n\n### Improved Response\nBetter.</s>"),
+        (
+            "no_weaknesses",
+            "Paris.\n\n### Feedback\nSuggestions:\nAdd a reason.\n\nOverall Score: [[4]]"
+            "\n\n### Improved Response\nBetter.</s>",
+        ),
+        (
+            "no_suggestions",
+            "Paris.\n\n### Feedback\nWeaknesses:\nToo short.\n\nOverall Score: [[4]]"
+            "\n\n### Improved Response\nBetter.</s>",
+        ),
+        (
+            "no_score",
+            "Paris.\n\n### Feedback\nWeaknesses:\nToo short.\n\nSuggestions:\nAdd a reason."
+            "\n\n### Improved Response\nBetter.</s>",
+        ),
         ("no_feedback", "Paris.\n\n### Improved Response\nBetter.</s>"),
         ("refinement_only", "Better.</s>"),
     ],
@@ -119,16 +140,23 @@ def test_sft_ablations(tiny_tokenizer, ablation, expected):
 
 
 def test_sft_rejects_unusable_records_with_counts(tiny_tokenizer):
-    records = [record(0), record(1, feedback=False), record(2, refinement=None), record(3, score=None),
-               record(4, refinement="   "), record(5, weaknesses=" ")]
+    records = [
+        record(0),
+        record(1, feedback=False),
+        record(2, refinement=None),
+        record(3, score=None),
+        record(4, refinement="   "),
+        record(5, weaknesses=" "),
+    ]
     dm = FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records, max_length=512)
     dm.setup()
     stats = dm.stats["train"]
     assert (stats.records, stats.examples, stats.rejected) == (6, 1, 5)
     assert stats.rejected_reasons == {"no feedback": 1, "no refinement": 2, "no score": 1, "empty weaknesses": 1}
     # An ablation that does not need the missing part keeps the record.
-    dm = FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=[record(3, score=None)],
-                            max_length=512, ablation="no_score")
+    dm = FeedbackDataModule(
+        tiny_tokenizer, mode="sft", train_records=[record(3, score=None)], max_length=512, ablation="no_score"
+    )
     dm.setup()
     assert dm.stats["train"].examples == 1
     with pytest.raises(ConfigError, match="no usable training examples"):
@@ -149,8 +177,9 @@ def test_sft_truncation_policies(tiny_tokenizer):
 
     stats_of = {}
     for policy in ("drop", "truncate_right", "truncate_left_response"):
-        dm = FeedbackDataModule(tok, mode="sft", train_records=[long_rec, short_rec], max_length=max_length,
-                                truncation=policy)
+        dm = FeedbackDataModule(
+            tok, mode="sft", train_records=[long_rec, short_rec], max_length=max_length, truncation=policy
+        )
         dm.setup()
         stats_of[policy] = dm.stats["train"]
         for item in dm.datasets["train"]:
@@ -171,8 +200,9 @@ def test_sft_truncation_policies(tiny_tokenizer):
         assert (stats_of[policy].examples, stats_of[policy].truncated, stats_of[policy].dropped_too_long) == (2, 1, 0)
 
     # truncate_left_response cannot help when the response is shorter than the excess: dropped, counted.
-    stats = FeedbackDataModule(tok, mode="sft", train_records=[short_rec], max_length=20,
-                               truncation="truncate_left_response")
+    stats = FeedbackDataModule(
+        tok, mode="sft", train_records=[short_rec], max_length=20, truncation="truncate_left_response"
+    )
     with pytest.raises(ConfigError, match="dropped \\(too long\\) 1"):
         stats.setup()
 
@@ -201,8 +231,9 @@ def test_sft_batch_contract(tiny_tokenizer):
 def test_collator_pads_with_eos_when_no_pad_token_and_keeps_eos_label(tiny_tokenizer):
     tok = copy.deepcopy(tiny_tokenizer)
     tok.pad_token = None
-    dm = FeedbackDataModule(tok, mode="sft", train_records=[record(0), record(1, response="Paris. " * 5)],
-                            batch_size=2, max_length=512)
+    dm = FeedbackDataModule(
+        tok, mode="sft", train_records=[record(0), record(1, response="Paris. " * 5)], batch_size=2, max_length=512
+    )
     dm.setup()
     batch = dm.collator([dm.datasets["train"][0], dm.datasets["train"][1]])
     short = int(batch["attention_mask"].sum(1).argmin())
@@ -213,8 +244,10 @@ def test_collator_pads_with_eos_when_no_pad_token_and_keeps_eos_label(tiny_token
 
 
 def test_masked_tokens_carry_no_loss(tiny_tokenizer, tiny_model):
-    records = [record(i, response="Paris. " * (i + 1), instruction="Explain how photosynthesis works. " * (i + 1))
-               for i in range(3)]
+    records = [
+        record(i, response="Paris. " * (i + 1), instruction="Explain how photosynthesis works. " * (i + 1))
+        for i in range(3)
+    ]
     dm = FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records, batch_size=3, max_length=512)
     dm.setup()
     batch = SFTCollator(tiny_tokenizer.pad_token_id)([dm.datasets["train"][i] for i in range(3)])
@@ -264,7 +297,8 @@ def test_bos_added_once_whoever_adds_it(tiny_tokenizer):
     # A tokenizer that adds BOS itself (post-processor) with a template that does not render it.
     tok = copy.deepcopy(tiny_tokenizer)
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)]
+    )
     assert tok("a")["input_ids"][0] == tok.bos_token_id
     tok.chat_template = tok.chat_template.replace("{{ bos_token }}", "")
     item = sft_item(tok, record(), max_length=512)
@@ -305,8 +339,9 @@ def test_dpo_completion_end_feedback_header(tiny_tokenizer):
     from srt.critic_template import FEEDBACK_SEPARATOR
 
     tok = tiny_tokenizer
-    dm = FeedbackDataModule(tok, mode="dpo", train_records=[pair(0)], batch_size=1, max_length=256,
-                            completion_end="feedback")
+    dm = FeedbackDataModule(
+        tok, mode="dpo", train_records=[pair(0)], batch_size=1, max_length=256, completion_end="feedback"
+    )
     dm.setup()
     batch = next(iter(dm.predict_dataloader()))
     for side in ("chosen", "rejected"):
@@ -314,7 +349,9 @@ def test_dpo_completion_end_feedback_header(tiny_tokenizer):
         n = int(batch[f"{side}_attention_mask"][0].sum())
         assert decode(tok, labels[labels != IGNORE_INDEX]) == getattr(pair(0), side) + FEEDBACK_SEPARATOR
         assert tok.eos_token_id not in labels.tolist() and ids[n - 1] != tok.eos_token_id
-    dm = FeedbackDataModule(tok, mode="dpo", train_records=[pair(0)], batch_size=1, max_length=256, completion_end="none")
+    dm = FeedbackDataModule(
+        tok, mode="dpo", train_records=[pair(0)], batch_size=1, max_length=256, completion_end="none"
+    )
     dm.setup()
     batch = next(iter(dm.predict_dataloader()))
     for side in ("chosen", "rejected"):  # "none": the completion's own tokens only, nothing after them
@@ -345,12 +382,15 @@ def test_dpo_truncation_prompt_left_then_completions_right(tiny_tokenizer):
 
     # Not enough room: prompt kept at max_prompt_length, completions cut from the right.
     from srt.data import DataStats
+
     stats = DataStats()
     cfg = DPODataConfig(max_length=prompt_len, max_prompt_length=prompt_len // 2)
     (ex,) = build_dpo_examples(tok, [p], cfg, stats=stats)
     c = ex["chosen"]
     assert int((~c["train_mask"]).sum()) == prompt_len // 2 and len(c["input_ids"]) == prompt_len
-    assert decode(tok, c["input_ids"][c["train_mask"]]) == decode(tok, full["chosen"]["input_ids"][prompt_len:][: prompt_len - prompt_len // 2])
+    assert decode(tok, c["input_ids"][c["train_mask"]]) == decode(
+        tok, full["chosen"]["input_ids"][prompt_len:][: prompt_len - prompt_len // 2]
+    )
     assert (stats.truncated, stats.dropped_too_long) == (1, 0)
 
     stats = DataStats()
@@ -359,8 +399,12 @@ def test_dpo_truncation_prompt_left_then_completions_right(tiny_tokenizer):
 
 
 def test_dpo_rejects_and_duplicate_ids(tiny_tokenizer):
-    dm = FeedbackDataModule(tiny_tokenizer, mode="dpo", max_length=256,
-                            train_records=[pair(0), pair(1, chosen="same", rejected="same"), pair(2, chosen=" ")])
+    dm = FeedbackDataModule(
+        tiny_tokenizer,
+        mode="dpo",
+        max_length=256,
+        train_records=[pair(0), pair(1, chosen="same", rejected="same"), pair(2, chosen=" ")],
+    )
     dm.setup()
     assert dm.stats["train"].rejected_reasons == {"chosen == rejected": 1, "empty chosen": 1}
     with pytest.raises(RecordError, match="duplicate preference pair id 'p0'"):
@@ -369,19 +413,28 @@ def test_dpo_rejects_and_duplicate_ids(tiny_tokenizer):
 
 def test_dpo_reference_logps_passthrough(tiny_tokenizer, tmp_path):
     pairs = [pair(i, prompt="Say hi. " * (i + 1)) for i in range(5)]
-    dm = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=2, max_length=256,
-                            val_fraction=0.2)
+    dm = FeedbackDataModule(
+        tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=2, max_length=256, val_fraction=0.2
+    )
     dm.setup()
     assert len(dm.datasets["train"]) == 4 and len(dm.datasets["val"]) == 1
     ref = {f"p{i}": (-float(i), -10.0 - i) for i in range(5)}
     path = tmp_path / "ref.pt"
-    torch.save({"ids": list(ref), "ref_chosen_logps": torch.tensor([v[0] for v in ref.values()]),
-                "ref_rejected_logps": torch.tensor([v[1] for v in ref.values()])}, path)
+    torch.save(
+        {
+            "ids": list(ref),
+            "ref_chosen_logps": torch.tensor([v[0] for v in ref.values()]),
+            "ref_rejected_logps": torch.tensor([v[1] for v in ref.values()]),
+        },
+        path,
+    )
     dm.set_reference_logps(path)
     seen = {}
     for loader in (dm.train_dataloader(), dm.val_dataloader()):
         for batch in loader:
-            assert batch["ref_chosen_logps"].dtype == torch.float32 and batch["ref_chosen_logps"].shape == (len(batch["ids"]),)
+            assert batch["ref_chosen_logps"].dtype == torch.float32 and batch["ref_chosen_logps"].shape == (
+                len(batch["ids"]),
+            )
             for k, pid in enumerate(batch["ids"]):
                 seen[pid] = (float(batch["ref_chosen_logps"][k]), float(batch["ref_rejected_logps"][k]))
     assert seen == ref
@@ -418,8 +471,9 @@ def test_files_and_val_files(tiny_tokenizer, tmp_path):
             w.write(record(i))
     with JsonlWriter(val, "w") as w:
         w.write(record(9))
-    dm = FeedbackDataModule(tiny_tokenizer, mode="sft", train_files=[train], val_files=val, max_length=512,
-                            batch_size=2)
+    dm = FeedbackDataModule(
+        tiny_tokenizer, mode="sft", train_files=[train], val_files=val, max_length=512, batch_size=2
+    )
     dm.setup()
     assert (len(dm.datasets["train"]), len(dm.datasets["val"])) == (3, 1)
     assert sum(len(b["input_ids"]) for b in dm.val_dataloader()) == 1
@@ -479,8 +533,10 @@ def test_sampler_seeded_per_epoch():
 @pytest.mark.parametrize("n", [40, 41])
 def test_sampler_ddp_shards(n):
     lengths = [(i * 37) % 101 for i in range(n)]
-    shards = [_batches(LengthGroupedSampler(lengths, batch_size=3, num_replicas=4, rank=r, seed=5, mega_batch_mult=100))
-              for r in range(4)]
+    shards = [
+        _batches(LengthGroupedSampler(lengths, batch_size=3, num_replicas=4, rank=r, seed=5, mega_batch_mult=100))
+        for r in range(4)
+    ]
     assert len({len(s) for s in shards}) == 1  # same number of steps on every rank
     assert [len(b) for b in shards[0]] == [len(b) for b in shards[3]]
     flat = [i for s in shards for b in s for i in b]
@@ -491,8 +547,9 @@ def test_sampler_ddp_shards(n):
         assert len(flat) == n + (4 - n % 4)  # padded like DistributedSampler
     # Ranks step through the same global batch (one mega-batch here): at each step all ranks hold
     # one contiguous run of the sorted lengths, so the steps' length ranges do not overlap.
-    ranges = sorted((min(lengths[i] for b in step for i in b), max(lengths[i] for b in step for i in b))
-                    for step in zip(*shards))
+    ranges = sorted(
+        (min(lengths[i] for b in step for i in b), max(lengths[i] for b in step for i in b)) for step in zip(*shards)
+    )
     assert all(hi <= lo_next for (_, hi), (lo_next, _) in zip(ranges, ranges[1:]))
 
 
@@ -516,8 +573,15 @@ def test_lightning_keeps_sampler_and_reshuffles_each_epoch(tiny_tokenizer):
     pairs = [pair(i, prompt="Say hi. " * (1 + i % 7)) for i in range(12)]
     dm = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=3, max_length=256, seed=1)
     module = _RecordIds()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=dm)
     assert [sorted(ids) for ids in module.seen] == [sorted(p.id for p in pairs)] * 2
     assert module.seen[0] != module.seen[1]  # set_epoch reached our sampler
@@ -537,8 +601,9 @@ def test_preview_marks_trained_tokens(tiny_tokenizer):
     colored = format_example(tiny_tokenizer, item, color=True)
     assert "\033[32m\n\n### Feedback" in colored and "⟦" not in colored
 
-    out = preview_records(tiny_tokenizer, [record(0), record(1, feedback=False), record(2)], 2,
-                          SFTDataConfig(max_length=512), color=False)
+    out = preview_records(
+        tiny_tokenizer, [record(0), record(1, feedback=False), record(2)], 2, SFTDataConfig(max_length=512), color=False
+    )
     assert out.count("== example") == 1 and "rejected 1 (no feedback: 1)" in out
     out = preview_records(tiny_tokenizer, [pair(0)], 5, DPODataConfig(max_length=512), color=False)
     assert "-- chosen:" in out and "⟦Hello there, friend!</s>⟧" in out and "⟦hi</s>⟧" in out
@@ -567,9 +632,17 @@ def test_ddp_spawn_shards_train_data_disjointly(tiny_tokenizer, tmp_path):
 
     pairs = [pair(i, prompt="Say hi. " * (1 + i % 5)) for i in range(10)]
     dm = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=2, max_length=256, seed=3)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, logger=False, enable_checkpointing=False,
-                        strategy=DDPStrategy(process_group_backend="gloo", start_method="spawn"),
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=2,
+        logger=False,
+        enable_checkpointing=False,
+        strategy=DDPStrategy(process_group_backend="gloo", start_method="spawn"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(_WriteIdsPerRank(str(tmp_path)), datamodule=dm)
     for epoch in range(2):
         shards = [(tmp_path / f"rank{r}-epoch{epoch}.txt").read_text().split("--\n")[:-1] for r in range(2)]

@@ -27,15 +27,20 @@ SPECIAL = ("<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>")
 _pieces = st.one_of(
     st.characters(codec="utf-8"),  # any code point (no surrogates)
     # Multi-code-point graphemes too: skin-tone emoji, combining accents, ZWJ sequences.
-    st.sampled_from(list("abc xyz\n\t.,!?#[]:-") + ["你", "好", "世界", "😀", "🚀", "👍🏽", "e\u0301", "\u0303",
-                                                    "👩\u200d💻", "مرحبا", "ж", "ß", "\r\n"]),
+    st.sampled_from(
+        list("abc xyz\n\t.,!?#[]:-")
+        + ["你", "好", "世界", "😀", "🚀", "👍🏽", "e\u0301", "\u0303", "👩\u200d💻", "مرحبا", "ж", "ß", "\r\n"]
+    ),
 )
 # Data text may spell special tokens ("</s>"): they must stay plain text. The user text goes
 # through the chat template, which cannot tell them apart, so it is kept free of them.
 _special_strings = st.sampled_from(SPECIAL)
 text = st.lists(st.one_of(_pieces, _special_strings), min_size=1, max_size=30).map("".join).filter(str.strip)
-user_text = (st.lists(_pieces, min_size=1, max_size=30).map("".join)
-             .filter(lambda t: t.strip() and not any(s in t for s in SPECIAL)))
+user_text = (
+    st.lists(_pieces, min_size=1, max_size=30)
+    .map("".join)
+    .filter(lambda t: t.strip() and not any(s in t for s in SPECIAL))
+)
 
 
 def tiny_prompt(instruction: str, system: str | None = None) -> str:
@@ -68,17 +73,28 @@ def expected_assistant(resp, w, s, score, ref, ablation) -> str:
 
 @SETTINGS
 @given(
-    instruction=user_text, response=text, weaknesses=text, suggestions=text, refinement=text,
+    instruction=user_text,
+    response=text,
+    weaknesses=text,
+    suggestions=text,
+    refinement=text,
     score=st.integers(1, 10),
     system=st.one_of(st.none(), user_text),
     mask_response=st.booleans(),
     ablation=st.sampled_from([None, "no_weaknesses", "no_suggestions", "no_score", "no_feedback", "refinement_only"]),
 )
-def test_sft_mask_is_exactly_the_intended_spans(tiny_tokenizer, instruction, response, weaknesses, suggestions,
-                                                refinement, score, system, mask_response, ablation):
+def test_sft_mask_is_exactly_the_intended_spans(
+    tiny_tokenizer, instruction, response, weaknesses, suggestions, refinement, score, system, mask_response, ablation
+):
     tok = tiny_tokenizer
-    rec = FeedbackRecord(id="x", instruction=instruction, response=response, refinement=refinement, stage=1,
-                         feedback=Feedback(weaknesses=weaknesses, suggestions=suggestions, score=score, raw=""))
+    rec = FeedbackRecord(
+        id="x",
+        instruction=instruction,
+        response=response,
+        refinement=refinement,
+        stage=1,
+        feedback=Feedback(weaknesses=weaknesses, suggestions=suggestions, score=score, raw=""),
+    )
     cfg = SFTDataConfig(max_length=100_000, system_prompt=system, mask_response=mask_response, ablation=ablation)
     (item,) = SFTDataset(build_sft_examples(tok, [rec], cfg))
     ids, labels = item["input_ids"], item["labels"]
@@ -88,12 +104,14 @@ def test_sft_mask_is_exactly_the_intended_spans(tiny_tokenizer, instruction, res
     masked_response = mask_response and ablation != "refinement_only"
     if masked_response:
         assert assistant.startswith(response)
-        prompt, assistant = prompt + response, assistant[len(response):]
+        prompt, assistant = prompt + response, assistant[len(response) :]
     assert decode(tok, ids[labels == IGNORE_INDEX]) == prompt
     assert decode(tok, ids[labels != IGNORE_INDEX]) == assistant
     assert torch.equal(labels[labels != IGNORE_INDEX], ids[labels != IGNORE_INDEX])
     # The mask is one masked prefix (the prompt tokens, tokenized on their own), then one trained run.
-    k = n_tokens(tok, tiny_prompt(instruction, system)) + (n_tokens(tok, response, data_text=True) if masked_response else 0)
+    k = n_tokens(tok, tiny_prompt(instruction, system)) + (
+        n_tokens(tok, response, data_text=True) if masked_response else 0
+    )
     assert (labels[:k] == IGNORE_INDEX).all() and (labels[k:] != IGNORE_INDEX).all()
     assert labels[-1] == tok.eos_token_id
     assert (ids == tok.bos_token_id).sum() == 1 and ids[0] == tok.bos_token_id
@@ -126,9 +144,17 @@ def test_dpo_mask_is_exactly_the_completion(tiny_tokenizer, prompt, chosen, reje
 @given(texts=st.lists(st.tuples(user_text, text, text), min_size=1, max_size=5))
 def test_collated_rows_equal_items_and_pads_carry_no_loss(tiny_tokenizer, texts):
     tok = tiny_tokenizer
-    recs = [FeedbackRecord(id=str(i), instruction=a, response=b, refinement=c, stage=1,
-                           feedback=Feedback(weaknesses="w", suggestions="s", score=5, raw=""))
-            for i, (a, b, c) in enumerate(texts)]
+    recs = [
+        FeedbackRecord(
+            id=str(i),
+            instruction=a,
+            response=b,
+            refinement=c,
+            stage=1,
+            feedback=Feedback(weaknesses="w", suggestions="s", score=5, raw=""),
+        )
+        for i, (a, b, c) in enumerate(texts)
+    ]
     dataset = SFTDataset(build_sft_examples(tok, recs, SFTDataConfig(max_length=100_000)))
     items = [dataset[i] for i in range(len(dataset))]
     batch = SFTCollator(tok.pad_token_id)(items)
@@ -149,9 +175,17 @@ def test_collated_rows_equal_items_and_pads_carry_no_loss(tiny_tokenizer, texts)
 )
 def test_truncation_is_bounded_and_counted(tiny_tokenizer, texts, max_length, truncation):
     tok = tiny_tokenizer
-    recs = [FeedbackRecord(id=str(i), instruction=a, response=b, refinement=c, stage=1,
-                           feedback=Feedback(weaknesses="w", suggestions="s", score=5, raw=""))
-            for i, (a, b, c) in enumerate(texts)]
+    recs = [
+        FeedbackRecord(
+            id=str(i),
+            instruction=a,
+            response=b,
+            refinement=c,
+            stage=1,
+            feedback=Feedback(weaknesses="w", suggestions="s", score=5, raw=""),
+        )
+        for i, (a, b, c) in enumerate(texts)
+    ]
     full = build_sft_examples(tok, recs, SFTDataConfig(max_length=100_000))
     stats = DataStats()
     out = build_sft_examples(tok, recs, SFTDataConfig(max_length=max_length, truncation=truncation), stats=stats)
@@ -172,7 +206,7 @@ def test_truncation_is_bounded_and_counted(tiny_tokenizer, texts, max_length, tr
             p = int(whole["train_mask"].nonzero()[0])  # first response token
             cut = len(whole["input_ids"]) - max_length
             assert len(ex["input_ids"]) == max_length
-            assert torch.equal(ex["input_ids"], torch.cat([whole["input_ids"][:p], whole["input_ids"][p + cut:]]))
+            assert torch.equal(ex["input_ids"], torch.cat([whole["input_ids"][:p], whole["input_ids"][p + cut :]]))
             assert ex["input_ids"][-1] == tok.eos_token_id
 
 

@@ -12,8 +12,19 @@ import pytest
 
 from srt.config import RunConfig, load_config
 from srt.demo import word_problems as wp
-from srt.demo.run_demo import (DemoEvalConfig, DemoModel, ModeResult, RubricScorer, Timings, evaluate, final_number,
-                               gold_number, load_demo_eval_config, paired_changes, write_results)
+from srt.demo.run_demo import (
+    DemoEvalConfig,
+    DemoModel,
+    ModeResult,
+    RubricScorer,
+    Timings,
+    evaluate,
+    final_number,
+    gold_number,
+    load_demo_eval_config,
+    paired_changes,
+    write_results,
+)
 from srt.errors import ConfigError, TemplateError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +70,10 @@ def test_demo_eval_config_errors_are_one_line(tmp_path):
 # One pattern per template, written from the question wording; the answer is recomputed from the
 # numbers in the question only (not from the generator's code or its solution text).
 RECOMPUTE = {
-    "add_then_give": (r"has (\d+) \w+\. \w+ buys (\d+) more and then gives (\d+) to a friend",
-                      lambda a, b, c: a + b - c),
+    "add_then_give": (
+        r"has (\d+) \w+\. \w+ buys (\d+) more and then gives (\d+) to a friend",
+        lambda a, b, c: a + b - c,
+    ),
     "groups": (r"has (\d+) boxes with (\d+) \w+ in each box", lambda boxes, per: boxes * per),
     "share": (r"shares (\d+) \w+ equally among (\d+) friends", lambda total, friends: Fraction(total, friends)),
     "money": (r"buys (\d+) notebooks that cost \$(\d+) each and pays with \$(\d+)", lambda q, p, paid: paid - q * p),
@@ -100,15 +113,18 @@ def test_shipped_data_is_the_generator_output_and_splits_are_disjoint():
 # ----------------------------------------------------------------------------------------- scoring
 
 
-@pytest.mark.parametrize("text, number", [
-    ("3 x 10 = 30 pencils.\n#### 3\nThe answer is: 3", 3),  # the answer marker wins over the work
-    ("He pays $1,250.50 in total.", Fraction("1250.5")),
-    ("So the change is 60 - 54 = 6.", 6),
-    ("The answer is -4.", -4),
-    ("#### 42", 42),
-    ("I am not sure.", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, number",
+    [
+        ("3 x 10 = 30 pencils.\n#### 3\nThe answer is: 3", 3),  # the answer marker wins over the work
+        ("He pays $1,250.50 in total.", Fraction("1250.5")),
+        ("So the change is 60 - 54 = 6.", 6),
+        ("The answer is -4.", -4),
+        ("#### 42", 42),
+        ("I am not sure.", None),
+        ("", None),
+    ],
+)
 def test_final_number(text, number):
     assert final_number(text) == number
 
@@ -133,7 +149,9 @@ def test_demo_critic_setting_keeps_the_gold_answer_out_of_the_feedback():
     from srt.critic_template import parse_critique
     from srt.registry import create_critic
 
-    request = CritiqueRequest(id="a", instruction="q", response="6 x 7 = 41. The answer is 41.", reference="6 x 7 = 42\n#### 42")
+    request = CritiqueRequest(
+        id="a", instruction="q", response="6 x 7 = 41. The answer is 41.", reference="6 x 7 = 42\n#### 42"
+    )
     hidden = parse_critique(create_critic("reference", {"reveal_answer": False}).critique([request])[0].text)
     shown = parse_critique(create_critic("reference", {}).critique([request])[0].text)
     assert "42" in shown.weaknesses + shown.suggestions
@@ -147,19 +165,29 @@ def test_demo_critic_setting_keeps_the_gold_answer_out_of_the_feedback():
 def test_evaluation_scores_caches_and_resumes(tiny_model_dir, tmp_path):
     cfg = RunConfig(output_dir=str(tmp_path / "run"), model={"path": "tiny", "dtype": "float32"})
     ecfg = DemoEvalConfig(
-        heldout={"path": str(DATA / "word_problems_heldout.jsonl"), "limit": 3,
-                 "fields": {"id": "id", "instruction": "instruction", "reference": "answer"}},
-        batch_size=2, plain_max_new_tokens=8, srt_max_new_tokens=12,
-        models=[DemoModel(name="base", checkpoint="base", modes=["plain"]),
-                DemoModel(name="stage1", checkpoint="stage1", modes=["srt", "plain"]),
-                DemoModel(name="stage2", checkpoint="stage2", modes=["srt"])],
+        heldout={
+            "path": str(DATA / "word_problems_heldout.jsonl"),
+            "limit": 3,
+            "fields": {"id": "id", "instruction": "instruction", "reference": "answer"},
+        },
+        batch_size=2,
+        plain_max_new_tokens=8,
+        srt_max_new_tokens=12,
+        models=[
+            DemoModel(name="base", checkpoint="base", modes=["plain"]),
+            DemoModel(name="stage1", checkpoint="stage1", modes=["srt", "plain"]),
+            DemoModel(name="stage2", checkpoint="stage2", modes=["srt"]),
+        ],
     )
     checkpoints = {"base": str(tiny_model_dir), "stage1": str(tiny_model_dir)}  # no stage 2: skipped
     Path(cfg.output_dir).mkdir(parents=True)
     timings = Timings(Path(cfg.output_dir) / "timings.json")
     first = evaluate(cfg, ecfg, checkpoints, timings)
-    assert [(r.model, r.mode) for r in first] == [("base", "plain"), ("stage1", "srt (refinement)"),
-                                                   ("stage1", "plain (response)")]
+    assert [(r.model, r.mode) for r in first] == [
+        ("base", "plain"),
+        ("stage1", "srt (refinement)"),
+        ("stage1", "plain (response)"),
+    ]
     assert all(r.n == 3 and len(r.samples) == 3 for r in first)
     # The random tiny model writes no number matching the gold, and never the SRT format.
     srt = first[1].srt
@@ -182,8 +210,9 @@ def test_evaluation_scores_caches_and_resumes(tiny_model_dir, tmp_path):
 
 def _result(model: str, mode: str, correct: list[bool]) -> ModeResult:
     samples = [{"id": f"q{i}", "correct": c} for i, c in enumerate(correct)]
-    return ModeResult(model, mode, len(correct), sum(correct), None, samples,
-                      {"parse_rate": 1.0} if mode.startswith("srt") else None)
+    return ModeResult(
+        model, mode, len(correct), sum(correct), None, samples, {"parse_rate": 1.0} if mode.startswith("srt") else None
+    )
 
 
 def test_paired_changes_compare_each_checkpoint_with_the_one_before():
@@ -196,7 +225,7 @@ def test_paired_changes_compare_each_checkpoint_with_the_one_before():
     ]
     rows = {(r["before"], r["after"]): (r["gained"], r["lost"], r["sign_test_p"]) for r in paired_changes(results)}
     assert rows == {
-        ("base plain", "stage1 srt (refinement)"): (5, 0, 0.0625),        # 2 * (1/2)^5
+        ("base plain", "stage1 srt (refinement)"): (5, 0, 0.0625),  # 2 * (1/2)^5
         ("base plain", "stage1 plain (response)"): (1, 1, 1.0),
         ("stage1 srt (refinement)", "stage2 srt (refinement)"): (0, 1, 1.0),
         ("stage1 plain (response)", "stage2 plain (response)"): (2, 0, 0.5),
@@ -216,8 +245,14 @@ def test_chatml_template_whose_bos_marks_every_turn(tiny_tokenizer):
         "{% for m in messages %}{{ bos_token + m['role'] + '\n' + m['content'] + eos_token + '\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ bos_token + 'assistant\n' }}{% endif %}"
     )
-    rec = FeedbackRecord(id="r0", instruction="What is 2 + 2?", response="5", refinement="2 + 2 = 4. The answer is 4.",
-                         feedback=Feedback(weaknesses="Wrong.", suggestions="Add.", score=3, raw="raw"), stage=1)
+    rec = FeedbackRecord(
+        id="r0",
+        instruction="What is 2 + 2?",
+        response="5",
+        refinement="2 + 2 = 4. The answer is 4.",
+        feedback=Feedback(weaknesses="Wrong.", suggestions="Add.", score=3, raw="raw"),
+        stage=1,
+    )
     dm = FeedbackDataModule(tok, mode="sft", train_records=[rec], max_length=512)
     dm.setup()
     ids = dm.datasets["train"][0]["input_ids"].tolist()

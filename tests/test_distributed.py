@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _dist_helpers import LORA, equal_count_records, read_losses, train
 from safetensors.torch import load_file
 
-from _dist_helpers import LORA, equal_count_records, read_losses, train
 from srt.config import TrainerConfig
 from srt.errors import ConfigError
 from srt.pipeline.training import build_strategy
@@ -82,7 +82,10 @@ def fsdp2_run(tiny_model_dir, records, tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HELPERS.parent)}
     proc = subprocess.run(
         [sys.executable, str(HELPERS), "fsdp2", str(tiny_model_dir), str(records_path), str(out)],
-        env=env, capture_output=True, text=True, timeout=400,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
@@ -135,8 +138,9 @@ def one_process_group(tmp_path):
         dist.destroy_process_group()
 
 
-def test_shard_model_fsdp2_wraps_decoder_layers_and_keeps_outputs(one_process_group, tiny_model, tiny_model_dir,
-                                                                  tiny_tokenizer, tmp_path):
+def test_shard_model_fsdp2_wraps_decoder_layers_and_keeps_outputs(
+    one_process_group, tiny_model, tiny_model_dir, tiny_tokenizer, tmp_path
+):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
@@ -172,8 +176,12 @@ def test_shard_model_fsdp2_wraps_decoder_layers_and_keeps_outputs(one_process_gr
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     other = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype="float32"), LORA).train()
-    shard_model_fsdp2(other, mesh["data_parallel"], mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16),
-                      activation_checkpointing=True)
+    shard_model_fsdp2(
+        other,
+        mesh["data_parallel"],
+        mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16),
+        activation_checkpointing=True,
+    )
     assert other.is_activation_checkpointing
     logits = other(input_ids=ids).logits
     assert logits.dtype == torch.bfloat16
@@ -205,8 +213,12 @@ def test_fsdp1_export_gathers_through_the_root_unit(one_process_group, tiny_mode
         def forward(self, ids):
             return self.model(input_ids=ids).logits
 
-    root = FullyShardedDataParallel(Holder(tiny_model), auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
-                                    use_orig_params=True, device_id=torch.device("cpu"))
+    root = FullyShardedDataParallel(
+        Holder(tiny_model),
+        auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
+        use_orig_params=True,
+        device_id=torch.device("cpu"),
+    )
     ids = tiny_tokenizer("The quick brown fox", return_tensors="pt").input_ids
     torch.optim.SGD(root.parameters(), lr=0.1).zero_grad()
     root(ids).logsumexp(-1).mean().backward()
@@ -220,8 +232,6 @@ def test_fsdp1_export_gathers_through_the_root_unit(one_process_group, tiny_mode
     assert_same_tensors(exported, expected, atol=0)
 
 
-
-
 def test_fsdp_strategy_from_config():
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import ShardingStrategy
@@ -229,9 +239,14 @@ def test_fsdp_strategy_from_config():
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
     from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-    tcfg = TrainerConfig(strategy="fsdp", fsdp={
-        "precision": "bf16", "activation_checkpointing": True, "sharding_strategy": "SHARD_GRAD_OP",
-    })
+    tcfg = TrainerConfig(
+        strategy="fsdp",
+        fsdp={
+            "precision": "bf16",
+            "activation_checkpointing": True,
+            "sharding_strategy": "SHARD_GRAD_OP",
+        },
+    )
     strategy = build_strategy(tcfg)
     assert isinstance(strategy, FSDPStrategy)
     policy = strategy.kwargs["auto_wrap_policy"]
@@ -254,8 +269,9 @@ def test_fsdp_strategy_from_config():
 
 
 def test_fsdp_options_are_checked():
-    from srt.distributed import FSDP2Strategy, resolve_layer_class
     from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer
+
+    from srt.distributed import FSDP2Strategy, resolve_layer_class
 
     assert resolve_layer_class("Gemma3DecoderLayer") is Gemma3DecoderLayer  # gemma3, not gemma
     assert resolve_layer_class("torch.nn.TransformerDecoderLayer") is torch.nn.TransformerDecoderLayer
@@ -275,22 +291,31 @@ def test_fsdp_options_are_checked():
     assert kwargs["reshard_after_forward"] is True
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP (FSDPStrategy) requires a GPU; its configuration is tested above")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="FSDP (FSDPStrategy) requires a GPU; its configuration is tested above"
+)
 def test_fsdp_gpu_lora_training_and_adapter_export(tiny_model_dir, tiny_tokenizer, records, single, tmp_path):
+    import lightning as L
+    from _dist_helpers import LossRecorder, SeededSFTModule
+
+    from srt.data import FeedbackDataModule
     from srt.distributed import fsdp_strategy
 
-    import lightning as L
-
-    from _dist_helpers import LossRecorder, SeededSFTModule
-    from srt.data import FeedbackDataModule
-
-    datamodule = FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records, batch_size=4, max_length=512,
-                                    group_by_length=False, seed=7)
-    module = SeededSFTModule(str(tiny_model_dir), tiny_tokenizer, lora=LORA, lr=1e-2, warmup_ratio=0.0,
-                             dtype="float32")
-    trainer = L.Trainer(accelerator="gpu", devices=1, strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"]}),
-                        max_steps=3, gradient_clip_val=0.5, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, callbacks=[LossRecorder(tmp_path)])
+    datamodule = FeedbackDataModule(
+        tiny_tokenizer, mode="sft", train_records=records, batch_size=4, max_length=512, group_by_length=False, seed=7
+    )
+    module = SeededSFTModule(str(tiny_model_dir), tiny_tokenizer, lora=LORA, lr=1e-2, warmup_ratio=0.0, dtype="float32")
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"]}),
+        max_steps=3,
+        gradient_clip_val=0.5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[LossRecorder(tmp_path)],
+    )
     trainer.fit(module, datamodule=datamodule)
     module.save_hf(tmp_path / "model")
     # Same data, steps and seed as the CPU reference: the same adapter up to GPU float rounding.

@@ -10,14 +10,30 @@ from srt.dpo_module import DPOModule, ReferenceLogpsCache, compute_reference_log
 from srt.errors import ConfigError
 
 PAIRS = [
-    {"id": "p0", "prompt": "What is the capital of France?", "chosen": "The capital of France is Paris.",
-     "rejected": "I am a helpful assistant."},
-    {"id": "p1", "prompt": "Give me three tips for staying healthy.",
-     "chosen": "Sleep well, eat vegetables, and exercise.", "rejected": "The quick brown fox jumps over the lazy dog."},
-    {"id": "p2", "prompt": "How many clips did Natalia sell?", "chosen": "The answer is 72.",
-     "rejected": "Hola, muy bien, gracias."},
-    {"id": "p3", "prompt": "Translate: Good morning, how are you?", "chosen": "Guten Tag! Wie geht es Ihnen heute?",
-     "rejected": "1 + 1 = 2, 2 * 3 = 6."},
+    {
+        "id": "p0",
+        "prompt": "What is the capital of France?",
+        "chosen": "The capital of France is Paris.",
+        "rejected": "I am a helpful assistant.",
+    },
+    {
+        "id": "p1",
+        "prompt": "Give me three tips for staying healthy.",
+        "chosen": "Sleep well, eat vegetables, and exercise.",
+        "rejected": "The quick brown fox jumps over the lazy dog.",
+    },
+    {
+        "id": "p2",
+        "prompt": "How many clips did Natalia sell?",
+        "chosen": "The answer is 72.",
+        "rejected": "Hola, muy bien, gracias.",
+    },
+    {
+        "id": "p3",
+        "prompt": "Translate: Good morning, how are you?",
+        "chosen": "Guten Tag! Wie geht es Ihnen heute?",
+        "rejected": "1 + 1 = 2, 2 * 3 = 6.",
+    },
 ]
 
 
@@ -29,8 +45,13 @@ def data_module(tokenizer, batch_size=2):
 
 def fit(module, dm, max_steps):
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, enable_checkpointing=False, logger=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=dm)
     return trainer
@@ -68,8 +89,18 @@ def test_dpo_precomputed_raises_margins_and_accuracy(tiny_model, tiny_tokenizer)
     margin_after, acc_after = pair_metrics(module, dm)
     assert margin_after > margin_before + 0.5, margin_after
     assert acc_after > acc_before and acc_after >= 0.75
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-                "logps/rejected", "nll/chosen", "train/loss", "train/lr", "train/pairs_per_s"):
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "nll/chosen",
+        "train/loss",
+        "train/lr",
+        "train/pairs_per_s",
+    ):
         assert key in trainer.callback_metrics, key
 
 
@@ -77,8 +108,14 @@ def test_dpo_lora_adapter_disabled_trains(tiny_model, tiny_tokenizer):
     dm = data_module(tiny_tokenizer)
     torch.manual_seed(0)  # LoRA A matrices are initialized from the global RNG
     module = DPOModule(
-        tiny_model, tiny_tokenizer, beta=0.1, lr=1e-2, warmup_ratio=0.0, reference="adapter_disabled",
-        reference_is_base=True, lora={"r": 8, "alpha": 16, "dropout": 0.0},
+        tiny_model,
+        tiny_tokenizer,
+        beta=0.1,
+        lr=1e-2,
+        warmup_ratio=0.0,
+        reference="adapter_disabled",
+        reference_is_base=True,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},
     )
     module.configure_model()
     fit(module, dm, max_steps=12)
@@ -119,8 +156,12 @@ def test_step0_check_catches_precomputed_from_another_model(tiny_model, tiny_mod
     with pytest.raises(ConfigError, match="precomputed reference log-probs do not come from the starting policy"):
         fit(module, dm, max_steps=1)
     # With the check switched off, training runs (the user asked for it).
-    module = DPOModule(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer,
-                       reference="precomputed", check_reference_at_start=False)
+    module = DPOModule(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        tiny_tokenizer,
+        reference="precomputed",
+        check_reference_at_start=False,
+    )
     fit(module, dm, max_steps=1)
 
 
@@ -167,7 +208,9 @@ def test_ipo_uses_length_averaged_logps_and_nll_weight(tiny_model, tiny_tokenize
         out = module.compute_batch(batch)
         policy = concatenated_forward(module.model, batch)
     nc, nr = policy["chosen_tokens"], policy["rejected_tokens"]
-    h = (policy["chosen_logps"] / nc - policy["rejected_logps"] / nr) - (batch["ref_chosen_logps"] / nc - batch["ref_rejected_logps"] / nr)
+    h = (policy["chosen_logps"] / nc - policy["rejected_logps"] / nr) - (
+        batch["ref_chosen_logps"] / nc - batch["ref_rejected_logps"] / nr
+    )
     expected_losses = (h - 1 / (2 * 0.1)) ** 2
     nll = -policy["chosen_logps"].sum() / nc.sum()
     assert torch.allclose(out["losses"], expected_losses, atol=1e-5)
@@ -179,7 +222,9 @@ def test_ipo_uses_length_averaged_logps_and_nll_weight(tiny_model, tiny_tokenize
 def test_reference_cache_roundtrip(tmp_path, tiny_model, tiny_tokenizer):
     dm = data_module(tiny_tokenizer)
     cache = ReferenceLogpsCache(tmp_path / "cache")
-    fields = dict(data_hash="abc", model="tiny@1", chat_template=tiny_tokenizer.chat_template, max_length=128, dtype="float32")
+    fields = dict(
+        data_hash="abc", model="tiny@1", chat_template=tiny_tokenizer.chat_template, max_length=128, dtype="float32"
+    )
     calls = []
 
     def compute():
@@ -194,7 +239,9 @@ def test_reference_cache_roundtrip(tmp_path, tiny_model, tiny_tokenizer):
     assert cache.key(**fields) != cache.key(**fields, data_config={"completion_end": "feedback"})
     dm.set_reference_logps(cache.path(cache.key(**fields)))  # the data module reads the file as is
     batch = next(iter(dm.predict_dataloader()))
-    assert torch.allclose(batch["ref_chosen_logps"].double(), torch.tensor([first[i][0] for i in batch["ids"]], dtype=torch.float64))
+    assert torch.allclose(
+        batch["ref_chosen_logps"].double(), torch.tensor([first[i][0] for i in batch["ids"]], dtype=torch.float64)
+    )
     assert not list((tmp_path / "cache").glob(".*tmp*"))
 
 
@@ -204,8 +251,11 @@ def test_predict_step_matches_compute_reference_logps(tiny_model, tiny_tokenizer
     module = DPOModule(tiny_model, tiny_tokenizer)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     outputs = trainer.predict(module, dataloaders=dm.predict_dataloader())
-    got = {i: (c, r) for out in outputs for i, c, r in
-           zip(out["ids"], out["ref_chosen_logps"].tolist(), out["ref_rejected_logps"].tolist())}
+    got = {
+        i: (c, r)
+        for out in outputs
+        for i, c, r in zip(out["ids"], out["ref_chosen_logps"].tolist(), out["ref_rejected_logps"].tolist())
+    }
     assert got.keys() == expected.keys()
     for i in got:
         assert abs(got[i][0] - expected[i][0]) < 1e-4 and abs(got[i][1] - expected[i][1]) < 1e-4

@@ -22,6 +22,7 @@ def _samples(path):
 
 def test_win_rate_is_alpaca_evals_on_the_judges_preferences(tiny_model_dir, tmp_path):
     from alpaca_eval.metrics import pairwise_to_winrate
+
     from srt_critic_length import LengthCritic
 
     model = EvalModel("tiny", str(tiny_model_dir), sampling=SAMPLING)
@@ -44,7 +45,10 @@ def test_win_rate_is_alpaca_evals_on_the_judges_preferences(tiny_model_dir, tmp_
     assert metrics["win_rate"] == pytest.approx(float(expected["win_rate"]))
     assert metrics["standard_error"] == pytest.approx(float(expected["standard_error"]))
     assert (metrics["n_wins"], metrics["n_wins_base"], metrics["n_draws"]) == (
-        expected["n_wins"], expected["n_wins_base"], expected["n_draws"])
+        expected["n_wins"],
+        expected["n_wins_base"],
+        expected["n_draws"],
+    )
     assert metrics["avg_length"] == pytest.approx(sum(len(s["output_2"]) for s in samples) / 12)
     assert metrics["judge_failures"] == 0
     # The answers are the model's real generations (cached, keyed per prompt).
@@ -53,17 +57,30 @@ def test_win_rate_is_alpaca_evals_on_the_judges_preferences(tiny_model_dir, tmp_
 
 def test_length_controlled_win_rate_runs_offline_and_says_when_it_does_not_apply():
     from alpaca_eval.metrics import glm_winrate
+
     from srt_builtin.benchmarks.alpaca_winrate import length_controlled
 
     original = glm_winrate.hf_hub_download
     # Longer model outputs win more often: the length-controlled rate must come out lower.
     annotations = [
-        {"instruction": f"q{i}", "output_1": "r" * 50, "output_2": "m" * (20 + 10 * i),
-         "generator_1": "ref", "generator_2": "m", "preference": 2.0 if i % 4 else 1.0}
+        {
+            "instruction": f"q{i}",
+            "output_1": "r" * 50,
+            "output_2": "m" * (20 + 10 * i),
+            "generator_1": "ref",
+            "generator_2": "m",
+            "preference": 2.0 if i % 4 else 1.0,
+        }
         for i in range(16)
     ] + [
-        {"instruction": f"s{i}", "output_1": "r" * 50, "output_2": "m" * 10,
-         "generator_1": "ref", "generator_2": "m", "preference": 1.0}
+        {
+            "instruction": f"s{i}",
+            "output_1": "r" * 50,
+            "output_2": "m" * 10,
+            "generator_1": "ref",
+            "generator_2": "m",
+            "preference": 1.0,
+        }
         for i in range(8)
     ]
     result, warning = length_controlled(annotations, min_items=10)
@@ -108,8 +125,14 @@ def test_bad_settings_and_data_are_clear_errors(tmp_path):
 
 def test_json_data_file_and_model_outputs_are_cached(tiny_model_dir, tmp_path):
     data = tmp_path / "mine.json"
-    data.write_text(json.dumps([{"instruction": "Say hi.", "output": "Hi there, nice to meet you."},
-                                {"instruction": "Count to three.", "output": "1, 2, 3."}]))
+    data.write_text(
+        json.dumps(
+            [
+                {"instruction": "Say hi.", "output": "Hi there, nice to meet you."},
+                {"instruction": "Count to three.", "output": "1, 2, 3."},
+            ]
+        )
+    )
     model = EvalModel("tiny", str(tiny_model_dir), sampling=SAMPLING)
     settings = {"alpaca_eval": {"data": str(data)}}
     first = run_eval([model], settings, tmp_path / "a", judge=JUDGE, cache_dir=tmp_path / "cache")

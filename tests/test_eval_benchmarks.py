@@ -34,12 +34,16 @@ def test_hh_rlhf_transcripts_become_pairs(tmp_path):
     assert pairs[0]["instruction"] == "How do I boil an egg?"
     assert pairs[0]["rejected"] == "Eggs are a food."
     multi = next(p for p in pairs if "Assistant:" in p["instruction"])  # the multi-turn fixture pair
-    assert multi["instruction"].startswith("Human: I feel lonely") and multi["instruction"].endswith("don't know anyone.")
+    assert multi["instruction"].startswith("Human: I feel lonely") and multi["instruction"].endswith(
+        "don't know anyone."
+    )
 
     data = tmp_path / "pairs.jsonl"
     data.write_text(
-        json.dumps({"chosen": "\n\nHuman: a\n\nAssistant: good", "rejected": "\n\nHuman: b\n\nAssistant: bad"}) + "\n"
-        + json.dumps({"id": "x", "instruction": "q", "chosen": "yes", "rejected": "no"}) + "\n"
+        json.dumps({"chosen": "\n\nHuman: a\n\nAssistant: good", "rejected": "\n\nHuman: b\n\nAssistant: bad"})
+        + "\n"
+        + json.dumps({"id": "x", "instruction": "q", "chosen": "yes", "rejected": "no"})
+        + "\n"
     )
     pairs, _, skipped = load_pairs(str(data), None)
     assert skipped == 1 and pairs == [{"id": "x", "instruction": "q", "chosen": "yes", "rejected": "no"}]
@@ -64,16 +68,23 @@ def test_judge_agreement_untrained_model_fails_to_parse_and_never_agrees(tiny_mo
 def test_judge_agreement_with_srt_self_critique(srt_model_dir, tmp_path):
     """The trained model really scores its own answers (6 and 3); equal scores are not agreement."""
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(
-        json.dumps({"id": f"p{i}", "instruction": ex["instruction"], "chosen": ex["response"], "rejected": ex["response"]}) + "\n"
-        for i, ex in enumerate(SRT_EXAMPLES)
-    ))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"p{i}", "instruction": ex["instruction"], "chosen": ex["response"], "rejected": ex["response"]}
+            )
+            + "\n"
+            for i, ex in enumerate(SRT_EXAMPLES)
+        )
+    )
     model = EvalModel("srt", str(srt_model_dir), answer_mode="srt", score_sampling={"max_new_tokens": 40})
     summary = run_eval([model], {"judge_agreement": {"data": str(data)}}, tmp_path / "out")
     entry = summary["results"]["srt"]["judge_agreement"]
     assert entry["meta"]["scoring"] == "srt"
     samples = _samples(tmp_path / "out" / "srt" / "judge_agreement" / "samples.jsonl")
-    assert [(s["score_chosen"], s["score_rejected"]) for s in samples] == [(ex["score"], ex["score"]) for ex in SRT_EXAMPLES]
+    assert [(s["score_chosen"], s["score_rejected"]) for s in samples] == [
+        (ex["score"], ex["score"]) for ex in SRT_EXAMPLES
+    ]
     assert [s["outcome"] for s in samples] == ["tie", "tie"]
     assert entry["metrics"]["agreement"] == 0 and entry["metrics"]["ties"] == 2
     assert entry["metrics"]["parse_failures"] == 0 and entry["metrics"]["score_parse_rate"] == 100
@@ -84,8 +95,11 @@ def test_judge_agreement_with_srt_self_critique(srt_model_dir, tmp_path):
 def test_refine_vs_rerank_on_an_srt_model(srt_model_dir, tmp_path):
     # Fixture items 0 and 1 are the two instructions the tiny model was trained on.
     model = EvalModel(
-        "srt", str(srt_model_dir), answer_mode="srt",
-        sampling={"max_new_tokens": 60}, score_sampling={"max_new_tokens": 40},
+        "srt",
+        str(srt_model_dir),
+        answer_mode="srt",
+        sampling={"max_new_tokens": 60},
+        score_sampling={"max_new_tokens": 40},
     )
     summary = run_eval([model], {"refine_vs_rerank": {"limit": 2, "n": 2}}, tmp_path, judge=JUDGE)
     entry = summary["results"]["srt"]["refine_vs_rerank"]

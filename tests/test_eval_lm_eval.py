@@ -48,9 +48,7 @@ def score_responses(task, responses: list[str], limit: int | None = None) -> lis
     task.apply_filters()
     scored = []
     for inst in instances:
-        scored.append(
-            {name: task.process_results(inst.doc, [value]) for name, value in inst.filtered_resps.items()}
-        )
+        scored.append({name: task.process_results(inst.doc, [value]) for name, value in inst.filtered_resps.items()})
     return scored
 
 
@@ -138,7 +136,9 @@ def test_gsm8k_srt_mode_answers_with_the_refinement(tiny_model_dir, tmp_path):
     """In srt mode lm-eval's generations are SelfRefiner.answer's answers, cut at the task's stop strings."""
     from srt.inference import SelfRefiner
 
-    model = EvalModel("tiny-srt", str(tiny_model_dir), answer_mode="srt", dtype="float32", sampling={"max_new_tokens": 24})
+    model = EvalModel(
+        "tiny-srt", str(tiny_model_dir), answer_mode="srt", dtype="float32", sampling={"max_new_tokens": 24}
+    )
     bench = GSM8KBenchmark.from_config(dict(FAST))
     result = bench.run(model, ctx(tmp_path))
     assert result.meta["srt_stats"]["answered"] == 2 and result.meta["srt_stats"]["cached"] == 0
@@ -199,10 +199,12 @@ def test_tydiqa_runs_per_language(plain_model, tmp_path):
     for lang in langs:
         for metric in ("f1", "exact_match"):
             assert 0.0 <= result.metrics[f"{lang}/{metric}"] <= 1.0
-    assert result.metrics["f1"] == pytest.approx(sum(result.metrics[f"{l}/f1"] for l in langs) / len(langs))
+    assert result.metrics["f1"] == pytest.approx(sum(result.metrics[f"{lang}/f1"] for lang in langs) / len(langs))
     assert sorted(row["language"] for row in result.samples) == sorted(langs)
     # 1-shot (Tulu-2 protocol) with the exemplar from the same language's train split.
-    train = [json.loads(line) for line in (bridge.DATA_DIR / "tydiqa_train.jsonl").read_text(encoding="utf-8").splitlines()]
+    train = [
+        json.loads(line) for line in (bridge.DATA_DIR / "tydiqa_train.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     ko = next(row for row in result.samples if row["language"] == "ko")
     ko_exemplar = next(d for d in train if d["id"].startswith("korean-"))
     assert ko["prompt"].startswith(f"맥락: {ko_exemplar['context']}")
@@ -276,7 +278,9 @@ def test_mgsm_native_answer_phrases_score(tmp_path):
         assert [s["strict-match"]["exact_match"] for s in right] == [1.0, 1.0, 1.0], lang
     # The English phrase is not German: strict fails, the last number still counts for flexible.
     tasks = load_tasks(bench.tasks(tmp_path))
-    scored = score_responses(tasks["mgsm_native_cot_de"], ["The answer is 12.", "Die Antwort lautet 15.", "7 + 5 = 12 ... 24"])
+    scored = score_responses(
+        tasks["mgsm_native_cot_de"], ["The answer is 12.", "Die Antwort lautet 15.", "7 + 5 = 12 ... 24"]
+    )
     assert [s["strict-match"]["exact_match"] for s in scored] == [0.0, 0.0, 0.0]
     assert [s["flexible-extract"]["exact_match"] for s in scored] == [1.0, 0.0, 1.0]
 

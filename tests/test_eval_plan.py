@@ -67,8 +67,10 @@ def _bad_data(tmp_path, case):
         return f"benchmarks.gsm8k.data_files={path}", f"{path}:1: missing field(s) 'answer'"
     if case == "tydiqa_missing_field":
         path = _write(tmp_path / "data" / "dev.jsonl", '{"id": "english-1", "context": "c", "question": "q"}\n')
-        return (f"benchmarks.tydiqa.data_files={{train: tydiqa_train.jsonl, validation: {path}}}",
-                f"{path}:1: missing field(s) 'title', 'answers'")
+        return (
+            f"benchmarks.tydiqa.data_files={{train: tydiqa_train.jsonl, validation: {path}}}",
+            f"{path}:1: missing field(s) 'title', 'answers'",
+        )
     if case == "pairs_not_an_object":
         pair = '{"instruction": "q", "chosen": "a", "rejected": "b"}'
         path = _write(tmp_path / "data" / "pairs.jsonl", f"{pair}\n[1, 2]\n")
@@ -79,16 +81,36 @@ def _bad_data(tmp_path, case):
 # (id, benchmarks, extra arguments, expected part of the one Error: line)
 MISTAKES = [
     ("unknown_benchmark", "alpaca", [], "unknown srt.benchmarks plugin 'alpaca'; installed: alpaca_eval"),
-    ("unknown_benchmark_setting", "gsm8k", ["--set", "benchmarks.gsm8k.shots=8"],
-     "benchmarks.gsm8k: srt.benchmarks plugin 'gsm8k': invalid settings: shots: unknown key"),
-    ("benchmark_setting_of_wrong_type", "judge_agreement", ["--set", "benchmarks.judge_agreement.limit=two"],
-     "benchmarks.judge_agreement: srt.benchmarks plugin 'judge_agreement': invalid settings: limit: Input should be"),
-    ("benchmark_setting_not_allowed", "mgsm", ["--set", "benchmarks.mgsm.variant=cot"],
-     "invalid settings: variant: Input should be 'native_cot' or 'direct'"),
-    ("missing_data_file", "gsm8k", ["--set", "benchmarks.gsm8k.data_files=no_such_gsm8k.jsonl"],
-     "benchmarks.gsm8k: benchmark 'gsm8k' data_files: data file 'no_such_gsm8k.jsonl' not found"),
-    ("missing_alpaca_data_file", "alpaca_eval", ["--judge", "self", "--set", "benchmarks.alpaca_eval.data=nope.jsonl"],
-     "nope.jsonl: alpaca_eval data file not found"),
+    (
+        "unknown_benchmark_setting",
+        "gsm8k",
+        ["--set", "benchmarks.gsm8k.shots=8"],
+        "benchmarks.gsm8k: srt.benchmarks plugin 'gsm8k': invalid settings: shots: unknown key",
+    ),
+    (
+        "benchmark_setting_of_wrong_type",
+        "judge_agreement",
+        ["--set", "benchmarks.judge_agreement.limit=two"],
+        "benchmarks.judge_agreement: srt.benchmarks plugin 'judge_agreement': invalid settings: limit: Input should be",
+    ),
+    (
+        "benchmark_setting_not_allowed",
+        "mgsm",
+        ["--set", "benchmarks.mgsm.variant=cot"],
+        "invalid settings: variant: Input should be 'native_cot' or 'direct'",
+    ),
+    (
+        "missing_data_file",
+        "gsm8k",
+        ["--set", "benchmarks.gsm8k.data_files=no_such_gsm8k.jsonl"],
+        "benchmarks.gsm8k: benchmark 'gsm8k' data_files: data file 'no_such_gsm8k.jsonl' not found",
+    ),
+    (
+        "missing_alpaca_data_file",
+        "alpaca_eval",
+        ["--judge", "self", "--set", "benchmarks.alpaca_eval.data=nope.jsonl"],
+        "nope.jsonl: alpaca_eval data file not found",
+    ),
     ("alpaca_bad_json", "alpaca_eval", ["--judge", "self"], None),
     ("alpaca_missing_output", "alpaca_eval", ["--judge", "self"], None),
     ("gsm8k_bad_utf8", "gsm8k", [], None),
@@ -97,27 +119,50 @@ MISTAKES = [
     ("pairs_not_an_object", "judge_agreement", [], None),
     ("no_judge", "alpaca_eval", [], "benchmarks.alpaca_eval: benchmark 'alpaca_eval' needs a judge critic"),
     ("unknown_judge", "alpaca_eval", ["--judge", "gpt4"], "unknown srt.critics plugin 'gpt4'; installed:"),
-    ("judge_unknown_setting", "alpaca_eval",
-     ["--judge", "hf", "--set", "judge.model=tiny", "--set", "judge.temprature=0"],
-     "judge: srt.critics plugin 'hf': invalid settings: temprature: unknown key"),
-    ("judge_model_missing", "refine_vs_rerank", ["--judge", "hf", "--set", "judge.model=/no/such/judge"],
-     "judge: critic 'hf': model: model folder '/no/such/judge' does not exist"),
-    ("openai_judge_key_unset", "alpaca_eval",
-     ["--judge", "openai", "--set", "judge.model=gpt-4o", "--set", f"judge.api_key_env={UNSET_KEY}"],
-     f"judge: critic 'openai': environment variable {UNSET_KEY} is not set or empty"),
-    ("openai_judge_needs_a_model", "alpaca_eval", ["--judge", "openai"],
-     "judge: srt.critics plugin 'openai': invalid settings: model: Field required"),
-    ("credential_in_settings", "alpaca_eval", ["--judge", "openai", "--set", "judge.api_key=sk-live-0123456789abcdef"],
-     "judge.api_key looks like a credential"),
-    ("model_path_missing", "judge_agreement", ["--model", "gone=/no/such/model/dir"],
-     "model 'gone': model folder '/no/such/model/dir' does not exist"),
+    (
+        "judge_unknown_setting",
+        "alpaca_eval",
+        ["--judge", "hf", "--set", "judge.model=tiny", "--set", "judge.temprature=0"],
+        "judge: srt.critics plugin 'hf': invalid settings: temprature: unknown key",
+    ),
+    (
+        "judge_model_missing",
+        "refine_vs_rerank",
+        ["--judge", "hf", "--set", "judge.model=/no/such/judge"],
+        "judge: critic 'hf': model: model folder '/no/such/judge' does not exist",
+    ),
+    (
+        "openai_judge_key_unset",
+        "alpaca_eval",
+        ["--judge", "openai", "--set", "judge.model=gpt-4o", "--set", f"judge.api_key_env={UNSET_KEY}"],
+        f"judge: critic 'openai': environment variable {UNSET_KEY} is not set or empty",
+    ),
+    (
+        "openai_judge_needs_a_model",
+        "alpaca_eval",
+        ["--judge", "openai"],
+        "judge: srt.critics plugin 'openai': invalid settings: model: Field required",
+    ),
+    (
+        "credential_in_settings",
+        "alpaca_eval",
+        ["--judge", "openai", "--set", "judge.api_key=sk-live-0123456789abcdef"],
+        "judge.api_key looks like a credential",
+    ),
+    (
+        "model_path_missing",
+        "judge_agreement",
+        ["--model", "gone=/no/such/model/dir"],
+        "model 'gone': model folder '/no/such/model/dir' does not exist",
+    ),
     ("output_dir_is_a_file", "judge_agreement", ["--output", "{file}"], "output_dir {file} is a file, not a directory"),
 ]
 
 
 @pytest.mark.parametrize("case,benchmarks,extra,expected", MISTAKES, ids=[m[0] for m in MISTAKES])
-def test_mistakes_stop_before_anything_is_loaded_or_written(case, benchmarks, extra, expected, cli, tiny_model_dir,
-                                                            tmp_path, monkeypatch):
+def test_mistakes_stop_before_anything_is_loaded_or_written(
+    case, benchmarks, extra, expected, cli, tiny_model_dir, tmp_path, monkeypatch
+):
     monkeypatch.delenv(UNSET_KEY, raising=False)
     out = tmp_path / "out"
     a_file = _write(tmp_path / "not-a-dir", "x")
@@ -150,21 +195,31 @@ def test_config_mistakes_name_the_model(cli, tiny_model_dir, tmp_path):
     base = f"output_dir: {out}\nbenchmarks: {{judge_agreement: {{limit: 1}}}}\n"
     tiny = tiny_model_dir
     cases = [
-        (f"models: [{{name: m, path: {tiny}, sampling: {{temp: 1}}}}]\n",
-         "model 'm': unknown sampling setting(s) ['temp']"),
-        (f"models: [{{name: m, path: {tiny}, answer_mode: refine}}]\n",
-         "models.0.answer_mode: Input should be 'plain' or 'srt'"),
+        (
+            f"models: [{{name: m, path: {tiny}, sampling: {{temp: 1}}}}]\n",
+            "model 'm': unknown sampling setting(s) ['temp']",
+        ),
+        (
+            f"models: [{{name: m, path: {tiny}, answer_mode: refine}}]\n",
+            "models.0.answer_mode: Input should be 'plain' or 'srt'",
+        ),
         (f"models: [{{name: m, path: {tiny}, device: gpu0}}]\n", "model 'm': device 'gpu0' is not a torch device"),
         (f"models: [{{name: m, path: {tiny}}}, {{name: m, path: tiny}}]\n", "two models share the name(s) ['m']"),
         (f"models: [{{name: m, path: {tiny / 'config.json'}}}]\n", "is a file; expected a model folder"),
-        ("models: [{name: m, path: tiny}]\nbenchmarks: {gsm8k: [8]}\n",
-         "benchmarks.gsm8k: Input should be a valid dictionary"),
+        (
+            "models: [{name: m, path: tiny}]\nbenchmarks: {gsm8k: [8]}\n",
+            "benchmarks.gsm8k: Input should be a valid dictionary",
+        ),
     ]
     import torch
 
     if not torch.cuda.is_available():
-        cases.append((f"models: [{{name: m, path: {tiny_model_dir}, device: cuda}}]\n",
-                      "model 'm': device 'cuda' needs a CUDA GPU, and none is available here"))
+        cases.append(
+            (
+                f"models: [{{name: m, path: {tiny_model_dir}, device: cuda}}]\n",
+                "model 'm': device 'cuda' needs a CUDA GPU, and none is available here",
+            )
+        )
     for models, expected in cases:
         text = base + models if "benchmarks:" not in models else f"output_dir: {out}\n" + models
         config.write_text(text)
@@ -177,10 +232,25 @@ def test_config_mistakes_name_the_model(cli, tiny_model_dir, tmp_path):
 
 def test_validate_prints_the_plan_and_writes_nothing(cli, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    code, stdout, stderr = cli("validate", "--model", f"base={tiny_model_dir}", "--model", f"srt={tiny_model_dir}",
-                               "--answer-mode", "srt", "--benchmarks", "alpaca_eval,gsm8k,judge_agreement",
-                               "--judge", "hf", "--set", "judge.model=tiny", "--set", "benchmarks.gsm8k.limit=2",
-                               "--output", out)
+    code, stdout, stderr = cli(
+        "validate",
+        "--model",
+        f"base={tiny_model_dir}",
+        "--model",
+        f"srt={tiny_model_dir}",
+        "--answer-mode",
+        "srt",
+        "--benchmarks",
+        "alpaca_eval,gsm8k,judge_agreement",
+        "--judge",
+        "hf",
+        "--set",
+        "judge.model=tiny",
+        "--set",
+        "benchmarks.gsm8k.limit=2",
+        "--output",
+        out,
+    )
     assert code == 0, stderr
     assert f"plan for srt-eval run: output_dir {out}" in stdout
     assert "model srt" in stdout and "answer_mode srt" in stdout
@@ -196,9 +266,13 @@ def test_plan_builds_each_benchmark_once_with_the_runs_judge(tiny_model_dir, tmp
     judge = {"name": "hf", "model": "tiny", "max_new_tokens": 4}
     plan = plan_eval(
         [EvalModel("m", str(tiny_model_dir))],
-        {"alpaca_eval": {"limit": 2}, "own_judge": {"plugin": "alpaca_eval", "limit": 1, "judge": {"name": "self"}},
-         "gsm8k": None},
-        tmp_path / "out", judge=judge,
+        {
+            "alpaca_eval": {"limit": 2},
+            "own_judge": {"plugin": "alpaca_eval", "limit": 1, "judge": {"name": "self"}},
+            "gsm8k": None,
+        },
+        tmp_path / "out",
+        judge=judge,
     )
     by_name = {b.name: b for b in plan.benchmarks}
     assert by_name["alpaca_eval"].settings["judge"] == judge and by_name["alpaca_eval"].judge == "hf"
@@ -233,9 +307,22 @@ def test_a_second_run_on_a_locked_output_dir_stops_before_generating(tiny_model_
     env = {**os.environ, "SRT_CACHE_DIR": str(tmp_path / "srt-cache"), "HOME": str(tmp_path)}
     # Slow on purpose: 16 answers of up to 1024 tokens, each judged by the model itself.
     first = subprocess.Popen(
-        [SRT_EVAL, "run", "--model", f"first={tiny_model_dir}", "--benchmarks", "alpaca_eval", "--judge", "self",
-         "--output", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            SRT_EVAL,
+            "run",
+            "--model",
+            f"first={tiny_model_dir}",
+            "--benchmarks",
+            "alpaca_eval",
+            "--judge",
+            "self",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 120
@@ -244,9 +331,20 @@ def test_a_second_run_on_a_locked_output_dir_stops_before_generating(tiny_model_
             assert time.monotonic() < deadline, "the first run never took the lock"
             time.sleep(0.2)
         second = subprocess.run(
-            [SRT_EVAL, "run", "--model", f"second={tiny_model_dir}", "--benchmarks", "judge_agreement",
-             "--output", str(out)],
-            capture_output=True, text=True, env=env, timeout=300,
+            [
+                SRT_EVAL,
+                "run",
+                "--model",
+                f"second={tiny_model_dir}",
+                "--benchmarks",
+                "judge_agreement",
+                "--output",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
         assert first.poll() is None, "the first run ended before the second one was checked"
     finally:
@@ -263,10 +361,20 @@ def test_generate_checks_input_output_and_model_first(tiny_model_dir, tmp_path):
     good = _write(tmp_path / "q.jsonl", '{"id": "a", "instruction": "Hi"}\n')
     out = tmp_path / "answers" / "a.jsonl"
     cases = [
-        (_write(tmp_path / "u.jsonl", b'{"instruction": "ok"}\n{"instruction": "\xc3"}\n'), out, str(tiny_model_dir),
-         RecordError, r"u.jsonl:2: invalid UTF-8 at byte 17"),
-        (_write(tmp_path / "d.jsonl", '{"id": "a", "instruction": "x"}\n\n{"id": "a", "instruction": "y"}\n'), out,
-         str(tiny_model_dir), RecordError, r"d.jsonl:3: duplicate id 'a' \(first at line 1\)"),
+        (
+            _write(tmp_path / "u.jsonl", b'{"instruction": "ok"}\n{"instruction": "\xc3"}\n'),
+            out,
+            str(tiny_model_dir),
+            RecordError,
+            r"u.jsonl:2: invalid UTF-8 at byte 17",
+        ),
+        (
+            _write(tmp_path / "d.jsonl", '{"id": "a", "instruction": "x"}\n\n{"id": "a", "instruction": "y"}\n'),
+            out,
+            str(tiny_model_dir),
+            RecordError,
+            r"d.jsonl:3: duplicate id 'a' \(first at line 1\)",
+        ),
         (_write(tmp_path / "e.jsonl", "\n"), out, str(tiny_model_dir), RecordError, r"e.jsonl: empty file"),
         (tmp_path / "none.jsonl", out, str(tiny_model_dir), RecordError, r"none.jsonl: file not found"),
         (good, tmp_path, str(tiny_model_dir), ConfigError, r"is a directory; give a file path"),
@@ -291,12 +399,15 @@ def test_read_instructions_uses_the_shared_jsonl_loop(tmp_path):
         read_instructions(path)
 
 
-
 def test_judge_option_and_set_overrides_on_the_config(tmp_path):
     from srt.eval.runner import load_eval_config
 
     config = _write(tmp_path / "eval.yaml", "judge: {name: openai, model: gpt-4o, max_concurrency: 16}\n")
-    assert load_eval_config(config, judge="openai").judge == {"name": "openai", "model": "gpt-4o", "max_concurrency": 16}
+    assert load_eval_config(config, judge="openai").judge == {
+        "name": "openai",
+        "model": "gpt-4o",
+        "max_concurrency": 16,
+    }
     assert load_eval_config(config, judge="hf").judge == {"name": "hf"}  # another critic: the settings do not apply
     cfg = load_eval_config(config, ["judge.model=tiny", "benchmarks.gsm8k.limit=2"], judge="hf")
     assert cfg.judge == {"name": "hf", "model": "tiny"} and cfg.benchmarks == {"gsm8k": {"limit": 2}}

@@ -26,8 +26,10 @@ SRT_EVAL = str(Path(sys.executable).with_name("srt-eval"))
 SECRET = "sk-readme-test-3b9f0c7e1d5a-DO-NOT-LEAK"
 
 TINY_CONFIG = "srt-eval run --config configs/eval_tiny.yaml"
-OPENAI_RUN = ("srt-eval run --model srt=runs/x/stage2/round1/model --answer-mode srt "
-              "--benchmarks alpaca_eval,gsm8k,tydiqa,mgsm --judge openai --set judge.model=gpt-4o")
+OPENAI_RUN = (
+    "srt-eval run --model srt=runs/x/stage2/round1/model --answer-mode srt "
+    "--benchmarks alpaca_eval,gsm8k,tydiqa,mgsm --judge openai --set judge.model=gpt-4o"
+)
 PAPER_RUN = "srt-eval run --config configs/eval.yaml"
 PAPER_VALIDATE = "srt-eval validate --config configs/eval.yaml"
 GENERATE = "srt-eval generate --model DIR --input q.jsonl --output a.jsonl --mode srt"
@@ -78,8 +80,14 @@ def _run(args, workdir, env, timeout=600):
 def test_the_readme_prints_exactly_the_tested_commands():
     assert readme_commands() == [TINY_CONFIG, OPENAI_RUN, PAPER_RUN, PAPER_VALIDATE, GENERATE]
     # Elsewhere in the README only `srt-eval plugins` (run by tests/test_cli.py).
-    assert set(readme_commands(section_only=False)) == {TINY_CONFIG, OPENAI_RUN, PAPER_RUN, PAPER_VALIDATE, GENERATE,
-                                                        "srt-eval plugins"}
+    assert set(readme_commands(section_only=False)) == {
+        TINY_CONFIG,
+        OPENAI_RUN,
+        PAPER_RUN,
+        PAPER_VALIDATE,
+        GENERATE,
+        "srt-eval plugins",
+    }
 
 
 def test_tiny_config_runs_the_whole_suite_offline(workdir):
@@ -88,8 +96,10 @@ def test_tiny_config_runs_the_whole_suite_offline(workdir):
     out = workdir / "runs" / "eval-tiny"
     summary = json.loads((out / "summary.json").read_text())
     benchmarks = ["alpaca_eval", "gsm8k", "tydiqa", "mgsm", "judge_agreement", "refine_vs_rerank"]
-    assert {m: sorted(r) for m, r in summary["results"].items()} == {"base": sorted(benchmarks),
-                                                                     "base-srt": sorted(benchmarks)}
+    assert {m: sorted(r) for m, r in summary["results"].items()} == {
+        "base": sorted(benchmarks),
+        "base-srt": sorted(benchmarks),
+    }
     assert summary["models"]["base-srt"]["answer_mode"] == "srt" and summary["models"]["base"]["answer_mode"] == "plain"
     for model in ("base", "base-srt"):
         for bench in benchmarks:
@@ -106,8 +116,12 @@ def _scripted_judge(messages):
     """A well-formed critique whose score is the response's word count (1..10)."""
     response = re.search(r"### Response\n(.*?)\n\n### Requirements", messages[-1]["content"], re.S).group(1)
     words = len(response.split())
-    return render_critique(weaknesses=f"- Only {words} words.", suggestions="- Say more.",
-                           score=max(1, min(10, words)), improved_response=None)
+    return render_critique(
+        weaknesses=f"- Only {words} words.",
+        suggestions="- Say more.",
+        score=max(1, min(10, words)),
+        improved_response=None,
+    )
 
 
 def test_one_srt_model_judged_by_openai(workdir, tiny_model_dir):
@@ -166,12 +180,15 @@ def test_the_paper_config_says_what_it_needs(workdir, tiny_model_dir, monkeypatc
     assert not (workdir / "runs").exists()
 
 
-@pytest.mark.parametrize("variant", [[], ["--mode", "plain"], ["--mode", "rerank", "--n", "16"]],
-                         ids=["srt", "plain", "rerank"])
+@pytest.mark.parametrize(
+    "variant", [[], ["--mode", "plain"], ["--mode", "rerank", "--n", "16"]], ids=["srt", "plain", "rerank"]
+)
 def test_generate(workdir, tiny_model_dir, variant):
     """The printed command, and the two the README's comment names (`plain`, `rerank --n 16`)."""
-    questions = ['{"id": "q1", "instruction": "Name three prime numbers."}',
-                 '{"instruction": "What is the capital of France?"}']
+    questions = [
+        '{"id": "q1", "instruction": "Name three prime numbers."}',
+        '{"instruction": "What is the capital of France?"}',
+    ]
     if "rerank" in variant:
         questions = questions[:1]  # 16 candidates, each self-scored: one instruction is enough
     (workdir / "q.jsonl").write_text("".join(q + "\n" for q in questions))

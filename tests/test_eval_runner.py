@@ -113,10 +113,19 @@ def test_generate_file_is_resumable(tiny_model_dir, tmp_path):
     stats = generate_file(str(tiny_model_dir), src, dst, mode="srt", sampling=sampling)
     assert stats["already_done"] == 2 and stats["generated"] == 1 and stats["answered"] == 3
 
-    plain = generate_file(str(tiny_model_dir), src, tmp_path / "plain.jsonl", mode="rerank", n=2,
-                          sampling=sampling, score_sampling={"max_new_tokens": 4})
+    plain = generate_file(
+        str(tiny_model_dir),
+        src,
+        tmp_path / "plain.jsonl",
+        mode="rerank",
+        n=2,
+        sampling=sampling,
+        score_sampling={"max_new_tokens": 4},
+    )
     assert plain["answered"] == 3
-    assert all(len(json.loads(x)["trace"]["candidates"]) == 2 for x in (tmp_path / "plain.jsonl").read_text().splitlines())
+    assert all(
+        len(json.loads(x)["trace"]["candidates"]) == 2 for x in (tmp_path / "plain.jsonl").read_text().splitlines()
+    )
 
     src.write_text('{"id": "a"}\n')
     with pytest.raises(RecordError, match=r"in.jsonl:1: expected an object with a non-empty string 'instruction'"):
@@ -142,8 +151,9 @@ def test_cli_run_with_config_and_errors(tiny_model_dir, tmp_path):
     assert summary["results"]["base"]["ae_srt"]["meta"]["answer_mode"] == "srt"
     assert summary["results"]["base"]["ae_srt"]["metrics"]["srt_fallback_rate"] == 100
     # --benchmarks selects; --model replaces the config's models.
-    only = cli_run(models=[f"other={tiny_model_dir}"], benchmarks="alpaca_eval", config_path=config,
-                   output_dir=tmp_path / "out2")
+    only = cli_run(
+        models=[f"other={tiny_model_dir}"], benchmarks="alpaca_eval", config_path=config, output_dir=tmp_path / "out2"
+    )
     assert list(only["results"]) == ["other"] and list(only["results"]["other"]) == ["alpaca_eval"]
 
     config.write_text("modles: []\n")

@@ -27,10 +27,14 @@ def reference_tokens(generator, prompt, max_new_tokens):
     ids = generator.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         out = generator.model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=generator.tokenizer.pad_token_id,
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=generator.tokenizer.pad_token_id,
         )
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_greedy_batched_equals_unbatched_reference(generator):
@@ -42,7 +46,9 @@ def test_greedy_batched_equals_unbatched_reference(generator):
         assert out.text == generator.tokenizer.decode(expected, skip_special_tokens=True)
         assert out.num_prompt_tokens == len(generator.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         assert (out.num_new_tokens, out.finish_reason) == (12, "length")
-    again = Generator(generator.model, generator.tokenizer, batch_size=5).generate(prompts, SamplingConfig(max_new_tokens=12))
+    again = Generator(generator.model, generator.tokenizer, batch_size=5).generate(
+        prompts, SamplingConfig(max_new_tokens=12)
+    )
     assert again == outputs
 
 
@@ -62,14 +68,18 @@ def test_stops_at_eos(generator):
     stop_token = target[5]
     first = target.index(stop_token)
     generator.model.generation_config.eos_token_id = [generator.tokenizer.eos_token_id, stop_token]
-    outputs = Generator(generator.model, generator.tokenizer, batch_size=3).generate(prompts, SamplingConfig(max_new_tokens=16))
+    outputs = Generator(generator.model, generator.tokenizer, batch_size=3).generate(
+        prompts, SamplingConfig(max_new_tokens=16)
+    )
 
     assert outputs[1].finish_reason == "eos"
     assert outputs[1].num_new_tokens == first + 1
     assert outputs[1].text == generator.tokenizer.decode(target[:first])
     for tokens, out in zip(references, outputs):  # rows in the same batch are unaffected unless they hit it too
         if stop_token in tokens:
-            assert out.finish_reason == "eos" and out.text == generator.tokenizer.decode(tokens[: tokens.index(stop_token)])
+            assert out.finish_reason == "eos" and out.text == generator.tokenizer.decode(
+                tokens[: tokens.index(stop_token)]
+            )
         else:
             assert out.finish_reason == "length" and out.text == generator.tokenizer.decode(tokens)
 
@@ -80,7 +90,8 @@ def test_stop_strings_stop_early_and_are_trimmed(generator):
     full_text = generator.tokenizer.decode(target)
     # A clean ASCII token from the middle of the greedy answer serves as the stop string.
     stop = next(
-        s for s in (generator.tokenizer.decode([t]).strip() for t in target[4:])
+        s
+        for s in (generator.tokenizer.decode([t]).strip() for t in target[4:])
         if len(s) >= 2 and s.isascii() and s.isalpha() and full_text.find(s) > 0
     )
     outputs = generator.generate(prompts, SamplingConfig(max_new_tokens=24, stop=[stop]))
@@ -97,7 +108,9 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batching(generator):
     base = generator.generate(prompts, sampling)
     assert generator.generate(prompts, sampling) == base
     for batch_size in (1, 3, 8):
-        assert Generator(generator.model, generator.tokenizer, batch_size=batch_size).generate(prompts, sampling) == base
+        assert (
+            Generator(generator.model, generator.tokenizer, batch_size=batch_size).generate(prompts, sampling) == base
+        )
     # A resumed run that only does the remaining prompts, in another order, samples the same.
     order = list(range(len(prompts)))
     random.Random(0).shuffle(order)
@@ -128,10 +141,14 @@ def test_tiny_top_p_or_temperature_is_greedy(generator):
 
 def test_chat_with_system_prompt_and_assistant_prefix(generator):
     messages = [{"role": "user", "content": "Say hi"}]
-    [rendered] = generator.render_chat([messages], assistant_prefixes=["Hi!\n\n### Feedback\n"], system_prompt="Be brief.")
+    [rendered] = generator.render_chat(
+        [messages], assistant_prefixes=["Hi!\n\n### Feedback\n"], system_prompt="Be brief."
+    )
     assert rendered == "<s><|system|>\nBe brief.</s>\n<|user|>\nSay hi</s>\n<|assistant|>\nHi!\n\n### Feedback\n"
     sampling = SamplingConfig(max_new_tokens=6)
-    [out] = generator.chat([messages], sampling, assistant_prefixes=["Hi!\n\n### Feedback\n"], system_prompt="Be brief.")
+    [out] = generator.chat(
+        [messages], sampling, assistant_prefixes=["Hi!\n\n### Feedback\n"], system_prompt="Be brief."
+    )
     assert out == generator.generate([rendered], sampling)[0]
     assert out.text == generator.tokenizer.decode(reference_tokens(generator, rendered, 6))
     with pytest.raises(ConfigError, match="2 assistant_prefixes for 1"):
@@ -147,7 +164,9 @@ def test_no_pad_token_and_right_padding_tokenizer(generator, tiny_model_dir):
     no_pad = Generator(generator.model, tokenizer, batch_size=4)
     prompts = generator.render_chat(INSTRUCTIONS)
     assert no_pad.pad_token_id == tokenizer.eos_token_id
-    assert no_pad.generate(prompts, SamplingConfig(max_new_tokens=8)) == generator.generate(prompts, SamplingConfig(max_new_tokens=8))
+    assert no_pad.generate(prompts, SamplingConfig(max_new_tokens=8)) == generator.generate(
+        prompts, SamplingConfig(max_new_tokens=8)
+    )
 
 
 def test_from_pretrained_and_progress_bar(tiny_model_dir, capsys):
@@ -161,7 +180,12 @@ def test_from_pretrained_and_progress_bar(tiny_model_dir, capsys):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"max_new_tokens": 0}, "max_new_tokens"), ({"stop": [""]}, "stop")],
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"stop": [""]}, "stop"),
+    ],
 )
 def test_sampling_config_validation(kwargs, message):
     with pytest.raises(ConfigError, match=message):

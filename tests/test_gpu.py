@@ -17,17 +17,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from _dist_helpers import LORA, LossRecorder, SeededSFTModule, equal_count_records, read_losses
+from safetensors.torch import load_file
 
 CUDA = torch.cuda.is_available()
 DRY = os.environ.get("SRT_GPU_DRY") == "1"
 DEVICE = "cuda" if CUDA else "cpu"
 ACCELERATOR = "gpu" if CUDA else "cpu"
 
-pytestmark = pytest.mark.skipif(not (CUDA or DRY), reason="GPU-only tests: need CUDA (SRT_GPU_DRY=1 runs the CPU-capable "
-                                "ones, as benchmarks/gpu/run.sh --dry does)")
+pytestmark = pytest.mark.skipif(
+    not (CUDA or DRY),
+    reason="GPU-only tests: need CUDA (SRT_GPU_DRY=1 runs the CPU-capable ones, as benchmarks/gpu/run.sh --dry does)",
+)
 
 
 @pytest.fixture()
@@ -68,8 +69,19 @@ def records(tiny_tokenizer):
     return equal_count_records(tiny_tokenizer)
 
 
-def fit(model_dir, tokenizer, records, out_dir: Path, *, strategy="auto", precision="32-true", lora=None, steps=3,
-        clip: float | None = 0.5, callbacks=()):
+def fit(
+    model_dir,
+    tokenizer,
+    records,
+    out_dir: Path,
+    *,
+    strategy="auto",
+    precision="32-true",
+    lora=None,
+    steps=3,
+    clip: float | None = 0.5,
+    callbacks=(),
+):
     """A few SFT steps on DEVICE (seeded policy; gradient clipping at 0.5 is active: it clips here); records
     losses, exports to out_dir/model (and out_dir/merged with LoRA)."""
     import lightning as L
@@ -77,12 +89,23 @@ def fit(model_dir, tokenizer, records, out_dir: Path, *, strategy="auto", precis
     from srt.data import FeedbackDataModule
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = FeedbackDataModule(tokenizer, mode="sft", train_records=records, batch_size=4, max_length=512,
-                                    group_by_length=False, seed=7)
+    datamodule = FeedbackDataModule(
+        tokenizer, mode="sft", train_records=records, batch_size=4, max_length=512, group_by_length=False, seed=7
+    )
     module = SeededSFTModule(str(model_dir), tokenizer, lora=lora, lr=1e-2, warmup_ratio=0.0, dtype="float32")
-    trainer = L.Trainer(accelerator=ACCELERATOR, devices=1, strategy=strategy, precision=precision, max_steps=steps,
-                        gradient_clip_val=clip, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[LossRecorder(out_dir), *callbacks])
+    trainer = L.Trainer(
+        accelerator=ACCELERATOR,
+        devices=1,
+        strategy=strategy,
+        precision=precision,
+        max_steps=steps,
+        gradient_clip_val=clip,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LossRecorder(out_dir), *callbacks],
+    )
     trainer.fit(module, datamodule=datamodule)
     module.save_hf(out_dir / "model")
     if lora is not None:
@@ -135,9 +158,13 @@ class Inspect:
             def on_train_start(self, trainer, module):
                 self.param_types = {type(p).__name__ for p in module.model.parameters()}
                 self.param_dtypes = {p.dtype for p in module.model.parameters() if p.requires_grad}
-                self.fsdp1_units = sum(type(m).__name__ == "FullyShardedDataParallel" for m in trainer.strategy.model.modules())
-                unwrapped = {n.replace("._fsdp_wrapped_module", "").replace("._checkpoint_wrapped_module", ""): m
-                             for n, m in module.model.named_modules()}
+                self.fsdp1_units = sum(
+                    type(m).__name__ == "FullyShardedDataParallel" for m in trainer.strategy.model.modules()
+                )
+                unwrapped = {
+                    n.replace("._fsdp_wrapped_module", "").replace("._checkpoint_wrapped_module", ""): m
+                    for n, m in module.model.named_modules()
+                }
                 q_proj = next(m for n, m in unwrapped.items() if n.endswith("layers.0.self_attn.q_proj"))
                 q_proj.register_forward_hook(lambda mod, args, out: self.activation_dtypes.add(out.dtype))
 
@@ -176,16 +203,21 @@ def _dpo_setup(tiny_model_dir, tiny_tokenizer, records, shift: float = 0.0):
     from srt.dpo_module import compute_reference_logps
     from srt.records import PreferencePair
 
-    pairs = [PreferencePair(id=f"p{i}", prompt=r.instruction, chosen=r.refinement, rejected=r.response)
-             for i, r in enumerate(records)]
-    datamodule = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=4, max_length=512,
-                                    group_by_length=False, seed=7)
+    pairs = [
+        PreferencePair(id=f"p{i}", prompt=r.instruction, chosen=r.refinement, rejected=r.response)
+        for i, r in enumerate(records)
+    ]
+    datamodule = FeedbackDataModule(
+        tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=4, max_length=512, group_by_length=False, seed=7
+    )
     datamodule.setup("fit")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).to(DEVICE)
     with torch.autocast(DEVICE, dtype=torch.bfloat16):  # the reference under the training's autocast
         reference = compute_reference_logps(model, datamodule.predict_dataloader())
-    tokens = {ex["id"]: (int((ex["chosen_labels"] != -100).sum()), int((ex["rejected_labels"] != -100).sum()))
-              for ex in (datamodule.datasets["train"][i] for i in range(len(datamodule.datasets["train"])))}
+    tokens = {
+        ex["id"]: (int((ex["chosen_labels"] != -100).sum()), int((ex["rejected_labels"] != -100).sum()))
+        for ex in (datamodule.datasets["train"][i] for i in range(len(datamodule.datasets["train"])))
+    }
     # shift: a wrong reference, off by `shift` nats per labelled token on the chosen side
     datamodule.set_reference_logps({k: (c + shift * tokens[k][0], r) for k, (c, r) in reference.items()})
     return model, datamodule
@@ -199,9 +231,18 @@ def test_bf16_mixed_dpo_precomputed_reference_passes_the_step0_check(tiny_model_
     model, datamodule = _dpo_setup(tiny_model_dir, tiny_tokenizer, records)
     module = DPOModule(model, tiny_tokenizer, beta=0.1, lr=1e-4, reference="precomputed")
     losses = LossRecorder(tmp_path)
-    trainer = L.Trainer(accelerator=ACCELERATOR, devices=1, precision="bf16-mixed", max_steps=2, gradient_clip_val=1.0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[losses])
+    trainer = L.Trainer(
+        accelerator=ACCELERATOR,
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=2,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[losses],
+    )
     trainer.fit(module, datamodule=datamodule)  # raises ConfigError if the step-0 check fails
     assert module._reference_checked
     assert losses.losses[0] == pytest.approx(math.log(2), abs=1e-2)  # policy == reference at step 0
@@ -215,8 +256,16 @@ def test_bf16_mixed_dpo_step0_check_still_catches_a_wrong_reference(tiny_model_d
 
     model, datamodule = _dpo_setup(tiny_model_dir, tiny_tokenizer, records, shift=0.25)  # 5x the bf16 tolerance
     module = DPOModule(model, tiny_tokenizer, beta=0.1, lr=1e-4, reference="precomputed")
-    trainer = L.Trainer(accelerator=ACCELERATOR, devices=1, precision="bf16-mixed", max_steps=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator=ACCELERATOR,
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(ConfigError, match="reference check at step 0"):
         trainer.fit(module, datamodule=datamodule)
 
@@ -233,10 +282,16 @@ def _flash_available() -> bool:
         return False
 
 
-@pytest.mark.parametrize("attn", [
-    "sdpa", "eager",
-    pytest.param("flash_attention_2", marks=pytest.mark.skipif(not _flash_available(), reason="flash_attn not installed")),
-])
+@pytest.mark.parametrize(
+    "attn",
+    [
+        "sdpa",
+        "eager",
+        pytest.param(
+            "flash_attention_2", marks=pytest.mark.skipif(not _flash_available(), reason="flash_attn not installed")
+        ),
+    ],
+)
 def test_packed_rows_score_like_padded_batches(attn, tiny_model_dir, tiny_tokenizer, records):
     """DPO log-probs of every sequence from packed rows (position_ids, no mask; one flattened row under
     flash-attention) equal those from padded batches, with this attention kernel on the device."""
@@ -247,21 +302,27 @@ def test_packed_rows_score_like_padded_batches(attn, tiny_model_dir, tiny_tokeni
     from srt.records import PreferencePair
 
     dtype = torch.bfloat16 if attn == "flash_attention_2" else torch.float32  # flash-attention is half precision only
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype, attn_implementation=attn).to(DEVICE).eval()
-    pairs = [PreferencePair(id=f"p{i}", prompt=r.instruction, chosen=r.refinement, rejected=r.response * (1 + i % 3))
-             for i, r in enumerate(records)]  # unequal lengths: real padding in the padded batches
+    model = (
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype, attn_implementation=attn).to(DEVICE).eval()
+    )
+    pairs = [
+        PreferencePair(id=f"p{i}", prompt=r.instruction, chosen=r.refinement, rejected=r.response * (1 + i % 3))
+        for i, r in enumerate(records)
+    ]  # unequal lengths: real padding in the padded batches
     out = {}
     for packing in (False, True):
-        dm = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=4, max_length=512,
-                                packing=packing)
+        dm = FeedbackDataModule(
+            tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=4, max_length=512, packing=packing
+        )
         scores = {}
         with torch.no_grad():
             for batch in dm.predict_dataloader():
                 batch = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 res = concatenated_forward(model, batch)
                 for i, pid in enumerate(batch["ids"]):  # mean log-prob per labelled token
-                    scores[pid] = tuple((res[f"{side}_logps"][i] / res[f"{side}_tokens"][i]).item()
-                                        for side in ("chosen", "rejected"))
+                    scores[pid] = tuple(
+                        (res[f"{side}_logps"][i] / res[f"{side}_tokens"][i]).item() for side in ("chosen", "rejected")
+                    )
         out[packing] = scores
     assert sorted(out[False]) == sorted(out[True]) == sorted(p.id for p in pairs)
     # Measured on CPU: equal to ~1e-5 per token (fp32 and bf16); packed rows whose position_ids do not restart
@@ -282,20 +343,35 @@ def test_packed_rows_score_like_padded_batches(attn, tiny_model_dir, tiny_tokeni
 def test_fsdp1_trains_with_gradient_clipping_like_plain(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
     from srt.distributed import fsdp_strategy
 
-    fit(tiny_model_dir, tiny_tokenizer, records, tmp_path, strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"]}))
+    fit(
+        tiny_model_dir,
+        tiny_tokenizer,
+        records,
+        tmp_path,
+        strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"]}),
+    )
     assert read_losses(tmp_path) == pytest.approx(read_losses(plain["full"]), rel=1e-4)
     assert_close_tensors(weights(tmp_path / "model"), weights(plain["full"] / "model"), atol=1e-4)
 
 
 @fsdp1_test
-def test_fsdp1_one_gpu_full_finetune_matches_plain_and_exports(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
+def test_fsdp1_one_gpu_full_finetune_matches_plain_and_exports(
+    tiny_model_dir, tiny_tokenizer, records, plain, tmp_path
+):
     from transformers import AutoModelForCausalLM
 
     from srt.distributed import fsdp_strategy
 
     inspect = Inspect()
-    fit(tiny_model_dir, tiny_tokenizer, records, tmp_path, strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"]}),
-        clip=None, callbacks=[inspect])
+    fit(
+        tiny_model_dir,
+        tiny_tokenizer,
+        records,
+        tmp_path,
+        strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"]}),
+        clip=None,
+        callbacks=[inspect],
+    )
     num_layers = AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.num_hidden_layers
     assert inspect.fsdp1_units == num_layers + 1  # each decoder layer + the root (the LightningModule)
     assert read_losses(tmp_path) == pytest.approx(read_losses(plain["full-noclip"]), rel=1e-4)
@@ -307,8 +383,15 @@ def test_fsdp1_one_gpu_full_finetune_matches_plain_and_exports(tiny_model_dir, t
 def test_fsdp1_one_gpu_lora_adapter_export_matches_plain(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
     from srt.distributed import fsdp_strategy
 
-    fit(tiny_model_dir, tiny_tokenizer, records, tmp_path, lora=LORA, clip=None,
-        strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"]}))
+    fit(
+        tiny_model_dir,
+        tiny_tokenizer,
+        records,
+        tmp_path,
+        lora=LORA,
+        clip=None,
+        strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"]}),
+    )
     assert read_losses(tmp_path) == pytest.approx(read_losses(plain["lora-noclip"]), rel=1e-4)
     check_lora_export(tmp_path, plain["lora-noclip"], atol=1e-4)
 
@@ -317,8 +400,14 @@ def test_fsdp1_one_gpu_lora_adapter_export_matches_plain(tiny_model_dir, tiny_to
 def test_fsdp1_bf16_mixed_precision_trains_close_to_fp32(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
     from srt.distributed import fsdp_strategy
 
-    fit(tiny_model_dir, tiny_tokenizer, records, tmp_path, clip=None,
-        strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"], "precision": "bf16"}))
+    fit(
+        tiny_model_dir,
+        tiny_tokenizer,
+        records,
+        tmp_path,
+        clip=None,
+        strategy=fsdp_strategy({"wrap_layers": ["LlamaDecoderLayer"], "precision": "bf16"}),
+    )
     fp32, bf16 = read_losses(plain["full-noclip"]), read_losses(tmp_path)
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=1e-1)
     assert bf16[0] == pytest.approx(fp32[0], rel=2e-2)
@@ -327,8 +416,9 @@ def test_fsdp1_bf16_mixed_precision_trains_close_to_fp32(tiny_model_dir, tiny_to
 # --------------------------------------------------------------------------------------------- FSDP2 (one device)
 
 
-def test_fsdp2_one_device_full_finetune_matches_plain_and_exports(tiny_model_dir, tiny_tokenizer, records, plain,
-                                                                  tmp_path):
+def test_fsdp2_one_device_full_finetune_matches_plain_and_exports(
+    tiny_model_dir, tiny_tokenizer, records, plain, tmp_path
+):
     from srt.distributed import fsdp2_strategy
 
     inspect = Inspect()
@@ -350,8 +440,14 @@ def test_fsdp2_bf16_mixed_precision_policy_computes_in_bf16(tiny_model_dir, tiny
     from srt.distributed import fsdp2_strategy
 
     inspect = Inspect()
-    fit(tiny_model_dir, tiny_tokenizer, records, tmp_path, strategy=fsdp2_strategy({"precision": "bf16"}),
-        callbacks=[inspect])
+    fit(
+        tiny_model_dir,
+        tiny_tokenizer,
+        records,
+        tmp_path,
+        strategy=fsdp2_strategy({"precision": "bf16"}),
+        callbacks=[inspect],
+    )
     assert inspect.activation_dtypes == {torch.bfloat16}
     fp32, bf16 = read_losses(plain["full"]), read_losses(tmp_path)
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=1e-1)
@@ -367,8 +463,12 @@ def test_generator_on_device_batched_greedy_equals_one_by_one(tiny_model, tiny_t
     model = tiny_model.to(DEVICE)
     with torch.no_grad():  # sharpen the random model so greedy choices are far from ties (kernel rounding)
         model.lm_head.weight.mul_(50)
-    prompts = ["Write one line about rivers.", "Hi", "Explain why the sky looks blue in one long sentence, please.",
-               "2 + 2 = ?"]
+    prompts = [
+        "Write one line about rivers.",
+        "Hi",
+        "Explain why the sky looks blue in one long sentence, please.",
+        "2 + 2 = ?",
+    ]
     sampling = SamplingConfig(max_new_tokens=12)
     one = [Generator(model, tiny_tokenizer, batch_size=1).chat([p], sampling)[0] for p in prompts]
     batched = Generator(model, tiny_tokenizer, batch_size=4).chat(prompts, sampling)

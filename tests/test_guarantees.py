@@ -36,17 +36,37 @@ def config(tmp_path: Path, model_dir: Path, **overrides) -> dict:
         "seed": 0,
         "output_dir": str(tmp_path / "run"),
         "model": {"path": str(model_dir), "dtype": "float32"},
-        "data": {"stage1": {"path": str(DATA), "fields": fields, "limit": 8},
-                 "stage2": {"path": str(DATA), "fields": fields, "offset": 8, "limit": 8}},
+        "data": {
+            "stage1": {"path": str(DATA), "fields": fields, "limit": 8},
+            "stage2": {"path": str(DATA), "fields": fields, "offset": 8, "limit": 8},
+        },
         "generation": {"batch_size": 4, "chunk_size": 4, "response": {"temperature": 0.7, "max_new_tokens": 8}},
         "critic": {"name": "reference"},
-        "sft": {"epochs": 3, "micro_batch_size": 2, "global_batch_size": 2, "max_length": 512,
-                "lora": {"r": 4, "alpha": 8, "dropout": 0.3}, "optim": {"lr": 1e-3}},
-        "dpo": {"beta": 0.1, "epochs": 3, "micro_batch_size": 2, "global_batch_size": 2, "max_length": 512,
-                "lora": {"r": 4, "alpha": 8, "dropout": 0.3}, "optim": {"lr": 1e-3}},
+        "sft": {
+            "epochs": 3,
+            "micro_batch_size": 2,
+            "global_batch_size": 2,
+            "max_length": 512,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.3},
+            "optim": {"lr": 1e-3},
+        },
+        "dpo": {
+            "beta": 0.1,
+            "epochs": 3,
+            "micro_batch_size": 2,
+            "global_batch_size": 2,
+            "max_length": 512,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.3},
+            "optim": {"lr": 1e-3},
+        },
         "stage2": {"critic": {"name": "reference"}, "refinement_vs_response": ">="},
-        "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "log_every_n_steps": 1,
-                    "checkpoint_every_n_steps": 1},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": "32-true",
+            "log_every_n_steps": 1,
+            "checkpoint_every_n_steps": 1,
+        },
     }
     for key, value in overrides.items():
         node = cfg
@@ -64,13 +84,22 @@ def write_config(tmp_path: Path, cfg: dict, name: str = "run.yaml") -> Path:
 
 
 def start(cmd: str, cfg_path: Path, log: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CLI, cmd, "--config", str(cfg_path), *extra],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env or ENV)
+    return subprocess.Popen(
+        [sys.executable, "-c", CLI, cmd, "--config", str(cfg_path), *extra],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env or ENV,
+    )
 
 
 def run_cli(cmd: str, cfg_path: Path, *extra: str, timeout: int = 600, env: dict | None = None):
-    return subprocess.run([sys.executable, "-c", CLI, cmd, "--config", str(cfg_path), *extra],
-                          capture_output=True, text=True, env=env or ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", CLI, cmd, "--config", str(cfg_path), *extra],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        timeout=timeout,
+    )
 
 
 def wait_until(predicate, proc: subprocess.Popen | None = None, timeout: float = 300, poll: float = 0.05) -> bool:
@@ -119,14 +148,32 @@ def test_wheel_holds_every_package_and_entry_point(tmp_path):
     (the CI script also installs it into a clean venv and runs the tiny pipeline from there)."""
     import zipfile
 
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
-                          "-w", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(REPO),
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     wheel = next(tmp_path.glob("srt-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     packages = [p.parent.relative_to(REPO).as_posix() for p in (REPO / "srt").rglob("__init__.py")]
-    packages += ["srt_builtin/" + p.parent.relative_to(REPO / "plugins" / "srt_builtin").as_posix()
-                 for p in (REPO / "plugins" / "srt_builtin").rglob("__init__.py")]
+    packages += [
+        "srt_builtin/" + p.parent.relative_to(REPO / "plugins" / "srt_builtin").as_posix()
+        for p in (REPO / "plugins" / "srt_builtin").rglob("__init__.py")
+    ]
     for package in packages:
         assert f"{package.removesuffix('/.')}/__init__.py" in names, package
     assert {"srt/pipeline/run.py", "srt/demo/run_demo.py", "srt_builtin/critics/openai_critic.py"} <= names
@@ -147,10 +194,16 @@ MISTAKES = [
     ({"trainer.devices": 0}, "trainer.devices must be >= 1"),
     ({"sft.global_batch_size": 3}, "sft: global_batch_size 3 is not divisible"),
     ({"dpo.global_batch_size": 5, "dpo.micro_batch_size": 2}, "dpo: global_batch_size 5 is not divisible"),
-    ({"critic": {"name": "reference", "rel_tolerence": 0.1}}, "critic: srt.critics plugin 'reference': invalid settings: rel_tolerence: unknown key"),
+    (
+        {"critic": {"name": "reference", "rel_tolerence": 0.1}},
+        "critic: srt.critics plugin 'reference': invalid settings: rel_tolerence: unknown key",
+    ),
     ({"critic": {"name": "reference", "rel_tolerance": "x"}}, "rel_tolerance: Input should be a valid number"),
     ({"critic": {"name": "openai"}}, "critic: srt.critics plugin 'openai': invalid settings: model: Field required"),
-    ({"critic": {"name": "openai", "model": "gpt-4", "api_key_env": "SRT_TEST_UNSET_KEY"}}, "SRT_TEST_UNSET_KEY is not set"),
+    (
+        {"critic": {"name": "openai", "model": "gpt-4", "api_key_env": "SRT_TEST_UNSET_KEY"}},
+        "SRT_TEST_UNSET_KEY is not set",
+    ),
     ({"critic": {"name": "nosuchcritic"}}, "unknown srt.critics plugin 'nosuchcritic'"),
     ({"stage2.critic": {"name": "hf"}}, "stage2.critic: critic 'hf': set critic.model"),
     ({"stage2.critic": {"name": "self", "temprature": 0}}, "temprature: unknown key"),
@@ -162,9 +215,20 @@ MISTAKES = [
     ({"model.path": "org/not-cached-model"}, "neither a local folder nor in the hub cache, and HF_HUB_OFFLINE=1"),
     ({"generation.backend": "openai"}, "generation.server: base_url: Field required"),
     ({"generation.backend": "openai", "generation.server": {"base_url": "http://u:pw@localhost:1/v1"}}, "credential"),
-    ({"critic": {"name": "openai", "model": "m", "api_key": "sk-live-0123456789abcdefghij"}}, "critic.api_key looks like a credential"),
-    ({"critic": {"name": "openai", "model": "m", "extra_body": {"headers": {"Authorization": "Bearer abcdefgh12345"}}}},
-     "critic.extra_body.headers.Authorization looks like a credential"),
+    (
+        {"critic": {"name": "openai", "model": "m", "api_key": "sk-live-0123456789abcdefghij"}},
+        "critic.api_key looks like a credential",
+    ),
+    (
+        {
+            "critic": {
+                "name": "openai",
+                "model": "m",
+                "extra_body": {"headers": {"Authorization": "Bearer abcdefgh12345"}},
+            }
+        },
+        "critic.extra_body.headers.Authorization looks like a credential",
+    ),
     ({"output_dir": "/proc/srt-run"}, "cannot create output_dir /proc/srt-run"),
     ({"trainer.fsdp": {"precision": "bf16"}}, "trainer.fsdp is set but trainer.strategy is 'auto'"),
 ]
@@ -191,13 +255,19 @@ def test_validate_names_each_mistake_in_one_line(tmp_path, tiny_model_dir, monke
 def test_output_dir_that_is_a_file_is_one_error_line(tmp_path, tiny_model_dir):
     (tmp_path / "run").write_text("not a directory")
     res = run_cli("run", write_config(tmp_path, config(tmp_path, tiny_model_dir)))
-    assert res.returncode == 2 and res.stderr.strip() == f"Error: output_dir {tmp_path / 'run'} is a file, not a directory"
+    assert (
+        res.returncode == 2 and res.stderr.strip() == f"Error: output_dir {tmp_path / 'run'} is a file, not a directory"
+    )
 
 
 def test_a_mistake_stops_the_run_before_any_model_is_loaded(tmp_path, tiny_model_dir, monkeypatch):
     """`srt-train run` with a stage-2 critic whose key variable is unset: nothing generated in stage 1."""
     monkeypatch.delenv("SRT_TEST_UNSET_KEY", raising=False)
-    cfg = config(tmp_path, tiny_model_dir, **{"stage2.critic": {"name": "openai", "model": "m", "api_key_env": "SRT_TEST_UNSET_KEY"}})
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        **{"stage2.critic": {"name": "openai", "model": "m", "api_key_env": "SRT_TEST_UNSET_KEY"}},
+    )
     env = {k: v for k, v in ENV.items() if k != "SRT_TEST_UNSET_KEY"}
     res = run_cli("run", write_config(tmp_path, cfg), env=env, timeout=120)
     assert res.returncode == 2 and "SRT_TEST_UNSET_KEY" in res.stderr and "Traceback" not in res.stderr
@@ -228,7 +298,9 @@ def test_changed_settings_refuse_a_finished_step_and_restart_redoes_it(tmp_path,
     # Settings that do not shape a step's outputs, and an unchanged re-run, resume without complaint.
     assert execute(config(tmp_path, tiny_model_dir, **{"sft.epochs": 1, "trainer.log_every_n_steps": 7})) == model
     # A change upstream (the critic's filter) invalidates the critic step and everything after it.
-    with pytest.raises(DriftError, match=r"stage1.critic finished earlier with other settings \(filter.refinement_vs_response"):
+    with pytest.raises(
+        DriftError, match=r"stage1.critic finished earlier with other settings \(filter.refinement_vs_response"
+    ):
         execute(config(tmp_path, tiny_model_dir, **{"sft.epochs": 1, "filter.refinement_vs_response": ">"}))
 
     assert execute(changed, restart="stage1.sft") == model
@@ -259,8 +331,9 @@ def test_second_run_on_the_same_output_dir_stops_before_doing_anything(tmp_path,
     out = Path(cfg["output_dir"])
     first = start("stage1", cfg_path, tmp_path / "first.log")
     try:
-        assert wait_until(lambda: (out / "stage1" / "checkpoints" / "last.ckpt").exists(), first), \
-            (tmp_path / "first.log").read_text()[-2000:]
+        assert wait_until(lambda: (out / "stage1" / "checkpoints" / "last.ckpt").exists(), first), (
+            tmp_path / "first.log"
+        ).read_text()[-2000:]
         holder = json.loads((out / ".srt.lock").read_text())
         assert holder["pid"] == first.pid
         responses = (out / "stage1" / "responses.jsonl").read_bytes()
@@ -274,8 +347,9 @@ def test_second_run_on_the_same_output_dir_stops_before_doing_anything(tmp_path,
     # The dead run left its lock file behind: the next run says so and takes it over.
     third = start("stage1", cfg_path, tmp_path / "third.log")
     try:
-        assert wait_until(lambda: "taking over a stale lock" in (tmp_path / "third.log").read_text(), third, timeout=120), \
-            (tmp_path / "third.log").read_text()[-2000:]
+        assert wait_until(
+            lambda: "taking over a stale lock" in (tmp_path / "third.log").read_text(), third, timeout=120
+        ), (tmp_path / "third.log").read_text()[-2000:]
         assert wait_until(lambda: json.loads((out / ".srt.lock").read_text())["pid"] == third.pid, third, timeout=60)
     finally:
         third.send_signal(signal.SIGKILL)
@@ -291,8 +365,9 @@ def test_sigterm_in_training_saves_a_checkpoint_exits_nonzero_and_resumes(tmp_pa
     step = Path(cfg["output_dir"]) / "stage1"
     proc = start("stage1", cfg_path, tmp_path / "first.log")
     # Training has begun once the metrics file holds a row.
-    assert wait_until(lambda: len((step / "logs" / "metrics.csv").read_text().splitlines()) > 2, proc), \
-        (tmp_path / "first.log").read_text()[-2000:]
+    assert wait_until(lambda: len((step / "logs" / "metrics.csv").read_text().splitlines()) > 2, proc), (
+        tmp_path / "first.log"
+    ).read_text()[-2000:]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM  # not 0: a scheduler must not record success
     log = (tmp_path / "first.log").read_text()
@@ -309,12 +384,22 @@ def test_sigterm_in_training_saves_a_checkpoint_exits_nonzero_and_resumes(tmp_pa
 
 
 def test_sigterm_during_generation_keeps_every_finished_line(tmp_path, tiny_model_dir):
-    cfg = config(tmp_path, tiny_model_dir, **{"data.stage1.limit": 64, "generation.chunk_size": 2,
-                                               "generation.batch_size": 2, "generation.response.max_new_tokens": 48})
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        **{
+            "data.stage1.limit": 64,
+            "generation.chunk_size": 2,
+            "generation.batch_size": 2,
+            "generation.response.max_new_tokens": 48,
+        },
+    )
     cfg_path = write_config(tmp_path, cfg)
     responses = Path(cfg["output_dir"]) / "stage1" / "responses.jsonl"
     proc = start("stage1", cfg_path, tmp_path / "first.log")
-    assert wait_until(lambda: responses.read_bytes().count(b"\n") >= 2, proc), (tmp_path / "first.log").read_text()[-2000:]
+    assert wait_until(lambda: responses.read_bytes().count(b"\n") >= 2, proc), (tmp_path / "first.log").read_text()[
+        -2000:
+    ]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     assert "interrupted by SIGTERM" in (tmp_path / "first.log").read_text()
@@ -327,14 +412,18 @@ def test_sigterm_during_generation_keeps_every_finished_line(tmp_path, tiny_mode
 # -- 6-8. exact resume, damaged checkpoints, history ---------------------------------------------------
 
 
-def _kill_mid_epoch(cfg_path: Path, step_dir: Path, log: Path, steps_per_epoch: int, command: str = "stage1",
-                    *extra: str) -> int:
+def _kill_mid_epoch(
+    cfg_path: Path, step_dir: Path, log: Path, steps_per_epoch: int, command: str = "stage1", *extra: str
+) -> int:
     """Run, SIGKILL once a checkpoint exists that is not at an epoch boundary; return its step."""
     proc = start(command, cfg_path, log, *extra)
     last = step_dir / "checkpoints" / "last.ckpt"
     try:
-        hit = wait_until(lambda: last.exists() and ckpt_step(last) % steps_per_epoch not in (0,) and ckpt_step(last) > 2,
-                         proc, poll=0.01)
+        hit = wait_until(
+            lambda: last.exists() and ckpt_step(last) % steps_per_epoch not in (0,) and ckpt_step(last) > 2,
+            proc,
+            poll=0.01,
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -432,10 +521,22 @@ SECRET = "sk-guarantee-7d1e2c3b4a5968778695a4b3-NEVER-WRITE"
 
 
 def _openai_critic(server, tmp_path: Path, **extra) -> dict:
-    return {"name": "openai", "model": "test-critic", "base_url": server.base_url, "api_key_env": KEY_ENV,
-            "cache_dir": str(tmp_path / "critic_cache"), "max_concurrency": 1, "max_retries": 2, "timeout_s": 10,
-            "backoff_base_s": 0.01, "backoff_max_s": 0.02, "price_per_1k_prompt": 1.0, "price_per_1k_completion": 2.0,
-            "progress": False, **extra}
+    return {
+        "name": "openai",
+        "model": "test-critic",
+        "base_url": server.base_url,
+        "api_key_env": KEY_ENV,
+        "cache_dir": str(tmp_path / "critic_cache"),
+        "max_concurrency": 1,
+        "max_retries": 2,
+        "timeout_s": 10,
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.02,
+        "price_per_1k_prompt": 1.0,
+        "price_per_1k_completion": 2.0,
+        "progress": False,
+        **extra,
+    }
 
 
 def test_calls_paid_by_an_interrupted_attempt_are_counted_not_repaid(tmp_path, tiny_model_dir):
@@ -445,8 +546,11 @@ def test_calls_paid_by_an_interrupted_attempt_are_counted_not_repaid(tmp_path, t
     env = {**ENV, KEY_ENV: SECRET}
     with ChatServer(responder=scripted_critic) as server:
         server.handle_delay_s = 0.3
-        cfg = config(tmp_path, tiny_model_dir, **{"critic": _openai_critic(server, tmp_path), "generation.chunk_size": 64,
-                                                   "sft.epochs": 1})
+        cfg = config(
+            tmp_path,
+            tiny_model_dir,
+            **{"critic": _openai_critic(server, tmp_path), "generation.chunk_size": 64, "sft.epochs": 1},
+        )
         cfg_path = write_config(tmp_path, cfg)
         step = Path(cfg["output_dir"]) / "stage1"
         first = start("stage1", cfg_path, tmp_path / "first.log", env=env)

@@ -8,7 +8,9 @@ from srt.config import InstructionSource, load_config
 from srt.errors import ConfigError, RecordError
 from srt.pipeline.instructions import load_instructions
 
-ROWS = [{"uid": f"u{i}", "prompt": f"Question {i}?", "gold": str(i), "extra": "ctx" if i == 1 else ""} for i in range(5)]
+ROWS = [
+    {"uid": f"u{i}", "prompt": f"Question {i}?", "gold": str(i), "extra": "ctx" if i == 1 else ""} for i in range(5)
+]
 MAPPING = {"instruction": "prompt", "id": "uid", "reference": "gold", "input": "extra"}
 
 

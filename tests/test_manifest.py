@@ -8,8 +8,13 @@ from srt.pipeline.manifest import scrub, write_manifest
 def test_scrub_redacts_secrets_and_keeps_settings():
     config = {
         "generation": {"response": {"max_new_tokens": 96, "temperature": 0.7}, "critique": {"max_new_tokens": 192}},
-        "critic": {"name": "openai", "api_key_env": "OPENAI_API_KEY", "api_key": "sk-abc",
-                   "headers": {"Authorization": "Bearer sk-abc"}, "options": {"hf_token": "hf_xyz"}},
+        "critic": {
+            "name": "openai",
+            "api_key_env": "OPENAI_API_KEY",
+            "api_key": "sk-abc",
+            "headers": {"Authorization": "Bearer sk-abc"},
+            "options": {"hf_token": "hf_xyz"},
+        },
         "hub": {"token": "hf_xyz", "secrets": {"a": "hf_xyz"}},
         "sft": {"max_length": 512, "truncation": "drop"},
     }

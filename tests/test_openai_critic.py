@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
-
 from chat_server import ChatServer, Fault
+
 from srt.critic import CritiqueRequest
 from srt.critic_template import ParsedCritique, ParseFailure, parse_critique, render_critic_prompt, render_critique
 from srt.errors import CriticError

@@ -25,9 +25,12 @@ def records(n: int, seed: int = 0) -> list[FeedbackRecord]:
     text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
     return [
         FeedbackRecord(
-            id=f"r{i}", instruction=text(rng.randint(2, 12)), response=text(rng.randint(1, 15)),
+            id=f"r{i}",
+            instruction=text(rng.randint(2, 12)),
+            response=text(rng.randint(1, 15)),
             feedback=Feedback(weaknesses=text(3), suggestions=text(4), score=rng.randint(1, 10), raw="raw"),
-            refinement=text(rng.randint(2, 20)), stage=1,
+            refinement=text(rng.randint(2, 20)),
+            stage=1,
         )
         for i in range(n)
     ]
@@ -36,8 +39,15 @@ def records(n: int, seed: int = 0) -> list[FeedbackRecord]:
 def pairs(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
-    return [{"id": f"p{i}", "prompt": text(rng.randint(2, 10)), "chosen": text(rng.randint(3, 20)),
-             "rejected": text(rng.randint(1, 12))} for i in range(n)]
+    return [
+        {
+            "id": f"p{i}",
+            "prompt": text(rng.randint(2, 10)),
+            "chosen": text(rng.randint(3, 20)),
+            "rejected": text(rng.randint(1, 12)),
+        }
+        for i in range(n)
+    ]
 
 
 def test_pack_by_length_is_a_valid_best_fit_packing():
@@ -74,10 +84,10 @@ def test_packed_sft_rows_layout(tiny_tokenizer):
     for example_id in row["ids"]:
         alone = by_id[example_id]
         n = len(alone["input_ids"])
-        assert torch.equal(row["input_ids"][start:start + n], alone["input_ids"])
-        assert torch.equal(row["position_ids"][start:start + n], torch.arange(n))
+        assert torch.equal(row["input_ids"][start : start + n], alone["input_ids"])
+        assert torch.equal(row["position_ids"][start : start + n], torch.arange(n))
         assert row["labels"][start] == IGNORE_INDEX  # never predicted from the previous example
-        assert torch.equal(row["labels"][start + 1:start + n], alone["labels"][1:])
+        assert torch.equal(row["labels"][start + 1 : start + n], alone["labels"][1:])
         start += n
     assert start == len(row["input_ids"])
 
@@ -100,7 +110,9 @@ def test_packed_logits_equal_each_example_alone(tiny_model, tiny_tokenizer):
     its logits when run alone, for sdpa and eager attention."""
     packed, plain = sft_modules(tiny_tokenizer)
     by_id = {item["id"]: item for item in plain.datasets["train"]}
-    rows = [packed.datasets["train"][r] for r in (0, len(packed.datasets["train"]) - 1)]  # longest and shortest: padding
+    rows = [
+        packed.datasets["train"][r] for r in (0, len(packed.datasets["train"]) - 1)
+    ]  # longest and shortest: padding
     batch = packed.collator(rows)
     for implementation in ("sdpa", "eager"):
         tiny_model.set_attn_implementation(implementation)
@@ -111,7 +123,7 @@ def test_packed_logits_equal_each_example_alone(tiny_model, tiny_tokenizer):
             for example_id in row["ids"]:
                 alone = by_id[example_id]["input_ids"]
                 expected = tiny_model(input_ids=alone[None], use_cache=False).logits[0]
-                torch.testing.assert_close(logits[b, start:start + len(alone)], expected, atol=1e-5, rtol=0)
+                torch.testing.assert_close(logits[b, start : start + len(alone)], expected, atol=1e-5, rtol=0)
                 start += len(alone)
                 checked += 1
         assert checked > batch["input_ids"].shape[0]  # at least one row held several examples
@@ -181,22 +193,33 @@ def test_packed_dpo_logps_equal_unpacked(tiny_model, tiny_tokenizer):
     plain_batch = next(iter(plain.predict_dataloader()))
     ours = concatenated_forward(tiny_model, plain_batch)
     for side in ("chosen", "rejected"):
-        logits = tiny_model(input_ids=plain_batch[f"{side}_input_ids"], attention_mask=plain_batch[f"{side}_attention_mask"]).logits
+        logits = tiny_model(
+            input_ids=plain_batch[f"{side}_input_ids"], attention_mask=plain_batch[f"{side}_attention_mask"]
+        ).logits
         expected, tokens = sequence_logps(logits, plain_batch[f"{side}_labels"])
         torch.testing.assert_close(ours[f"{side}_logps"], expected, atol=1e-4, rtol=1e-6)
         assert torch.equal(ours[f"{side}_tokens"], tokens)
     # token counts match too
     for packed_batch, plain_batch in zip(packed_batches, plain.predict_dataloader()):
         a, b = concatenated_forward(tiny_model, packed_batch), concatenated_forward(tiny_model, plain_batch)
-        assert torch.equal(a["chosen_tokens"], b["chosen_tokens"]) and torch.equal(a["rejected_tokens"], b["rejected_tokens"])
+        assert torch.equal(a["chosen_tokens"], b["chosen_tokens"]) and torch.equal(
+            a["rejected_tokens"], b["rejected_tokens"]
+        )
         torch.testing.assert_close(a["chosen_logps"], b["chosen_logps"], atol=1e-4, rtol=1e-6)
 
 
 def test_packed_training_runs_for_sft_and_dpo(tiny_model_dir, tiny_tokenizer):
     """Lightning fit on packed batches: SFT logs token throughput, DPO passes the step-0 reference check
     with log-probs precomputed from packed batches, and both losses move."""
-    trainer_kwargs = dict(accelerator="cpu", devices=1, max_steps=3, enable_checkpointing=False, logger=False,
-                          enable_progress_bar=False, enable_model_summary=False)
+    trainer_kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=3,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     packed, _ = sft_modules(tiny_tokenizer)
     sft = SFTModule(str(tiny_model_dir), tiny_tokenizer, lr=1e-2)
     trainer = L.Trainer(**trainer_kwargs)
@@ -220,5 +243,6 @@ def test_packing_options_are_checked(tiny_tokenizer):
     with pytest.raises(ConfigError, match="packing_length"):
         FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records(2), max_length=96, packing_length=200)
     with pytest.raises(ConfigError, match="packing_length"):
-        FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records(2), max_length=96, packing=True,
-                           packing_length=64)
+        FeedbackDataModule(
+            tiny_tokenizer, mode="sft", train_records=records(2), max_length=96, packing=True, packing_length=64
+        )

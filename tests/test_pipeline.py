@@ -24,7 +24,13 @@ def tiny_config(tmp_path, model_dir, **extra) -> dict:
         "seed": 0,
         "output_dir": str(tmp_path / "run"),
         "model": {"path": str(model_dir), "dtype": "float32"},
-        "data": {"stage1": {"path": str(DATA), "fields": {"id": "id", "instruction": "instruction", "reference": "answer"}, "limit": 8}},
+        "data": {
+            "stage1": {
+                "path": str(DATA),
+                "fields": {"id": "id", "instruction": "instruction", "reference": "answer"},
+                "limit": 8,
+            }
+        },
         "generation": {"batch_size": 4, "chunk_size": 2, "response": {"temperature": 0.7, "max_new_tokens": 8}},
         "critic": {"name": "reference"},
         "sft": {"epochs": 2, "micro_batch_size": 2, "global_batch_size": 4, "max_length": 512, "optim": {"lr": 1e-3}},
@@ -49,19 +55,31 @@ def call(i, mode, text=None, error=None):
 def test_filters_count_every_outcome():
     records = [rec(str(k)) for k in range(6)]
     calls = {}
-    calls |= call("0", "critique", render_critique("w", "s", 4, "better")) | call("0", "score", "Overall Score: [[6]]")  # kept
-    calls |= call("1", "critique", render_critique("w", "s", 4, "same")) | call("1", "score", "Overall Score: [[4]]")  # tie
-    calls |= call("2", "critique", render_critique("w", "s", 7, "worse")) | call("2", "score", "Overall Score: [[3]]")  # worse
+    calls |= call("0", "critique", render_critique("w", "s", 4, "better")) | call(
+        "0", "score", "Overall Score: [[6]]"
+    )  # kept
+    calls |= call("1", "critique", render_critique("w", "s", 4, "same")) | call(
+        "1", "score", "Overall Score: [[4]]"
+    )  # tie
+    calls |= call("2", "critique", render_critique("w", "s", 7, "worse")) | call(
+        "2", "score", "Overall Score: [[3]]"
+    )  # worse
     calls |= call("3", "critique", "no structure at all")  # parse failure
     calls |= call("4", "critique", error="HTTP 500 after 6 retries")  # critic error
-    calls |= call("5", "critique", render_critique("w", "s", 2, "x")) | call("5", "score", "Overall Score: [[11]]")  # bad rescore
+    calls |= call("5", "critique", render_critique("w", "s", 2, "x")) | call(
+        "5", "score", "Overall Score: [[11]]"
+    )  # bad rescore
 
     ge = fb.build_records(records, calls, INFO, fb.FilterRule(">="))
     assert [r.id for r in ge.kept] == ["0", "1"]
     assert ge.counters["refinement_not_better"] == 1 and ge.counters["parse_failure"] == 1
     assert ge.counters["critic_error"] == 1 and ge.counters["rescore_parse_failure"] == 1
     assert ge.counters["total"] == 6 and len(ge.rejects) == 4  # nothing dropped silently
-    assert {r["reason"] for r in ge.rejects} >= {"parse_failure:missing_weaknesses", "critic_error", "refinement_not_better"}
+    assert {r["reason"] for r in ge.rejects} >= {
+        "parse_failure:missing_weaknesses",
+        "critic_error",
+        "refinement_not_better",
+    }
     assert sorted(ge.response_scores) == [2, 4, 4, 7] and sorted(ge.refinement_scores) == [3, 4, 6]
     kept = ge.kept[0]
     assert kept.feedback.score == 4 and kept.refinement == "better" and kept.refinement_score == 6
@@ -107,8 +125,12 @@ def test_stage1_end_to_end(tmp_path, tiny_model_dir):
 def _run_cli(cfg_path: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SRT_LOG_LEVEL": "INFO"}
     code = "import sys; from srt.cli.train import main; sys.argv=['srt-train', *sys.argv[1:]]; main()"
-    return subprocess.Popen([sys.executable, "-c", code, "stage1", "--config", str(cfg_path)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "stage1", "--config", str(cfg_path)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def _wait_for(predicate, proc, timeout=240):

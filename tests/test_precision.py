@@ -29,24 +29,48 @@ SFT_LR, DPO_LR = 1e-5, 5e-7  # the paper's peak learning rates (Hu et al. 2024)
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
 RECORDS = [
-    FeedbackRecord(id=f"r{i}", stage=1, instruction=q, response=a, refinement=r,
-                   feedback=Feedback(weaknesses="Too short.", suggestions="Say more.", score=3, raw="Too short."))
-    for i, (q, a, r) in enumerate([
-        ("What is the capital of France?", "Paris.", "The capital of France is Paris."),
-        ("Give me three tips for staying healthy.", "Sleep.", "Sleep well, eat vegetables, and exercise."),
-        ("Translate: Good morning, how are you?", "Hola.", "Guten Tag! Wie geht es Ihnen heute?"),
-        ("Explain photosynthesis simply.", "Plants eat.", "Plants turn light into food."),
-    ])
+    FeedbackRecord(
+        id=f"r{i}",
+        stage=1,
+        instruction=q,
+        response=a,
+        refinement=r,
+        feedback=Feedback(weaknesses="Too short.", suggestions="Say more.", score=3, raw="Too short."),
+    )
+    for i, (q, a, r) in enumerate(
+        [
+            ("What is the capital of France?", "Paris.", "The capital of France is Paris."),
+            ("Give me three tips for staying healthy.", "Sleep.", "Sleep well, eat vegetables, and exercise."),
+            ("Translate: Good morning, how are you?", "Hola.", "Guten Tag! Wie geht es Ihnen heute?"),
+            ("Explain photosynthesis simply.", "Plants eat.", "Plants turn light into food."),
+        ]
+    )
 ]
 PAIRS = [
-    {"id": "p0", "prompt": "What is the capital of France?", "chosen": "The capital of France is Paris.",
-     "rejected": "I am a helpful assistant."},
-    {"id": "p1", "prompt": "Give me three tips for staying healthy.",
-     "chosen": "Sleep well, eat vegetables, and exercise.", "rejected": "The quick brown fox jumps over the lazy dog."},
-    {"id": "p2", "prompt": "How many clips did Natalia sell?", "chosen": "The answer is 72.",
-     "rejected": "Hola, muy bien, gracias."},
-    {"id": "p3", "prompt": "Translate: Good morning, how are you?", "chosen": "Guten Tag! Wie geht es Ihnen heute?",
-     "rejected": "1 + 1 = 2, 2 * 3 = 6."},
+    {
+        "id": "p0",
+        "prompt": "What is the capital of France?",
+        "chosen": "The capital of France is Paris.",
+        "rejected": "I am a helpful assistant.",
+    },
+    {
+        "id": "p1",
+        "prompt": "Give me three tips for staying healthy.",
+        "chosen": "Sleep well, eat vegetables, and exercise.",
+        "rejected": "The quick brown fox jumps over the lazy dog.",
+    },
+    {
+        "id": "p2",
+        "prompt": "How many clips did Natalia sell?",
+        "chosen": "The answer is 72.",
+        "rejected": "Hola, muy bien, gracias.",
+    },
+    {
+        "id": "p3",
+        "prompt": "Translate: Good morning, how are you?",
+        "chosen": "Guten Tag! Wie geht es Ihnen heute?",
+        "rejected": "1 + 1 = 2, 2 * 3 = 6.",
+    },
 ]
 
 
@@ -78,9 +102,17 @@ class Watch(Callback):
 
 
 def fit(module, dm, watch: Watch, *, steps: int = 2, precision: str = "bf16-mixed", callbacks=()) -> L.Trainer:
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, precision=precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[watch, *callbacks])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[watch, *callbacks],
+    )
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -126,8 +158,9 @@ def sft(tiny_model_dir, tokenizer, cls=SFTModule, **kwargs):
 
 
 def dpo(tiny_model_dir, tokenizer, cls=DPOModule, **kwargs):
-    return cls(str(tiny_model_dir), tokenizer, dtype="bfloat16", lr=DPO_LR, warmup_ratio=0.0, reference="frozen_copy",
-               **kwargs)
+    return cls(
+        str(tiny_model_dir), tokenizer, dtype="bfloat16", lr=DPO_LR, warmup_ratio=0.0, reference="frozen_copy", **kwargs
+    )
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -194,8 +227,9 @@ def test_given_bf16_adapter_is_upcast(tiny_model_dir, tiny_tokenizer):
     from peft import LoraConfig, get_peft_model
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
-                                autocast_adapter_dtype=False)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), autocast_adapter_dtype=False
+    )
     assert {p.dtype for n, p in peft_model.named_parameters() if "lora_" in n} == {torch.bfloat16}
     module = SFTModule(peft_model, tiny_tokenizer)
     module.configure_model()
@@ -299,9 +333,13 @@ def test_fsdp1_needs_one_dtype_per_unit(one_process_group, tiny_model_dir):
             return self.model(input_ids=ids, labels=ids).loss
 
     def wrap(model):
-        return FullyShardedDataParallel(Holder(model), auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
-                                        use_orig_params=True, device_id=torch.device("cpu"),
-                                        mixed_precision=MixedPrecision(param_dtype=torch.bfloat16))
+        return FullyShardedDataParallel(
+            Holder(model),
+            auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
+            use_orig_params=True,
+            device_id=torch.device("cpu"),
+            mixed_precision=MixedPrecision(param_dtype=torch.bfloat16),
+        )
 
     def lora_model():
         torch.manual_seed(0)

@@ -42,13 +42,23 @@ def test_non_zero_rank_does_not_generate(tmp_path, monkeypatch, tiny_model_dir):
 
     monkeypatch.setenv("RANK", "1")
     (tmp_path / "q.jsonl").write_text('{"instruction": "2 + 2?", "answer": "4"}\n')
-    cfg = RunConfig.model_validate({
-        "output_dir": str(tmp_path), "model": {"path": str(tiny_model_dir)},
-        "data": {"stage1": {"path": str(tmp_path / "q.jsonl"), "fields": {"instruction": "instruction", "reference": "answer"}}},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "output_dir": str(tmp_path),
+            "model": {"path": str(tiny_model_dir)},
+            "data": {
+                "stage1": {
+                    "path": str(tmp_path / "q.jsonl"),
+                    "fields": {"instruction": "instruction", "reference": "answer"},
+                }
+            },
+        }
+    )
     waited = []
     monkeypatch.setattr(stage1, "wait_for", lambda path, what: waited.append(path) or (_ for _ in ()).throw(SystemExit))
     with pytest.raises(SystemExit):
         stage1.run_stage1(cfg)
     assert waited == [tmp_path / "stage1" / "report.json"]
-    assert not (tmp_path / "stage1" / "responses.jsonl").exists() and not (tmp_path / "stage1" / "manifest.json").exists()
+    assert (
+        not (tmp_path / "stage1" / "responses.jsonl").exists() and not (tmp_path / "stage1" / "manifest.json").exists()
+    )

@@ -76,14 +76,23 @@ def test_preference_pair_and_instruction_defaults():
         (json.dumps({"id": "a", "instruction": "x", "stage": 1}), "missing field 'response'"),
         (json.dumps(good_dict(stage=3)), "field 'stage'"),
         (json.dumps(good_dict(response=5)), "field 'response': Input should be a valid string (got 5)"),
-        (json.dumps(good_dict(refinement_score=11)), "field 'refinement_score': Input should be less than or equal to 10"),
-        (json.dumps(good_dict(refinement_score=0)), "field 'refinement_score': Input should be greater than or equal to 1"),
+        (
+            json.dumps(good_dict(refinement_score=11)),
+            "field 'refinement_score': Input should be less than or equal to 10",
+        ),
+        (
+            json.dumps(good_dict(refinement_score=0)),
+            "field 'refinement_score': Input should be greater than or equal to 1",
+        ),
         (json.dumps(good_dict(refinement_score=True)), "field 'refinement_score'"),
         (
             json.dumps(good_dict(feedback={"weaknesses": "w", "suggestions": "s", "score": -1, "raw": ""})),
             "field 'feedback.score'",
         ),
-        (json.dumps(good_dict(feedback={"weaknesses": "w", "suggestions": "s", "raw": "", "x": 1})), "unknown field 'feedback.x'"),
+        (
+            json.dumps(good_dict(feedback={"weaknesses": "w", "suggestions": "s", "raw": "", "x": 1})),
+            "unknown field 'feedback.x'",
+        ),
         (json.dumps(good_dict(instrucion="typo")), "unknown field 'instrucion' (allowed: schema_version, id"),
         (json.dumps(good_dict(schema_version=2)), "schema_version 2 is newer than this srt supports (1); upgrade srt"),
         ('{"id": "a", "instruction": ', "invalid JSON"),
@@ -112,7 +121,9 @@ def test_missing_file_is_record_error(tmp_path):
 
 def test_blank_lines_skipped_and_crlf_accepted(tmp_path):
     path = tmp_path / "d.jsonl"
-    write_lines(path, ["\n", json.dumps(good_dict(id="1")) + "\r\n", "   \n", json.dumps(good_dict(id="2")) + "\n", "\n"])
+    write_lines(
+        path, ["\n", json.dumps(good_dict(id="1")) + "\r\n", "   \n", json.dumps(good_dict(id="2")) + "\n", "\n"]
+    )
     assert [r.id for r in read_jsonl(path, FeedbackRecord)] == ["1", "2"]
 
 

@@ -14,7 +14,8 @@ BUILTIN_BENCHMARKS = {"alpaca_eval", "gsm8k", "tydiqa", "mgsm", "judge_agreement
 @pytest.fixture
 def fake_distribution(tmp_path, monkeypatch):
     """A real installed-looking distribution (dist-info on sys.path) with a good and a broken critic."""
-    (tmp_path / "fakeplug_good.py").write_text(textwrap.dedent("""
+    (tmp_path / "fakeplug_good.py").write_text(
+        textwrap.dedent("""
         class GoodCritic:
             name = "good"
             def __init__(self, settings):
@@ -26,7 +27,8 @@ def fake_distribution(tmp_path, monkeypatch):
                 return {"name": self.name, **self.settings}
             def critique(self, requests):
                 return []
-    """))
+    """)
+    )
     (tmp_path / "fakeplug_broken.py").write_text("import a_module_that_does_not_exist\n")
     info = tmp_path / "fakeplug-1.2.3.dist-info"
     info.mkdir()

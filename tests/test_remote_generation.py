@@ -4,8 +4,8 @@ the tiny Llama: same outputs as in-process greedy generation, concurrency bound,
 from __future__ import annotations
 
 import pytest
-
 from chat_server import ChatServer, Fault
+
 from srt.errors import ConfigError
 from srt.generation import Generator, SamplingConfig
 from srt.remote_generation import RemoteGenerationError, RemoteGenerator
@@ -38,15 +38,16 @@ def test_matches_in_process_greedy_generation(server, tiny_model, tiny_tokenizer
     got = gen.chat(INSTRUCTIONS, GREEDY, system_prompt="Be brief.")
     assert [o.text for o in got] == [o.text for o in expected]
     assert all(o.text for o in got)
-    assert [(o.num_prompt_tokens, o.num_new_tokens, o.finish_reason) for o in got] == \
-        [(o.num_prompt_tokens, o.num_new_tokens, o.finish_reason) for o in expected]
+    assert [(o.num_prompt_tokens, o.num_new_tokens, o.finish_reason) for o in got] == [
+        (o.num_prompt_tokens, o.num_new_tokens, o.finish_reason) for o in expected
+    ]
 
     # Continuing a partly written assistant turn (the self critic): only what follows the prefix.
     prefixes = [f"{text}\n\n### Feedback\n" for text in (o.text for o in expected)]
     expected = local.chat(INSTRUCTIONS, GREEDY, assistant_prefixes=prefixes)
     got = gen.chat(INSTRUCTIONS, GREEDY, assistant_prefixes=prefixes)
     assert [o.text for o in got] == [o.text for o in expected]
-    sent = [r.body["prompt"] for r in server.requests[-len(INSTRUCTIONS):]]
+    sent = [r.body["prompt"] for r in server.requests[-len(INSTRUCTIONS) :]]
     assert sorted(sent) == sorted(local.render_chat(INSTRUCTIONS, prefixes))
 
     # Stop strings: cut at the first one, finish_reason "stop" (vLLM's stop_reason names it).
@@ -64,8 +65,9 @@ def test_sampling_settings_and_per_prompt_seeds_are_sent(server, tiny_tokenizer)
     prompts = ["<s>same prompt", "<s>same prompt", "<s>other prompt"]
     gen.generate(prompts, sampling)
     bodies = [r.body for r in server.requests]
-    assert {(b["model"], b["temperature"], b["top_p"], b["max_tokens"], tuple(b["stop"])) for b in bodies} == \
-        {("tiny", 0.7, 0.9, 5, ("###",))}
+    assert {(b["model"], b["temperature"], b["top_p"], b["max_tokens"], tuple(b["stop"])) for b in bodies} == {
+        ("tiny", 0.7, 0.9, 5, ("###",))
+    }
     seeds = sorted(b["seed"] for b in bodies)
     assert len(set(seeds)) == 3  # repeated prompts get their own random streams
     # A resumed run asks for the same samples: same seeds again; another run seed changes them.
@@ -82,12 +84,14 @@ def test_bos_is_not_doubled_when_the_server_tokenizer_adds_it(server, tiny_token
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer._tokenizer.post_processor = TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)])
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
     assert tokenizer("hi")["input_ids"][0] == tokenizer.bos_token_id
     remote(server, tokenizer).chat(["hi"], GREEDY)
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                             add_generation_prompt=True)
-    assert rendered.startswith("<s>") and server.requests[-1].body["prompt"] == rendered[len("<s>"):]
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered.startswith("<s>") and server.requests[-1].body["prompt"] == rendered[len("<s>") :]
     remote(server, tiny_tokenizer).chat(["hi"], GREEDY)  # the tiny tokenizer adds none: the template's stays
     assert server.requests[-1].body["prompt"] == rendered
 
@@ -101,7 +105,9 @@ def test_concurrency_is_bounded_and_order_kept(server, tiny_tokenizer):
     by_prompt = {r.body["prompt"]: r for r in server.requests}
     assert len(by_prompt) == 6 and len(outputs) == 6
     # Outputs come back in input order although requests finish in any order.
-    again = remote(server, tiny_tokenizer, max_concurrency=1).generate(prompts, SamplingConfig(temperature=0.0, max_new_tokens=4))
+    again = remote(server, tiny_tokenizer, max_concurrency=1).generate(
+        prompts, SamplingConfig(temperature=0.0, max_new_tokens=4)
+    )
     assert [o.text for o in outputs] == [o.text for o in again]
 
 
@@ -138,7 +144,9 @@ def test_from_config_settings_and_api_key(server, tiny_model_dir, monkeypatch):
     assert "sk-test-123" not in repr(gen.settings)
 
     with pytest.raises(ConfigError, match="MISSING_KEY_VAR"):
-        RemoteGenerator.from_config({"base_url": server.base_url, "api_key_env": "MISSING_KEY_VAR"}, str(tiny_model_dir))
+        RemoteGenerator.from_config(
+            {"base_url": server.base_url, "api_key_env": "MISSING_KEY_VAR"}, str(tiny_model_dir)
+        )
     with pytest.raises(ConfigError, match="generation.server.concurrency"):
         RemoteGenerator.from_config({"base_url": server.base_url, "concurrency": 4}, str(tiny_model_dir))
     with pytest.raises(ConfigError, match="generation.server.base_url"):
@@ -159,8 +167,9 @@ def test_pipeline_swaps_in_the_remote_backend(server, tiny_model_dir, tmp_path):
         cfg = RunConfig(generation={"backend": backend, "server": {"base_url": server.base_url, "max_concurrency": 2}})
         generator = build_generator(cfg, str(tiny_model_dir))
         assert isinstance(generator, RemoteGenerator) == (backend == "openai")
-        records = generate_responses(generator, instructions, tmp_path / f"{backend}.jsonl", sampling_kwargs=sampling,
-                                     seed=0, stage=1)
+        records = generate_responses(
+            generator, instructions, tmp_path / f"{backend}.jsonl", sampling_kwargs=sampling, seed=0, stage=1
+        )
         responses[backend] = [(r.response, r.meta["response_finish"]) for r in records]
     assert responses["openai"] == responses["hf"]
     assert server.request_count == len(INSTRUCTIONS)

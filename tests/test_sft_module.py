@@ -6,28 +6,57 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
+from srt.data import FeedbackDataModule
 from srt.errors import ConfigError
+from srt.records import Feedback, FeedbackRecord
 from srt.sft_module import SFTModule, accumulation_for_global_batch
 
-from srt.data import FeedbackDataModule
-from srt.records import Feedback, FeedbackRecord
-
 EXAMPLES = [
-    ("What is the capital of France?", "Paris.", "Weaknesses: too short.", "Suggestions: add a sentence.", 4,
-     "The capital of France is Paris."),
-    ("Give me three tips for staying healthy.", "Sleep.", "Weaknesses: one tip only.", "Suggestions: give three.", 3,
-     "Sleep well, eat vegetables, and exercise."),
-    ("Translate: Good morning, how are you?", "Hola.", "Weaknesses: wrong language.", "Suggestions: use German.", 2,
-     "Guten Tag! Wie geht es Ihnen heute?"),
-    ("Explain photosynthesis simply.", "Plants eat.", "Weaknesses: vague.", "Suggestions: mention light.", 5,
-     "Plants turn light into food."),
+    (
+        "What is the capital of France?",
+        "Paris.",
+        "Weaknesses: too short.",
+        "Suggestions: add a sentence.",
+        4,
+        "The capital of France is Paris.",
+    ),
+    (
+        "Give me three tips for staying healthy.",
+        "Sleep.",
+        "Weaknesses: one tip only.",
+        "Suggestions: give three.",
+        3,
+        "Sleep well, eat vegetables, and exercise.",
+    ),
+    (
+        "Translate: Good morning, how are you?",
+        "Hola.",
+        "Weaknesses: wrong language.",
+        "Suggestions: use German.",
+        2,
+        "Guten Tag! Wie geht es Ihnen heute?",
+    ),
+    (
+        "Explain photosynthesis simply.",
+        "Plants eat.",
+        "Weaknesses: vague.",
+        "Suggestions: mention light.",
+        5,
+        "Plants turn light into food.",
+    ),
 ]
 
 
 def records():
     return [
-        FeedbackRecord(id=f"r{i}", stage=1, instruction=q, response=a,
-                       feedback=Feedback(weaknesses=w, suggestions=s, score=n, raw=f"{w}\n{s}"), refinement=r)
+        FeedbackRecord(
+            id=f"r{i}",
+            stage=1,
+            instruction=q,
+            response=a,
+            feedback=Feedback(weaknesses=w, suggestions=s, score=n, raw=f"{w}\n{s}"),
+            refinement=r,
+        )
         for i, (q, a, w, s, n, r) in enumerate(EXAMPLES)
     ]
 
@@ -45,8 +74,14 @@ def loader(batches):
 
 def trainer(max_steps, **kwargs):
     return L.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, enable_checkpointing=False, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, **kwargs,
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
     )
 
 
@@ -94,7 +129,9 @@ def test_lora_lowers_loss_and_exports_adapter_and_merged(tiny_model, tiny_tokeni
 
     batches = sft_batches(tiny_tokenizer)
     torch.manual_seed(0)  # LoRA A matrices are initialized from the global RNG
-    module = SFTModule(tiny_model, tiny_tokenizer, lora={"r": 16, "alpha": 64, "dropout": 0.0}, lr=5e-3, warmup_ratio=0.0)
+    module = SFTModule(
+        tiny_model, tiny_tokenizer, lora={"r": 16, "alpha": 64, "dropout": 0.0}, lr=5e-3, warmup_ratio=0.0
+    )
     module.configure_model()
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     assert 0 < trainable < 0.5 * sum(p.numel() for p in module.model.parameters())

@@ -32,18 +32,32 @@ def stage1_records() -> list[FeedbackRecord]:
         wrong = i % 2 == 0
         response = WRONG[i % len(WRONG)] if wrong else GOOD
         score = 3 if wrong else 8
-        weak, sugg = ("- The final answer is wrong.", "- Recompute the sum.") if wrong else ("- Terse.", "- Show the steps.")
-        records.append(FeedbackRecord(
-            id=f"s1-{i}", instruction=f"Question {i}: what is {i % 3} + {5 - i % 3}?", response=response,
-            feedback=Feedback(weaknesses=weak, suggestions=sugg, score=score, raw=render_feedback(weak, sugg, score)),
-            refinement=GOOD, refinement_score=8, stage=1,
-        ))
+        weak, sugg = (
+            ("- The final answer is wrong.", "- Recompute the sum.") if wrong else ("- Terse.", "- Show the steps.")
+        )
+        records.append(
+            FeedbackRecord(
+                id=f"s1-{i}",
+                instruction=f"Question {i}: what is {i % 3} + {5 - i % 3}?",
+                response=response,
+                feedback=Feedback(
+                    weaknesses=weak, suggestions=sugg, score=score, raw=render_feedback(weak, sugg, score)
+                ),
+                refinement=GOOD,
+                refinement_score=8,
+                stage=1,
+            )
+        )
     return records
 
 
 def write_instructions(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Question {i}: what is {i % 3} + {5 - i % 3}?"}) + "\n"
-                            for i in range(n)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "instruction": f"Question {i}: what is {i % 3} + {5 - i % 3}?"}) + "\n"
+            for i in range(n)
+        )
+    )
     return path
 
 
@@ -54,12 +68,25 @@ def stage1_model(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("stage1")
     records = root / "records.jsonl"
     write_jsonl_atomic(records, stage1_records())
-    cfg = RunConfig.model_validate({
-        "output_dir": str(root), "model": {"path": str(tiny_model_dir), "dtype": "float32"},
-        "sft": {"epochs": 60, "micro_batch_size": 4, "global_batch_size": 4, "max_length": 256,
-                "optim": {"lr": 1e-2, "warmup_ratio": 0.05}},
-        "trainer": {"accelerator": "cpu", "log_every_n_steps": 50, "checkpoint_every_n_steps": 1000, "gradient_clip_val": 1.0},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "output_dir": str(root),
+            "model": {"path": str(tiny_model_dir), "dtype": "float32"},
+            "sft": {
+                "epochs": 60,
+                "micro_batch_size": 4,
+                "global_batch_size": 4,
+                "max_length": 256,
+                "optim": {"lr": 1e-2, "warmup_ratio": 0.05},
+            },
+            "trainer": {
+                "accelerator": "cpu",
+                "log_every_n_steps": 50,
+                "checkpoint_every_n_steps": 1000,
+                "gradient_clip_val": 1.0,
+            },
+        }
+    )
     return train_sft(cfg, base_model=str(tiny_model_dir), records_path=records, step_dir=root)
 
 
@@ -68,12 +95,27 @@ def stage2_config(tmp_path: Path, rounds: int = 1, **dpo) -> dict:
         "seed": 0,
         "output_dir": str(tmp_path / "run"),
         "model": {"path": "unused-in-stage2", "dtype": "float32"},
-        "data": {"stage2": {"path": str(write_instructions(tmp_path / "q.jsonl", 8 * rounds)),
-                            "fields": {"id": "id", "instruction": "instruction"}}},
-        "generation": {"batch_size": 8, "chunk_size": 4, "response": {"temperature": 0.7, "max_new_tokens": 10},
-                       "critique": {"temperature": 0.0, "max_new_tokens": 80}},
-        "dpo": {"beta": 0.1, "micro_batch_size": 2, "global_batch_size": 2, "epochs": 2, "max_length": 256,
-                "optim": {"lr": 1e-3, "warmup_ratio": 0.0}, **dpo},
+        "data": {
+            "stage2": {
+                "path": str(write_instructions(tmp_path / "q.jsonl", 8 * rounds)),
+                "fields": {"id": "id", "instruction": "instruction"},
+            }
+        },
+        "generation": {
+            "batch_size": 8,
+            "chunk_size": 4,
+            "response": {"temperature": 0.7, "max_new_tokens": 10},
+            "critique": {"temperature": 0.0, "max_new_tokens": 80},
+        },
+        "dpo": {
+            "beta": 0.1,
+            "micro_batch_size": 2,
+            "global_batch_size": 2,
+            "epochs": 2,
+            "max_length": 256,
+            "optim": {"lr": 1e-3, "warmup_ratio": 0.0},
+            **dpo,
+        },
         "stage2": {"rounds": rounds, "instructions_per_round": 8, "refinement_vs_response": ">"},
         "trainer": {"accelerator": "cpu", "log_every_n_steps": 1, "checkpoint_every_n_steps": 1},
     }
@@ -98,7 +140,14 @@ def test_stage2_pairs_dpo_and_rounds(tmp_path, stage1_model):
     done = json.loads((steps[0] / "model" / "srt_done.json").read_text())
     assert done["reference"] == "precomputed" and done["global_step"] > 0
     header = (steps[0] / "logs" / "metrics.csv").read_text().splitlines()[0]
-    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+    for name in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    ):
         assert name in header
 
     # The SRT model writes its whole chain in one turn; the initial response stops at its feedback header.

@@ -39,7 +39,9 @@ def length_plugin_registered(tmp_path_factory):
 
 
 def critique(critic, *responses, mode="critique"):
-    reqs = [CritiqueRequest(id=str(i), instruction="Explain rain.", response=r, mode=mode) for i, r in enumerate(responses)]
+    reqs = [
+        CritiqueRequest(id=str(i), instruction="Explain rain.", response=r, mode=mode) for i, r in enumerate(responses)
+    ]
     return [reply.text for reply in critic.critique(reqs)]
 
 

@@ -19,7 +19,13 @@ def test_tokenizer_is_deterministic_and_small():
 
 
 def test_round_trip_multibyte_text(tiny_tokenizer):
-    for text in ["Hello, world!", "你好，世界 and 日本語", "emoji 😀🚀 ✨ mixed", "  spaces\n\ttabs ", "### Feedback\nOverall Score: [[7]]"]:
+    for text in [
+        "Hello, world!",
+        "你好，世界 and 日本語",
+        "emoji 😀🚀 ✨ mixed",
+        "  spaces\n\ttabs ",
+        "### Feedback\nOverall Score: [[7]]",
+    ]:
         ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
         assert tiny_tokenizer.decode(ids) == text
         assert tiny_tokenizer.unk_token_id not in ids

@@ -70,8 +70,17 @@ RESERVE_S = 15  # kept back at the end for writing the results
 
 # Dense bf16 tensor-core peaks (datasheets, without sparsity), by device-name substring, first match wins.
 DENSE_BF16_TFLOPS = [
-    ("GH200", 989.4), ("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4), ("H800", 989.4),
-    ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10G", 70.0),
+    ("GH200", 989.4),
+    ("H200", 989.4),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("H800", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("L4", 121.0),
+    ("A10G", 70.0),
 ]
 HBM_TB_S = [("GH200", 4.9), ("H200", 4.8), ("H100 NVL", 3.9), ("H100 PCIe", 2.0), ("H100", 3.35), ("A100", 2.0)]
 
@@ -79,28 +88,66 @@ PRESETS = {
     # Llama-3.2-1B shapes (hidden 2048, 16 layers, 32 heads / 8 KV heads, MLP 8192, tied embeddings, vocab
     # 128256): 1.24B parameters. 1-2K-token examples, 4 per step.
     "gpu": dict(
-        model=dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                   num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=4096),
+        model=dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+            max_position_embeddings=4096,
+        ),
         model_desc="Llama (Llama-3.2-1B shapes: hidden 2048, 16 layers, 32 heads / 8 KV, MLP 8192, tied embeddings, "
-                   "vocab 128256 with srt.tiny's 768-token tokenizer), random weights",
-        max_length=2048, fill=0.6, batch_size=4, warmup=3, steps=20, gen_batches=[1, 8, 32], gen_tokens=128,
-        gen_dtype="bfloat16", threads=None, isolation="process"),
+        "vocab 128256 with srt.tiny's 768-token tokenizer), random weights",
+        max_length=2048,
+        fill=0.6,
+        batch_size=4,
+        warmup=3,
+        steps=20,
+        gen_batches=[1, 8, 32],
+        gen_tokens=128,
+        gen_dtype="bfloat16",
+        threads=None,
+        isolation="process",
+    ),
     # The dry run: the same code on CPU with a tiny Llama (srt.tiny's tokenizer and sizes).
     "dry": dict(
-        model=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=True, max_position_embeddings=1024),
+        model=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=2048,
+            tie_word_embeddings=True,
+            max_position_embeddings=1024,
+        ),
         model_desc="tiny Llama (srt.tiny sizes: hidden 64, 2 layers, 4 heads / 2 KV, MLP 128, tied embeddings, vocab "
-                   "2048 with srt.tiny's 768-token tokenizer), random weights",
-        max_length=256, fill=0.6, batch_size=2, warmup=1, steps=2, gen_batches=[1, 4], gen_tokens=8,
-        gen_dtype="float32", threads=1, isolation="shared"),
+        "2048 with srt.tiny's 768-token tokenizer), random weights",
+        max_length=256,
+        fill=0.6,
+        batch_size=2,
+        warmup=1,
+        steps=2,
+        gen_batches=[1, 4],
+        gen_tokens=8,
+        gen_dtype="float32",
+        threads=1,
+        isolation="shared",
+    ),
 }
 SFT_CONFIGS = ["srt", "trl", "srt_packed", "trl_packed"]  # srt and TRL alternate
 DPO_CONFIGS = ["srt", "trl", "srt_packed", "trl_precompute"]
 NAMES = {
-    ("sft", "srt"): "srt SFTModule (padded, length-grouped)", ("sft", "srt_packed"): "srt SFTModule (packed)",
-    ("sft", "trl"): "TRL SFTTrainer (padded)", ("sft", "trl_packed"): "TRL SFTTrainer (packing=True, padding-free)",
-    ("dpo", "srt"): "srt DPOModule, precomputed reference", ("dpo", "srt_packed"): "srt DPOModule, precomputed reference, packed",
-    ("dpo", "trl"): "TRL DPOTrainer, default reference model", ("dpo", "trl_precompute"): "TRL DPOTrainer, precompute_ref_log_probs=True",
+    ("sft", "srt"): "srt SFTModule (padded, length-grouped)",
+    ("sft", "srt_packed"): "srt SFTModule (packed)",
+    ("sft", "trl"): "TRL SFTTrainer (padded)",
+    ("sft", "trl_packed"): "TRL SFTTrainer (packing=True, padding-free)",
+    ("dpo", "srt"): "srt DPOModule, precomputed reference",
+    ("dpo", "srt_packed"): "srt DPOModule, precomputed reference, packed",
+    ("dpo", "trl"): "TRL DPOTrainer, default reference model",
+    ("dpo", "trl_precompute"): "TRL DPOTrainer, precompute_ref_log_probs=True",
 }
 
 
@@ -119,10 +166,17 @@ def srt_api():
     from srt.sft_module import SFTModule
     from srt.tiny import build_tiny_tokenizer
 
-    return SimpleNamespace(srt=srt, FeedbackDataModule=FeedbackDataModule, DPOModule=DPOModule,
-                           compute_reference_logps=compute_reference_logps, Generator=Generator,
-                           SamplingConfig=SamplingConfig, load_tokenizer=load_tokenizer, SFTModule=SFTModule,
-                           build_tiny_tokenizer=build_tiny_tokenizer)
+    return SimpleNamespace(
+        srt=srt,
+        FeedbackDataModule=FeedbackDataModule,
+        DPOModule=DPOModule,
+        compute_reference_logps=compute_reference_logps,
+        Generator=Generator,
+        SamplingConfig=SamplingConfig,
+        load_tokenizer=load_tokenizer,
+        SFTModule=SFTModule,
+        build_tiny_tokenizer=build_tiny_tokenizer,
+    )
 
 
 def cpu_bench():
@@ -178,27 +232,37 @@ def sequence_lengths(batch, pad_id: int) -> list[int]:
 
 def batch_record(batch, units: float, pad_id: int, c: dict, reference_forward: bool) -> dict:
     lengths = sequence_lengths(batch, pad_id)
-    positions = sum(int(batch[k].numel()) for k in ("input_ids", "chosen_input_ids", "rejected_input_ids") if k in batch)
+    positions = sum(
+        int(batch[k].numel()) for k in ("input_ids", "chosen_input_ids", "rejected_input_ids") if k in batch
+    )
     if "chosen_input_ids" in batch:  # srt padded DPO: both sides padded to one width in the forward
         width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
         positions = 2 * len(batch["chosen_input_ids"]) * width
-    return {"units": float(units), "tokens": sum(lengths), "positions": positions,
-            "flops": step_flops(c, lengths, reference_forward)}
+    return {
+        "units": float(units),
+        "tokens": sum(lengths),
+        "positions": positions,
+        "flops": step_flops(c, lengths, reference_forward),
+    }
 
 
 def step_stats(ends: list[float], records: list[dict], warmup: int) -> dict:
-    durations = [b - a for a, b in zip(ends[warmup - 1:], ends[warmup:])]
+    durations = [b - a for a, b in zip(ends[warmup - 1 :], ends[warmup:])]
     if not durations:
         raise RuntimeError(f"no timed steps ({len(ends)} steps ran, {warmup} warm-up)")
-    timed = records[warmup: warmup + len(durations)]
+    timed = records[warmup : warmup + len(durations)]
     total = sum(durations)
-    return {"steps": len(durations), "median_step_s": statistics.median(durations), "seconds": total,
-            "units_per_s": sum(r["units"] for r in timed) / total,
-            "tokens_per_s": sum(r["tokens"] for r in timed) / total,
-            "units_per_step": statistics.mean(r["units"] for r in timed),
-            "tokens_per_step": statistics.mean(r["tokens"] for r in timed),
-            "padding": 1 - sum(r["tokens"] for r in timed) / max(1, sum(r["positions"] for r in timed)),
-            "model_flops_per_s": sum(r["flops"] for r in timed) / total}
+    return {
+        "steps": len(durations),
+        "median_step_s": statistics.median(durations),
+        "seconds": total,
+        "units_per_s": sum(r["units"] for r in timed) / total,
+        "tokens_per_s": sum(r["tokens"] for r in timed) / total,
+        "units_per_step": statistics.mean(r["units"] for r in timed),
+        "tokens_per_step": statistics.mean(r["tokens"] for r in timed),
+        "padding": 1 - sum(r["tokens"] for r in timed) / max(1, sum(r["positions"] for r in timed)),
+        "model_flops_per_s": sum(r["flops"] for r in timed) / total,
+    }
 
 
 # =============================================================================================
@@ -238,13 +302,19 @@ class Memory:
     def result(self) -> dict:
         if self.device == "cuda":
             t = self.torch.cuda
-            return {"peak_gb": (t.max_memory_allocated() - self.base) / 2**30,
-                    "reserved_gb": t.max_memory_reserved() / 2**30, "memory": "cuda max_memory_allocated"}
+            return {
+                "peak_gb": (t.max_memory_allocated() - self.base) / 2**30,
+                "reserved_gb": t.max_memory_reserved() / 2**30,
+                "memory": "cuda max_memory_allocated",
+            }
         if self.shared:
             self._stop.set()
             self._thread.join()
             self._peak_rss = max(self._peak_rss, current_rss_mb())
-            return {"peak_gb": max(0.0, self._peak_rss - self.base) / 1024, "memory": "RSS rise, sampled (shared process)"}
+            return {
+                "peak_gb": max(0.0, self._peak_rss - self.base) / 1024,
+                "memory": "RSS rise, sampled (shared process)",
+            }
         return {"peak_gb": max(0.0, peak_rss_mb() - self.base) / 1024, "memory": "peak RSS - RSS after imports"}
 
 
@@ -303,29 +373,57 @@ def counting_collator(collate, records: list, units_of_batch, pad_id: int, c: di
         batch = collate(examples)
         records.append(batch_record(batch, units_of_batch(batch), pad_id, c, reference_forward))
         return batch
+
     return wrapped
 
 
 def sft_units(batch) -> int:
-    return sum(sequence_lengths(batch, -1)) if "sequence_ids" in batch else int(
-        batch["attention_mask"].sum() if "attention_mask" in batch else batch.get("num_tokens", batch["input_ids"].numel()))
+    return (
+        sum(sequence_lengths(batch, -1))
+        if "sequence_ids" in batch
+        else int(
+            batch["attention_mask"].sum()
+            if "attention_mask" in batch
+            else batch.get("num_tokens", batch["input_ids"].numel())
+        )
+    )
 
 
 def lightning_trainer(ctx: dict, steps: int, callback):
     import lightning as L
 
-    return L.Trainer(accelerator="gpu" if ctx["device"] == "cuda" else "cpu", devices=1, precision=ctx["precision"],
-                     max_steps=steps, gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback])
+    return L.Trainer(
+        accelerator="gpu" if ctx["device"] == "cuda" else "cpu",
+        devices=1,
+        precision=ctx["precision"],
+        max_steps=steps,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+    )
 
 
 def trl_args(config_cls, ctx: dict, out_dir: str, **extra):
     s = ctx["settings"]
     return config_cls(
-        output_dir=out_dir, per_device_train_batch_size=s["batch_size"], max_length=s["max_length"],
-        max_steps=s["warmup"] + s["steps"], gradient_checkpointing=False, bf16=ctx["precision"] == "bf16-mixed",
-        use_cpu=ctx["device"] == "cpu", report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
-        dataloader_num_workers=0, seed=0, **extra,
+        output_dir=out_dir,
+        per_device_train_batch_size=s["batch_size"],
+        max_length=s["max_length"],
+        max_steps=s["warmup"] + s["steps"],
+        gradient_checkpointing=False,
+        bf16=ctx["precision"] == "bf16-mixed",
+        use_cpu=ctx["device"] == "cpu",
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        **extra,
     )
 
 
@@ -345,8 +443,14 @@ def run_sft(cfg: dict, ctx: dict) -> dict:
     total = s["warmup"] + s["steps"]
     model = load_policy(ctx, cfg["attn"])
     if cfg["config"].startswith("srt"):
-        datamodule = api.FeedbackDataModule(tokenizer, mode="sft", train_files=data["sft"], batch_size=s["batch_size"],
-                                            max_length=s["max_length"], packing=cfg["config"] == "srt_packed")
+        datamodule = api.FeedbackDataModule(
+            tokenizer,
+            mode="sft",
+            train_files=data["sft"],
+            batch_size=s["batch_size"],
+            max_length=s["max_length"],
+            packing=cfg["config"] == "srt_packed",
+        )
         module = api.SFTModule(model, tokenizer, lr=1e-5)
         timer = lightning_timer(ctx["device"], sft_units, pad_id, c)
         trainer = lightning_trainer(ctx, total, timer)
@@ -359,10 +463,20 @@ def run_sft(cfg: dict, ctx: dict) -> dict:
 
     cpu = cpu_bench()
     with tempfile.TemporaryDirectory() as out_dir:
-        args = trl_args(SFTConfig, ctx, out_dir, learning_rate=1e-5, completion_only_loss=True,
-                        packing=cfg["config"] == "trl_packed")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(cpu.read_jsonl(data["trl_sft"])),
-                             processing_class=tokenizer)
+        args = trl_args(
+            SFTConfig,
+            ctx,
+            out_dir,
+            learning_rate=1e-5,
+            completion_only_loss=True,
+            packing=cfg["config"] == "trl_packed",
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(cpu.read_jsonl(data["trl_sft"])),
+            processing_class=tokenizer,
+        )
         timer, records = hf_timer(ctx["device"]), []
         trainer.add_callback(timer)
         trainer.data_collator = counting_collator(trainer.data_collator, records, sft_units, pad_id, c, False)
@@ -391,8 +505,14 @@ def run_dpo(cfg: dict, ctx: dict) -> dict:
         return len(batch["chosen_input_ids"] if "chosen_input_ids" in batch else batch["ids"])
 
     if cfg["config"].startswith("srt"):
-        datamodule = api.FeedbackDataModule(tokenizer, mode="dpo", train_files=data["dpo"], batch_size=s["batch_size"],
-                                            max_length=s["max_length"], packing=cfg["config"] == "srt_packed")
+        datamodule = api.FeedbackDataModule(
+            tokenizer,
+            mode="dpo",
+            train_files=data["dpo"],
+            batch_size=s["batch_size"],
+            max_length=s["max_length"],
+            packing=cfg["config"] == "srt_packed",
+        )
         datamodule.setup("fit")
         synchronize(ctx["device"])
         start = time.perf_counter()
@@ -407,7 +527,11 @@ def run_dpo(cfg: dict, ctx: dict) -> dict:
         trainer = lightning_trainer(ctx, total, timer)
         trainer.fit(module, datamodule=datamodule)
         optimizer = type(trainer.optimizers[0]).__name__ + describe_adamw(trainer.optimizers[0])
-        return {**step_stats(timer.ends, timer.records, s["warmup"]), "precompute_s": precompute_s, "optimizer": optimizer}
+        return {
+            **step_stats(timer.ends, timer.records, s["warmup"]),
+            "precompute_s": precompute_s,
+            "optimizer": optimizer,
+        }
 
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -418,13 +542,23 @@ def run_dpo(cfg: dict, ctx: dict) -> dict:
         args = trl_args(DPOConfig, ctx, out_dir, learning_rate=5e-7, beta=0.01, precompute_ref_log_probs=precompute)
         synchronize(ctx["device"])
         start = time.perf_counter()
-        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(cpu.read_jsonl(data["trl_dpo"])),
-                             processing_class=tokenizer)
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(cpu.read_jsonl(data["trl_dpo"])),
+            processing_class=tokenizer,
+        )
         setup_s = time.perf_counter() - start  # TRL's trainer construction, its reference precompute included
         timer, records = hf_timer(ctx["device"]), []
         trainer.add_callback(timer)
-        trainer.data_collator = counting_collator(trainer.data_collator, records, lambda b: len(b["input_ids"]) // 2,
-                                                  pad_id, c, reference_forward=not precompute)
+        trainer.data_collator = counting_collator(
+            trainer.data_collator,
+            records,
+            lambda b: len(b["input_ids"]) // 2,
+            pad_id,
+            c,
+            reference_forward=not precompute,
+        )
         trainer.train()
         optimizer = getattr(args.optim, "value", str(args.optim))
     out = {**step_stats(timer.ends, records, s["warmup"]), "optimizer": optimizer}
@@ -442,7 +576,9 @@ def run_generate(cfg: dict, ctx: dict) -> dict:
     cpu = cpu_bench()
     tokenizer = api.load_tokenizer(ctx["model"])
     dtype = getattr(torch, s["gen_dtype"])
-    model = AutoModelForCausalLM.from_pretrained(ctx["model"], dtype=dtype, attn_implementation=cfg["attn"]).to(ctx["device"])
+    model = AutoModelForCausalLM.from_pretrained(ctx["model"], dtype=dtype, attn_implementation=cfg["attn"]).to(
+        ctx["device"]
+    )
     model.eval()
     instructions = [r["instruction"] for r in cpu.read_jsonl(ctx["data"]["sft"])]
     out = {"dtype": s["gen_dtype"], "max_new_tokens": s["gen_tokens"]}
@@ -465,24 +601,36 @@ def run_generate(cfg: dict, ctx: dict) -> dict:
         tokenizer.padding_side = "left"
         try:
             for i in range(0, len(rendered), batch_size):
-                enc = tokenizer(rendered[i: i + batch_size], add_special_tokens=False, return_tensors="pt",
-                                padding=True).to(ctx["device"])
+                enc = tokenizer(
+                    rendered[i : i + batch_size], add_special_tokens=False, return_tensors="pt", padding=True
+                ).to(ctx["device"])
                 synchronize(ctx["device"])
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    seq = model.generate(**enc, max_new_tokens=s["gen_tokens"], do_sample=True, temperature=1.0,
-                                         top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
-                                         eos_token_id=generator.eos_token_ids)
+                    seq = model.generate(
+                        **enc,
+                        max_new_tokens=s["gen_tokens"],
+                        do_sample=True,
+                        temperature=1.0,
+                        top_k=0,
+                        top_p=1.0,
+                        pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=generator.eos_token_ids,
+                    )
                 synchronize(ctx["device"])
                 hf_s += time.perf_counter() - t0
-                new = seq[:, enc["input_ids"].shape[1]:]
+                new = seq[:, enc["input_ids"].shape[1] :]
                 hf_tokens += int((new != tokenizer.pad_token_id).sum())
         finally:
             tokenizer.padding_side = old_side
-        out[f"batch_{batch_size}"] = {"prompts": len(prompts), "srt_tokens_per_s": srt_tokens / srt_s,
-                                      "srt_new_tokens": srt_tokens, "hf_tokens_per_s": hf_tokens / hf_s,
-                                      "hf_new_tokens": hf_tokens, "prompt_tokens_mean":
-                                      statistics.mean(r.num_prompt_tokens for r in results)}
+        out[f"batch_{batch_size}"] = {
+            "prompts": len(prompts),
+            "srt_tokens_per_s": srt_tokens / srt_s,
+            "srt_new_tokens": srt_tokens,
+            "hf_tokens_per_s": hf_tokens / hf_s,
+            "hf_new_tokens": hf_tokens,
+            "prompt_tokens_mean": statistics.mean(r.num_prompt_tokens for r in results),
+        }
     return out
 
 
@@ -534,8 +682,22 @@ def versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "lightning", "peft", "accelerate", "trl", "datasets", "pydantic",
-                 "tokenizers", "safetensors", "huggingface-hub", "flash-attn", "pytest", "numpy"):
+    for name in (
+        "torch",
+        "transformers",
+        "lightning",
+        "peft",
+        "accelerate",
+        "trl",
+        "datasets",
+        "pydantic",
+        "tokenizers",
+        "safetensors",
+        "huggingface-hub",
+        "flash-attn",
+        "pytest",
+        "numpy",
+    ):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -553,14 +715,28 @@ def job_setup(job: dict) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if job["require_gpu"] and device != "cuda":
         raise RuntimeError("no CUDA device visible to torch (run.sh --dry runs the CPU version)")
-    info = {"device": device, "versions": versions(), "srt_file": api.srt.__file__, "srt_version": api.srt.__version__,
-            "cpu": cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info = {
+        "device": device,
+        "versions": versions(),
+        "srt_file": api.srt.__file__,
+        "srt_version": api.srt.__version__,
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gb=props.total_memory / 2**30,
-                    capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), bf16=torch.cuda.is_bf16_supported(),
-                    driver=nvidia_smi("driver_version"), clocks=nvidia_smi("clocks.sm,clocks.max.sm"))
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_memory_gb=props.total_memory / 2**30,
+            capability=f"{props.major}.{props.minor}",
+            sm_count=props.multi_processor_count,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            bf16=torch.cuda.is_bf16_supported(),
+            driver=nvidia_smi("driver_version"),
+            clocks=nvidia_smi("clocks.sm,clocks.max.sm"),
+        )
         info["datasheet_tflops"] = next((v for k, v in DENSE_BF16_TFLOPS if k in info["gpu"]), None)
         info["datasheet_hbm_tb_s"] = next((v for k, v in HBM_TB_S if k in info["gpu"]), None)
     info["flash_attn"] = flash_attention_available()
@@ -568,9 +744,12 @@ def job_setup(job: dict) -> dict:
 
     tokenizer = api.build_tiny_tokenizer()
     tokenizer.model_max_length = max(4096, 2 * s["max_length"])  # the benchmark's lengths, not srt.tiny's 1024
-    config = LlamaConfig(**{**job["model"], "vocab_size": max(job["model"]["vocab_size"], len(tokenizer))},
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        **{**job["model"], "vocab_size": max(job["model"]["vocab_size"], len(tokenizer))},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     with torch.device(device):  # random init on the GPU: seconds, not a minute on the CPU
         model = LlamaForCausalLM(config)
@@ -581,8 +760,17 @@ def job_setup(job: dict) -> dict:
     info["parameters"] = sum(p.numel() for p in model.parameters())
     del model
     cfg = config.to_dict()
-    info["model_config"] = {k: cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                 "num_attention_heads", "num_key_value_heads", "vocab_size")}
+    info["model_config"] = {
+        k: cfg[k]
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "vocab_size",
+        )
+    }
     info["matmul_parameters"] = matmul_params(info["model_config"])
     records = s["records"] or (s["warmup"] + s["steps"]) * s["batch_size"]
     data_dir = work / "data"
@@ -602,8 +790,9 @@ def cpu_name() -> str:
 
 def nvidia_smi(query: str) -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -646,8 +835,9 @@ def job_configs(job: dict) -> None:
                 record.update(memory.result())
             record["status"] = "ok"
         except Exception as exc:  # noqa: BLE001 (recorded; the other configurations still run)
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
-                          traceback=traceback.format_exc()[-4000:])
+            record.update(
+                status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], traceback=traceback.format_exc()[-4000:]
+            )
             print(record["traceback"], file=sys.stderr, flush=True)
         record["wall_s"] = time.perf_counter() - start
         with open(job["results"], "a") as f:
@@ -658,8 +848,14 @@ def job_configs(job: dict) -> None:
 
 
 def make_ctx(setup: dict, settings: dict) -> dict:
-    return {"device": setup["device"], "model": setup["model"], "data": setup["data"], "config": setup["model_config"],
-            "settings": settings, "precision": settings["precision"]}
+    return {
+        "device": setup["device"],
+        "model": setup["model"],
+        "data": setup["data"],
+        "config": setup["model_config"],
+        "settings": settings,
+        "precision": settings["precision"],
+    }
 
 
 def worker(job_path: str) -> None:
@@ -693,16 +889,35 @@ class Run:
         self.out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
         self.results_md = args.results or ROOT / "benchmarks" / ("RESULTS-gpu-dry.md" if args.dry else "RESULTS-gpu.md")
         self.phases: list[dict] = []
-        self.state: dict = {"mode": "dry (CPU, tiny model)" if args.dry else "GPU", "settings": self.settings(),
-                            "setup": None, "tests": None, "sft": [], "dpo": [], "generate": None,
-                            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.start)),
-                            "budget_s": round(self.deadline - self.start)}
+        self.state: dict = {
+            "mode": "dry (CPU, tiny model)" if args.dry else "GPU",
+            "settings": self.settings(),
+            "setup": None,
+            "tests": None,
+            "sft": [],
+            "dpo": [],
+            "generate": None,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.start)),
+            "budget_s": round(self.deadline - self.start),
+        }
 
     def settings(self) -> dict:
         p = self.preset
-        return {k: p[k] for k in ("max_length", "fill", "batch_size", "warmup", "steps", "gen_batches", "gen_tokens",
-                                  "gen_dtype", "threads", "isolation")} | {"records": None,
-                                  "precision": "bf16-mixed", "model_desc": p["model_desc"]}
+        return {
+            k: p[k]
+            for k in (
+                "max_length",
+                "fill",
+                "batch_size",
+                "warmup",
+                "steps",
+                "gen_batches",
+                "gen_tokens",
+                "gen_dtype",
+                "threads",
+                "isolation",
+            )
+        } | {"records": None, "precision": "bf16-mixed", "model_desc": p["model_desc"]}
 
     def left(self) -> float:
         return self.deadline - time.time()
@@ -711,12 +926,20 @@ class Run:
         print(f"[{time.time() - self.start:6.1f}s | {self.left():5.0f}s left] {msg}", flush=True)
 
     # -- running things -------------------------------------------------------------------
-    def subprocess(self, name: str, cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, float]:
+    def subprocess(
+        self, name: str, cmd: list[str], timeout: float, env: dict | None = None
+    ) -> tuple[int | None, float]:
         log_path = self.logs / f"{name}.log"
         start = time.time()
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
             try:
                 rc = proc.wait(timeout=max(1.0, timeout))
             except subprocess.TimeoutExpired:
@@ -732,8 +955,14 @@ class Run:
     def phase(self, name: str, estimate: float, cap: float, fn) -> None:
         left = self.left() - RESERVE_S
         if left < estimate:
-            self.phases.append({"phase": name, "status": "skipped", "seconds": 0.0,
-                                "note": f"budget: {left:.0f} s left, needs about {estimate:.0f} s"})
+            self.phases.append(
+                {
+                    "phase": name,
+                    "status": "skipped",
+                    "seconds": 0.0,
+                    "note": f"budget: {left:.0f} s left, needs about {estimate:.0f} s",
+                }
+            )
             self.log(f"{name}: SKIPPED (budget: {left:.0f} s left, needs ~{estimate:.0f} s)")
             return
         self.log(f"{name}: start (estimate {estimate:.0f} s, cap {min(cap, left):.0f} s)")
@@ -750,13 +979,21 @@ class Run:
 
     # -- phases ---------------------------------------------------------------------------
     def setup_job(self, kind: str) -> dict:
-        return {"job": kind, "work": str(self.work), "settings": self.state["settings"], "model": self.preset["model"],
-                "require_gpu": not self.dry, "out": str(self.work / "setup.json")}
+        return {
+            "job": kind,
+            "work": str(self.work),
+            "settings": self.state["settings"],
+            "model": self.preset["model"],
+            "require_gpu": not self.dry,
+            "out": str(self.work / "setup.json"),
+        }
 
     def setup_note(self) -> str:
         setup = self.state["setup"]
-        return (f"{setup['device']}: {setup.get('gpu', setup['cpu'])}; {setup['parameters'] / 1e6:.1f}M parameters; "
-                f"{setup['data']['summary']}")
+        return (
+            f"{setup['device']}: {setup.get('gpu', setup['cpu'])}; {setup['parameters'] / 1e6:.1f}M parameters; "
+            f"{setup['data']['summary']}"
+        )
 
     def do_setup(self, timeout: float):
         path = self.work / "job-setup.json"
@@ -769,23 +1006,34 @@ class Run:
 
     def do_all(self, timeout: float):
         """Shared isolation (the dry run): setup and every benchmark in one process (one set of imports)."""
-        specs = [{"kind": kind, "config": c, "attn": a} for a in ("sdpa", "flash_attention_2")
-                 for kind, configs in (("sft", SFT_CONFIGS), ("dpo", DPO_CONFIGS)) for c in configs]
+        specs = [
+            {"kind": kind, "config": c, "attn": a}
+            for a in ("sdpa", "flash_attention_2")
+            for kind, configs in (("sft", SFT_CONFIGS), ("dpo", DPO_CONFIGS))
+            for c in configs
+        ]
         specs.insert(len(SFT_CONFIGS) + len(DPO_CONFIGS), {"kind": "generate", "config": "srt", "attn": "sdpa"})
         results = self.work / "results-all.jsonl"
         path = self.work / "job-all.json"
         path.write_text(json.dumps({**self.setup_job("all"), "configs": specs, "results": str(results)}))
-        rc, seconds = self.subprocess("benchmarks", [*self.python(), SELF, "--job", str(path)], timeout,
-                                      self.thread_env())
+        rc, seconds = self.subprocess(
+            "benchmarks", [*self.python(), SELF, "--job", str(path)], timeout, self.thread_env()
+        )
         if (self.work / "setup.json").exists():
             self.state["setup"] = json.loads((self.work / "setup.json").read_text())
         if self.state["setup"] is None:
             raise RuntimeError(f"setup {'timed out' if rc is None else f'exited {rc}'}:\n{self.tail('benchmarks')}")
         done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
         expected = [c for c in specs if c["attn"] == "sdpa" or self.state["setup"]["flash_attn"]]
-        for cfg in expected[len(done):]:
-            done.append({**cfg, "status": "timed out" if rc is None else f"crashed (exit {rc})",
-                         "error": self.tail("benchmarks", 12), "wall_s": seconds})
+        for cfg in expected[len(done) :]:
+            done.append(
+                {
+                    **cfg,
+                    "status": "timed out" if rc is None else f"crashed (exit {rc})",
+                    "error": self.tail("benchmarks", 12),
+                    "wall_s": seconds,
+                }
+            )
         for record in done:
             if record["kind"] == "generate":
                 self.state["generate"] = record
@@ -800,8 +1048,18 @@ class Run:
 
     def do_tests(self, timeout: float):
         junit = self.logs / "pytest.xml"
-        cmd = [*self.python(), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", f"--junitxml={junit}",
-               "tests/test_gpu.py", "tests/test_distributed.py::test_fsdp_gpu_lora_training_and_adapter_export"]
+        cmd = [
+            *self.python(),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rA",
+            f"--junitxml={junit}",
+            "tests/test_gpu.py",
+            "tests/test_distributed.py::test_fsdp_gpu_lora_training_and_adapter_export",
+        ]
         env = {**self.thread_env(), "SRT_GPU_DRY": "1" if self.dry else "0"}
         rc, seconds = self.subprocess("pytest", cmd, timeout, env)
         self.state["tests"] = parse_junit(junit) if junit.exists() else {"cases": []}
@@ -815,13 +1073,27 @@ class Run:
     def configs_job(self, name: str, configs: list[dict], timeout: float) -> list[dict]:
         results = self.work / f"results-{name}.jsonl"
         path = self.work / f"job-{name}.json"
-        path.write_text(json.dumps({"job": "configs", "configs": configs, "results": str(results),
-                                    "ctx": make_ctx(self.state["setup"], self.state["settings"])}))
+        path.write_text(
+            json.dumps(
+                {
+                    "job": "configs",
+                    "configs": configs,
+                    "results": str(results),
+                    "ctx": make_ctx(self.state["setup"], self.state["settings"]),
+                }
+            )
+        )
         rc, seconds = self.subprocess(name, [*self.python(), SELF, "--job", str(path)], timeout, self.thread_env())
         done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-        for cfg in configs[len(done):]:  # killed (time-out) or crashed before writing these
-            done.append({**cfg, "status": "timed out" if rc is None else f"crashed (exit {rc})",
-                         "error": self.tail(name, 12), "wall_s": seconds})
+        for cfg in configs[len(done) :]:  # killed (time-out) or crashed before writing these
+            done.append(
+                {
+                    **cfg,
+                    "status": "timed out" if rc is None else f"crashed (exit {rc})",
+                    "error": self.tail(name, 12),
+                    "wall_s": seconds,
+                }
+            )
         for record in done:
             record["process_s"] = seconds / len(done)  # the worker process's wall time, imports included
         return done
@@ -831,8 +1103,12 @@ class Run:
         estimate = {"sft": 45.0, "dpo": 55.0}[kind]
         for spec in specs:
             name = f"{kind}-{spec['config']}-{spec['attn']}"
-            self.phase(name, estimate, 240, lambda timeout, spec=spec, name=name:
-                       self._collect(kind, self.configs_job(name, [spec], timeout)))
+            self.phase(
+                name,
+                estimate,
+                240,
+                lambda timeout, spec=spec, name=name: self._collect(kind, self.configs_job(name, [spec], timeout)),
+            )
             ran = [r["process_s"] for r in self.state[kind] if r.get("status") == "ok"]
             if ran:  # the next estimate: the slowest of these so far, with a margin
                 estimate = 1.15 * max(ran)
@@ -873,8 +1149,10 @@ class Run:
             return 1
         # On the GPU a phase skipped for time is the budget doing its job; in the dry run (CI) nothing may be skipped.
         failed = [p for p in self.phases if p["status"] not in (("ok",) if self.dry else ("ok", "skipped"))]
-        self.log(f"done in {time.time() - self.start:.0f} s; wrote {self.results_md}"
-                 + (f"; FAILED phases: {', '.join(p['phase'] for p in failed)}" if failed else ""))
+        self.log(
+            f"done in {time.time() - self.start:.0f} s; wrote {self.results_md}"
+            + (f"; FAILED phases: {', '.join(p['phase'] for p in failed)}" if failed else "")
+        )
         return 1 if failed else 0
 
     def write(self, final: bool = False) -> None:
@@ -906,11 +1184,20 @@ def parse_junit(path: Path) -> dict:
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[child.tag]
-                message = (child.get("message") or child.text or "").strip().splitlines()[0][:200] if (
-                    child.get("message") or child.text) else ""
+                message = (
+                    (child.get("message") or child.text or "").strip().splitlines()[0][:200]
+                    if (child.get("message") or child.text)
+                    else ""
+                )
         counts[outcome] = counts.get(outcome, 0) + 1
-        cases.append({"name": f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}", "outcome": outcome,
-                      "seconds": float(case.get("time", 0)), "message": message})
+        cases.append(
+            {
+                "name": f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}",
+                "outcome": outcome,
+                "seconds": float(case.get("time", 0)),
+                "message": message,
+            }
+        )
     return {"cases": cases, "counts": counts}
 
 
@@ -936,22 +1223,30 @@ def render(st: dict) -> str:
         f"{st['wall_s']:.0f} s of the {st['budget_s']} s budget.",
     ]
     if not on_gpu:
-        lines += ["", "This is the dry run: the same script on CPU with a tiny model, to show the check works before "
-                  "a GPU is there. Its numbers measure nothing about srt or TRL on a GPU."]
+        lines += [
+            "",
+            "This is the dry run: the same script on CPU with a tiny model, to show the check works before "
+            "a GPU is there. Its numbers measure nothing about srt or TRL on a GPU.",
+        ]
     lines += ["", "## Machine", ""]
     if on_gpu:
-        lines += [f"- GPU: {setup['gpu']}, {setup['gpu_memory_gb']:.0f} GiB, compute capability {setup['capability']}, "
-                  f"{setup['sm_count']} SMs; driver {setup.get('driver')}; CUDA {setup['cuda']}, cuDNN {setup['cudnn']}; "
-                  f"SM clock now / max: {setup.get('clocks')}"]
+        lines += [
+            f"- GPU: {setup['gpu']}, {setup['gpu_memory_gb']:.0f} GiB, compute capability {setup['capability']}, "
+            f"{setup['sm_count']} SMs; driver {setup.get('driver')}; CUDA {setup['cuda']}, cuDNN {setup['cudnn']}; "
+            f"SM clock now / max: {setup.get('clocks')}"
+        ]
     if setup:
-        lines += [f"- CPU: {setup['cpu']}, {setup['cpu_cores']} cores (torch threads {setup['torch_threads']})",
-                  f"- Python {v.get('python')}; torch {v.get('torch')}, transformers {v.get('transformers')}, lightning "
-                  f"{v.get('lightning')}, peft {v.get('peft')}, accelerate {v.get('accelerate')}, trl {v.get('trl')}, "
-                  f"datasets {v.get('datasets')}, pydantic {v.get('pydantic')}, flash-attn {v.get('flash-attn') or 'not installed'}",
-                  f"- srt {setup['srt_version']} imported from `{setup['srt_file']}`",
-                  f"- Peak used for MFU: " + (f"datasheet dense bf16 {fmt(peak_sheet, '.1f')} TFLOP/s ({setup['gpu']}); " if on_gpu else "")
-                  + f"measured {fmt(peak_meas, '.3f' if not on_gpu else '.0f')} TFLOP/s ({setup.get('matmul')})"
-                  + (f"; device copy {setup['copy_tb_s']:.2f} TB/s (read + write)" if on_gpu else "")]
+        lines += [
+            f"- CPU: {setup['cpu']}, {setup['cpu_cores']} cores (torch threads {setup['torch_threads']})",
+            f"- Python {v.get('python')}; torch {v.get('torch')}, transformers {v.get('transformers')}, lightning "
+            f"{v.get('lightning')}, peft {v.get('peft')}, accelerate {v.get('accelerate')}, trl {v.get('trl')}, "
+            f"datasets {v.get('datasets')}, pydantic {v.get('pydantic')}, flash-attn {v.get('flash-attn') or 'not installed'}",
+            f"- srt {setup['srt_version']} imported from `{setup['srt_file']}`",
+            "- Peak used for MFU: "
+            + (f"datasheet dense bf16 {fmt(peak_sheet, '.1f')} TFLOP/s ({setup['gpu']}); " if on_gpu else "")
+            + f"measured {fmt(peak_meas, '.3f' if not on_gpu else '.0f')} TFLOP/s ({setup.get('matmul')})"
+            + (f"; device copy {setup['copy_tb_s']:.2f} TB/s (read + write)" if on_gpu else ""),
+        ]
     lines += ["", "## Phases", "", "| phase | status | seconds | note |", "| --- | --- | --- | --- |"]
     for p in st.get("phases", []):
         lines.append(f"| {p['phase']} | {p['status']} | {p['seconds']:.1f} | {md_cell(p.get('note', ''))} |")
@@ -959,59 +1254,101 @@ def render(st: dict) -> str:
     tests = st.get("tests")
     if tests:
         counts = ", ".join(f"{n} {k}" for k, n in tests.get("counts", {}).items())
-        lines += ["", "## GPU-only tests", "", f"`pytest tests/test_gpu.py` + the GPU test of `tests/test_distributed.py`: "
-                  f"{counts or 'no result'} (exit {tests.get('exit_code')}, {tests.get('seconds', 0):.0f} s).", "",
-                  "| test | outcome | seconds | message |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## GPU-only tests",
+            "",
+            f"`pytest tests/test_gpu.py` + the GPU test of `tests/test_distributed.py`: "
+            f"{counts or 'no result'} (exit {tests.get('exit_code')}, {tests.get('seconds', 0):.0f} s).",
+            "",
+            "| test | outcome | seconds | message |",
+            "| --- | --- | --- | --- |",
+        ]
         for c in tests.get("cases", []):
             lines.append(f"| `{c['name']}` | {c['outcome']} | {c['seconds']:.1f} | {md_cell(c['message'])} |")
 
     if setup:
-        lines += ["", "## Setup", "",
-                  f"- Model: {s['model_desc']}; {setup['parameters'] / 1e6:.1f}M parameters, "
-                  f"{setup['matmul_parameters'] / 1e6:.1f}M in matrix multiplications (N).",
-                  f"- Data: {setup['data']['summary']} (seeded synthetic, lognormal lengths, typical example about "
-                  f"{s['fill']:.0%} of max length {s['max_length']}); srt and TRL get the same rendered texts.",
-                  f"- Training: {s['precision']} (autocast bf16 over fp32 weights; TRL `bf16=True`), full fine-tuning, AdamW, "
-                  f"gradient clipping 1.0, no gradient checkpointing; batch size {s['batch_size']} (packed: rows of "
-                  f"{s['max_length']} tokens), {s['warmup']} warm-up + {s['steps']} timed steps, one run per configuration "
-                  + ("in a fresh process." if s["isolation"] == "process" else "(all in one shared process: memory figures are indicative)."),
-                  "- tokens/s: real (non-pad) tokens, prompt included, per second of wall time between step ends (CUDA "
-                  "synchronized at each step end). padding: share of computed positions that were padding.",
-                  "- Model FLOP/s and MFU: `6 N T + 6 L d_attn T^2` per sequence of T real tokens (causal attention), TRL's "
-                  "default reference adds its forward `2 N T + 2 L d_attn T^2`; see the docstring of `bench_gpu.py`.",
-                  "- Peak memory: " + ("`torch.cuda.max_memory_allocated` of the configuration's process (weights + "
-                                       "gradients + optimizer + activations)." if on_gpu else "CPU RSS (see the method)."),
-                  ]
+        lines += [
+            "",
+            "## Setup",
+            "",
+            f"- Model: {s['model_desc']}; {setup['parameters'] / 1e6:.1f}M parameters, "
+            f"{setup['matmul_parameters'] / 1e6:.1f}M in matrix multiplications (N).",
+            f"- Data: {setup['data']['summary']} (seeded synthetic, lognormal lengths, typical example about "
+            f"{s['fill']:.0%} of max length {s['max_length']}); srt and TRL get the same rendered texts.",
+            f"- Training: {s['precision']} (autocast bf16 over fp32 weights; TRL `bf16=True`), full fine-tuning, AdamW, "
+            f"gradient clipping 1.0, no gradient checkpointing; batch size {s['batch_size']} (packed: rows of "
+            f"{s['max_length']} tokens), {s['warmup']} warm-up + {s['steps']} timed steps, one run per configuration "
+            + (
+                "in a fresh process."
+                if s["isolation"] == "process"
+                else "(all in one shared process: memory figures are indicative)."
+            ),
+            "- tokens/s: real (non-pad) tokens, prompt included, per second of wall time between step ends (CUDA "
+            "synchronized at each step end). padding: share of computed positions that were padding.",
+            "- Model FLOP/s and MFU: `6 N T + 6 L d_attn T^2` per sequence of T real tokens (causal attention), TRL's "
+            "default reference adds its forward `2 N T + 2 L d_attn T^2`; see the docstring of `bench_gpu.py`.",
+            "- Peak memory: "
+            + (
+                "`torch.cuda.max_memory_allocated` of the configuration's process (weights + "
+                "gradients + optimizer + activations)."
+                if on_gpu
+                else "CPU RSS (see the method)."
+            ),
+        ]
     for kind, unit in (("sft", "tokens/s"), ("dpo", "pairs/s")):
         rows = st.get(kind) or []
         if not rows:
             continue
-        head = ["configuration", "attention", unit] + (["tokens/s"] if kind == "dpo" else []) + [
-            "median step s", "tokens/step", "padding", "peak GB", "model TFLOP/s"] + (
-            ["MFU (datasheet peak)", "MFU (measured matmul)"] if on_gpu else ["MFU (measured CPU matmul)"]) + [
-            "optimizer", "status"]
+        head = (
+            ["configuration", "attention", unit]
+            + (["tokens/s"] if kind == "dpo" else [])
+            + ["median step s", "tokens/step", "padding", "peak GB", "model TFLOP/s"]
+            + (["MFU (datasheet peak)", "MFU (measured matmul)"] if on_gpu else ["MFU (measured CPU matmul)"])
+            + ["optimizer", "status"]
+        )
         lines += ["", f"## {kind.upper()}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for r in rows:
             name = NAMES.get((kind, r["config"]), r["config"])
             if "precompute_s" in r:
-                what = "trainer setup incl. reference precompute" if r["config"].startswith("trl") else "reference precompute"
+                what = (
+                    "trainer setup incl. reference precompute"
+                    if r["config"].startswith("trl")
+                    else "reference precompute"
+                )
                 name += f" ({what} {r['precompute_s']:.1f} s, not in {unit})"
             if r["status"] != "ok":
-                lines.append(f"| {name} | {r['attn']} |" + " - |" * (len(head) - 3)
-                             + f" {r['status']}: {md_cell(r.get('error', ''))[:300]} |")
+                lines.append(
+                    f"| {name} | {r['attn']} |"
+                    + " - |" * (len(head) - 3)
+                    + f" {r['status']}: {md_cell(r.get('error', ''))[:300]} |"
+                )
                 continue
             tflops = r["model_flops_per_s"] / 1e12
-            cells = [name, r["attn"], f"{r['units_per_s']:.{0 if kind == 'sft' else 2}f}"] + (
-                [f"{r['tokens_per_s']:.0f}"] if kind == "dpo" else []) + [
-                f"{r['median_step_s']:.3f}", f"{r['tokens_per_step']:.0f}", f"{r['padding']:.0%}", f"{r['peak_gb']:.2f}",
-                f"{tflops:.{1 if on_gpu else 4}f}"] + (
-                [pct(tflops, peak_sheet), pct(tflops, peak_meas)] if on_gpu else [pct(tflops, peak_meas)]) + [
-                r.get("optimizer", ""), "ok"]
+            cells = (
+                [name, r["attn"], f"{r['units_per_s']:.{0 if kind == 'sft' else 2}f}"]
+                + ([f"{r['tokens_per_s']:.0f}"] if kind == "dpo" else [])
+                + [
+                    f"{r['median_step_s']:.3f}",
+                    f"{r['tokens_per_step']:.0f}",
+                    f"{r['padding']:.0%}",
+                    f"{r['peak_gb']:.2f}",
+                    f"{tflops:.{1 if on_gpu else 4}f}",
+                ]
+                + ([pct(tflops, peak_sheet), pct(tflops, peak_meas)] if on_gpu else [pct(tflops, peak_meas)])
+                + [r.get("optimizer", ""), "ok"]
+            )
             lines.append("| " + " | ".join(cells) + " |")
     ratio_lines = ratios(st)
     if ratio_lines:
-        lines += ["", "## Ratios (srt / TRL)", "", "| comparison | attention | speed | peak memory |", "| --- | --- | --- | --- |",
-                  *ratio_lines]
+        lines += [
+            "",
+            "## Ratios (srt / TRL)",
+            "",
+            "| comparison | attention | speed | peak memory |",
+            "| --- | --- | --- | --- |",
+            *ratio_lines,
+        ]
     gen = st.get("generate")
     if gen:
         lines += ["", "## Generation", ""]
@@ -1020,37 +1357,50 @@ def render(st: dict) -> str:
         else:
             bw = setup.get("copy_tb_s") if on_gpu else None
             weight_bytes = setup["parameters"] * (2 if gen["dtype"] == "bfloat16" else 4)
-            lines += [f"{gen['dtype']}, sdpa, sampling at temperature 1, {gen['max_new_tokens']} new tokens per prompt; "
-                      "`srt.generation.Generator` (seeded per-row sampler, left padding) against plain "
-                      "`model.generate(do_sample=True)` on the same batches. Roofline: each decoding step reads the weights "
-                      "once, so batch b cannot beat b x bandwidth / weight bytes (KV-cache reads ignored)"
-                      + (f"; measured copy bandwidth {bw:.2f} TB/s, weights {weight_bytes / 1e9:.2f} GB." if bw else "."), "",
-                      "| batch | prompts | srt tokens/s | transformers tokens/s | srt / transformers | srt vs roofline | peak GB |",
-                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            lines += [
+                f"{gen['dtype']}, sdpa, sampling at temperature 1, {gen['max_new_tokens']} new tokens per prompt; "
+                "`srt.generation.Generator` (seeded per-row sampler, left padding) against plain "
+                "`model.generate(do_sample=True)` on the same batches. Roofline: each decoding step reads the weights "
+                "once, so batch b cannot beat b x bandwidth / weight bytes (KV-cache reads ignored)"
+                + (f"; measured copy bandwidth {bw:.2f} TB/s, weights {weight_bytes / 1e9:.2f} GB." if bw else "."),
+                "",
+                "| batch | prompts | srt tokens/s | transformers tokens/s | srt / transformers | srt vs roofline | peak GB |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
             for b in s["gen_batches"]:
                 g = gen.get(f"batch_{b}")
                 if not g:
                     continue
                 roof = b * bw * 1e12 / weight_bytes if bw else None
-                lines.append(f"| {b} | {g['prompts']} | {g['srt_tokens_per_s']:.0f} | {g['hf_tokens_per_s']:.0f} | "
-                             f"{g['srt_tokens_per_s'] / g['hf_tokens_per_s']:.2f} | {pct(g['srt_tokens_per_s'], roof)} | "
-                             f"{gen['peak_gb']:.2f} |")
+                lines.append(
+                    f"| {b} | {g['prompts']} | {g['srt_tokens_per_s']:.0f} | {g['hf_tokens_per_s']:.0f} | "
+                    f"{g['srt_tokens_per_s'] / g['hf_tokens_per_s']:.2f} | {pct(g['srt_tokens_per_s'], roof)} | "
+                    f"{gen['peak_gb']:.2f} |"
+                )
     if setup and not setup.get("flash_attn"):
-        lines += ["", "FlashAttention 2 (`flash_attn`) is not installed here, so only SDPA was measured (PyTorch's SDPA "
-                  "picks its own fused kernel: flash when there is no mask, memory-efficient with one)."]
+        lines += [
+            "",
+            "FlashAttention 2 (`flash_attn`) is not installed here, so only SDPA was measured (PyTorch's SDPA "
+            "picks its own fused kernel: flash when there is no mask, memory-efficient with one).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def ratios(st: dict) -> list[str]:
     def pick(kind, config, attn):
-        return next((r for r in st.get(kind) or [] if r["config"] == config and r["attn"] == attn and r["status"] == "ok"), None)
+        return next(
+            (r for r in st.get(kind) or [] if r["config"] == config and r["attn"] == attn and r["status"] == "ok"), None
+        )
 
     out = []
-    pairs = [("sft", "srt", "trl", "SFT: srt padded / TRL padded"), ("sft", "srt_packed", "trl", "SFT: srt packed / TRL padded"),
-             ("sft", "srt_packed", "trl_packed", "SFT: srt packed / TRL packed"),
-             ("dpo", "srt", "trl", "DPO: srt precomputed / TRL default reference"),
-             ("dpo", "srt", "trl_precompute", "DPO: srt precomputed / TRL precompute_ref_log_probs"),
-             ("dpo", "srt_packed", "trl", "DPO: srt precomputed packed / TRL default reference")]
+    pairs = [
+        ("sft", "srt", "trl", "SFT: srt padded / TRL padded"),
+        ("sft", "srt_packed", "trl", "SFT: srt packed / TRL padded"),
+        ("sft", "srt_packed", "trl_packed", "SFT: srt packed / TRL packed"),
+        ("dpo", "srt", "trl", "DPO: srt precomputed / TRL default reference"),
+        ("dpo", "srt", "trl_precompute", "DPO: srt precomputed / TRL precompute_ref_log_probs"),
+        ("dpo", "srt_packed", "trl", "DPO: srt precomputed packed / TRL default reference"),
+    ]
     attns = sorted({r["attn"] for kind in ("sft", "dpo") for r in st.get(kind) or []})
     for attn in attns:
         for kind, a, b, label in pairs:
@@ -1073,14 +1423,30 @@ def md_cell(text) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry", action="store_true", help="CPU, tiny model, short runs (what CI runs)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole check (default 480; --dry 120)")
-    parser.add_argument("--deadline", type=float, default=None, help="absolute end time (epoch seconds; run.sh "
-                        "passes its own start + budget, so the install counts too)")
-    parser.add_argument("--isolation", choices=["process", "shared"], default=None, help="one fresh process per "
-                        "configuration (GPU default) or all in one (dry default)")
-    parser.add_argument("--results", type=Path, default=None, help="results markdown (default benchmarks/RESULTS-gpu.md; "
-                        "--dry: benchmarks/RESULTS-gpu-dry.md)")
-    parser.add_argument("--from-json", type=Path, default=None, help="re-render a results .json as markdown, no measuring")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds for the whole check (default 480; --dry 120)"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="absolute end time (epoch seconds; run.sh passes its own start + budget, so the install counts too)",
+    )
+    parser.add_argument(
+        "--isolation",
+        choices=["process", "shared"],
+        default=None,
+        help="one fresh process per configuration (GPU default) or all in one (dry default)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results markdown (default benchmarks/RESULTS-gpu.md; --dry: benchmarks/RESULTS-gpu-dry.md)",
+    )
+    parser.add_argument(
+        "--from-json", type=Path, default=None, help="re-render a results .json as markdown, no measuring"
+    )
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:

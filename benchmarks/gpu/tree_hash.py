@@ -20,8 +20,11 @@ def srt_tree_hash(root: str | Path = ".") -> str:
     root = Path(root)
     paths = [root / f for f in FILES if (root / f).is_file()]
     for folder in SOURCES:
-        paths += [p for p in (root / folder).rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
+        paths += [
+            p
+            for p in (root / folder).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+        ]
     digest = hashlib.sha256()
     for path in sorted(paths, key=lambda p: p.relative_to(root).as_posix()):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")

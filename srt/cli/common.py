@@ -65,9 +65,16 @@ config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), required=True, help="YAML run config."
 )
 restart_option = click.option(
-    "--restart", "restart", default=None, metavar="STEP",
+    "--restart",
+    "restart",
+    default=None,
+    metavar="STEP",
     help="Redo STEP (e.g. stage1.sft) and every step after it; earlier outputs move to <output_dir>/superseded/.",
 )
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override, e.g. --set sft.epochs=2 (repeatable)."
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted override, e.g. --set sft.epochs=2 (repeatable).",
 )

@@ -23,23 +23,39 @@ def plugins() -> None:
 def run_options(f):
     """The options `run` and `validate` share (validate checks exactly what run would run)."""
     options = [
-        click.option("--model", "models", multiple=True, metavar="[NAME=]PATH",
-                     help="Model folder, hub id or 'tiny' (repeatable; compared side by side). "
-                     "Replaces the config's models."),
+        click.option(
+            "--model",
+            "models",
+            multiple=True,
+            metavar="[NAME=]PATH",
+            help="Model folder, hub id or 'tiny' (repeatable; compared side by side). Replaces the config's models.",
+        ),
         click.option("--benchmarks", default=None, help="Comma-separated benchmark plugins, e.g. alpaca_eval,gsm8k."),
-        click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                     help="Eval YAML config."),
+        click.option(
+            "--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Eval YAML config."
+        ),
         click.option("--output", "output_dir", default=None, help="Output directory (default from config)."),
-        click.option("--answer-mode", type=click.Choice(["plain", "srt"]), default=None,
-                     help="For every model: plain (the model's answer) or srt (response -> feedback -> refinement, "
-                     "the refinement is the answer). Per-model modes: `answer_mode` in the config's models."),
-        click.option("--judge", default=None,
-                     help="Critic plugin used as judge (replaces the config's judge; its settings: "
-                     "--set judge.KEY=VALUE)."),
+        click.option(
+            "--answer-mode",
+            type=click.Choice(["plain", "srt"]),
+            default=None,
+            help="For every model: plain (the model's answer) or srt (response -> feedback -> refinement, "
+            "the refinement is the answer). Per-model modes: `answer_mode` in the config's models.",
+        ),
+        click.option(
+            "--judge",
+            default=None,
+            help="Critic plugin used as judge (replaces the config's judge; its settings: --set judge.KEY=VALUE).",
+        ),
         click.option("--seed", type=int, default=None),
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="Dotted override of the config, e.g. --set judge.model=gpt-4o, "
-                     "--set benchmarks.gsm8k.limit=4 (repeatable; values are YAML)."),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Dotted override of the config, e.g. --set judge.model=gpt-4o, "
+            "--set benchmarks.gsm8k.limit=4 (repeatable; values are YAML).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -59,8 +75,16 @@ def run(models, benchmarks, config_path, output_dir, answer_mode, judge, seed, o
     from srt.eval.runner import cli_run
 
     _need_models(models, config_path)
-    summary = cli_run(models, benchmarks, config_path, output_dir, seed=seed, judge=judge, answer_mode=answer_mode,
-                      overrides=overrides)
+    summary = cli_run(
+        models,
+        benchmarks,
+        config_path,
+        output_dir,
+        seed=seed,
+        judge=judge,
+        answer_mode=answer_mode,
+        overrides=overrides,
+    )
     out = Path(summary["run"]["output_dir"])
     if (out / "report.md").is_file():
         click.echo((out / "report.md").read_text(encoding="utf-8"))
@@ -76,8 +100,16 @@ def validate(models, benchmarks, config_path, output_dir, answer_mode, judge, se
     from srt.eval.runner import cli_plan
 
     _need_models(models, config_path)
-    plan = cli_plan(models, benchmarks, config_path, output_dir, seed=seed, judge=judge, answer_mode=answer_mode,
-                    overrides=overrides)
+    plan = cli_plan(
+        models,
+        benchmarks,
+        config_path,
+        output_dir,
+        seed=seed,
+        judge=judge,
+        answer_mode=answer_mode,
+        overrides=overrides,
+    )
     click.echo(plan.describe())
     click.echo("ok: nothing to fix")
 
@@ -91,10 +123,19 @@ def _need_models(models, config_path) -> None:
 
 @cli.command()
 @click.option("--model", "model_path", required=True, help="Model folder, hub id or 'tiny'.")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {id?, instruction}.")
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="Output JSONL (resumable).")
-@click.option("--mode", type=click.Choice(["srt", "plain", "rerank"]), default="srt", show_default=True,
-              help="srt: the refinement is the answer; rerank: best-of-N by self-score.")
+@click.option(
+    "--input", "input_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {id?, instruction}."
+)
+@click.option(
+    "--output", "output_path", required=True, type=click.Path(dir_okay=False), help="Output JSONL (resumable)."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["srt", "plain", "rerank"]),
+    default="srt",
+    show_default=True,
+    help="srt: the refinement is the answer; rerank: best-of-N by self-score.",
+)
 @click.option("--n", type=int, default=16, show_default=True, help="Candidates for --mode rerank.")
 @click.option("--temperature", type=float, default=None)
 @click.option("--max-new-tokens", type=int, default=None)
@@ -105,8 +146,12 @@ def generate(model_path, input_path, output_path, mode, n, temperature, max_new_
 
     from srt.eval.runner import generate_file
 
-    sampling = {k: v for k, v in {"temperature": temperature, "max_new_tokens": max_new_tokens}.items() if v is not None}
-    stats = generate_file(model_path, input_path, output_path, mode=mode, n=n, sampling=sampling or None, batch_size=batch_size)
+    sampling = {
+        k: v for k, v in {"temperature": temperature, "max_new_tokens": max_new_tokens}.items() if v is not None
+    }
+    stats = generate_file(
+        model_path, input_path, output_path, mode=mode, n=n, sampling=sampling or None, batch_size=batch_size
+    )
     click.echo(json.dumps({k: v for k, v in stats.items() if k != "model"}, indent=2))
 
 

@@ -31,8 +31,14 @@ def plugins() -> None:
 @cli.command()
 @config_option
 @set_option
-@click.option("--command", "command", type=click.Choice(["run", "stage1", "stage2"]), default="run", show_default=True,
-              help="The command to plan for.")
+@click.option(
+    "--command",
+    "command",
+    type=click.Choice(["run", "stage1", "stage2"]),
+    default="run",
+    show_default=True,
+    help="The command to plan for.",
+)
 @click.option("--model", "model_path", default=None, help="Stage-1 model folder, as for `srt-train stage2 --model`.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the plan, not the resolved config.")
 def validate(config_path: str, overrides: tuple[str, ...], command: str, model_path: str | None, quiet: bool) -> None:
@@ -58,7 +64,9 @@ def validate(config_path: str, overrides: tuple[str, ...], command: str, model_p
 @cli.command("check-records")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["feedback", "pair", "instruction"]), default="feedback", show_default=True)
-@click.option("--lenient", is_flag=True, help="Write bad lines to a rejects file (with the reason) instead of stopping.")
+@click.option(
+    "--lenient", is_flag=True, help="Write bad lines to a rejects file (with the reason) instead of stopping."
+)
 @click.option("--rejects", "rejects_path", default=None, help="Rejects file (default: PATH.rejects.jsonl).")
 def check_records(path: str, kind: str, lenient: bool, rejects_path: str | None) -> None:
     """Validate a records JSONL file: the first bad line stops with file:line: reason (or --lenient)."""
@@ -68,17 +76,24 @@ def check_records(path: str, kind: str, lenient: bool, rejects_path: str | None)
     reader = JsonlReader(path, model, lenient=lenient, rejects_path=rejects_path, allow_empty=False)
     for _ in reader:
         pass
-    click.echo(f"{path}: {reader.read} valid {kind} records, {reader.rejected} rejected"
-               + (f" (see {reader.rejects_path})" if reader.rejected else "")
-               + (", unterminated last line skipped" if reader.truncated_tail else ""))
+    click.echo(
+        f"{path}: {reader.read} valid {kind} records, {reader.rejected} rejected"
+        + (f" (see {reader.rejects_path})" if reader.rejected else "")
+        + (", unterminated last line skipped" if reader.truncated_tail else "")
+    )
 
 
 @cli.command()
 @config_option
 @set_option
 @click.option("--show", "show", type=int, default=3, show_default=True, help="Number of examples to print.")
-@click.option("--records", "records_path", type=click.Path(dir_okay=False), default=None,
-              help="Feedback records JSONL (default: the stage-1 records of the run's output directory).")
+@click.option(
+    "--records",
+    "records_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Feedback records JSONL (default: the stage-1 records of the run's output directory).",
+)
 @click.option("--view", type=click.Choice(["sft", "dpo"]), default="sft", show_default=True)
 def preprocess(config_path: str, overrides: tuple[str, ...], show: int, records_path: str | None, view: str) -> None:
     """Tokenize training data and print examples with the trained tokens marked."""
@@ -108,8 +123,9 @@ def stage2(config_path: str, overrides: tuple[str, ...], restart: str | None, mo
     """Self-feedback preference pairs from the stage-1 model, then DPO."""
     from srt.pipeline.run import execute
 
-    execute(load_config(config_path, overrides), "stage2", config_path=config_path, start_model=model_path,
-            restart=restart)
+    execute(
+        load_config(config_path, overrides), "stage2", config_path=config_path, start_model=model_path, restart=restart
+    )
 
 
 @cli.command()

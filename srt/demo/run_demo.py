@@ -24,11 +24,12 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import click
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,8 +71,9 @@ class DemoEvalConfig(_Strict):
 
 
 def load_demo_eval_config(path: str | Path, overrides: Sequence[str] = ()) -> DemoEvalConfig:
-    from srt.config import apply_overrides, format_validation_error
     from pydantic import ValidationError
+
+    from srt.config import apply_overrides, format_validation_error
 
     data = apply_overrides(load_yaml(path), list(overrides))
     try:
@@ -134,8 +136,10 @@ class RubricScorer:
         from srt.critic import CritiqueRequest
         from srt.critic_template import ParseFailure, parse_score
 
-        requests = [CritiqueRequest(id=str(i), instruction=q, response=t or "", reference=g, mode="score")
-                    for i, (q, t, g) in enumerate(items)]
+        requests = [
+            CritiqueRequest(id=str(i), instruction=q, response=t or "", reference=g, mode="score")
+            for i, (q, t, g) in enumerate(items)
+        ]
         scores = []
         for reply in self.critic.critique(requests):
             score = parse_score(reply.text) if reply.text else None
@@ -169,7 +173,9 @@ class Timings:
         self.this_run[name] = {**entry, "did_work": info["did_work"]}
         if info["did_work"] or name not in self.steps:
             self.steps[name] = {**entry, **{k: v for k, v in info.items() if k != "did_work"}}
-        click.echo(f"   {name}: {entry['wall_s']:.0f} s wall" + ("" if info["did_work"] else " (already done, resumed)"))
+        click.echo(
+            f"   {name}: {entry['wall_s']:.0f} s wall" + ("" if info["did_work"] else " (already done, resumed)")
+        )
         self.save()
 
     def save(self) -> None:
@@ -190,9 +196,11 @@ def run_training(cfg: RunConfig, config_path: str, timings: Timings, *, stage2: 
 
     out = Path(cfg.output_dir)
     with timings.step("prepare model") as info:
-        from srt.models import SMOLLM2_NAMES, SMOLLM2_CACHE_NAME, default_cache_dir
+        from srt.models import SMOLLM2_CACHE_NAME, SMOLLM2_NAMES, default_cache_dir
 
-        info["did_work"] = cfg.model.path in SMOLLM2_NAMES and not (default_cache_dir() / SMOLLM2_CACHE_NAME / "config.json").is_file()
+        info["did_work"] = (
+            cfg.model.path in SMOLLM2_NAMES and not (default_cache_dir() / SMOLLM2_CACHE_NAME / "config.json").is_file()
+        )
         base = resolve_model_path(cfg.model.path)
     checkpoints = {"base": base}
 
@@ -207,15 +215,19 @@ def run_training(cfg: RunConfig, config_path: str, timings: Timings, *, stage2: 
 
         with timings.step("stage 2: self-feedback + DPO") as info:
             # Finished: the last round's model exists, or a round found no pairs (the pipeline stops there).
-            info["did_work"] = not (is_done(round_dir(cfg, cfg.stage2.rounds) / "model") or any(
-                (round_dir(cfg, r) / NO_PAIRS_FILE).exists() for r in range(1, cfg.stage2.rounds + 1)))
+            info["did_work"] = not (
+                is_done(round_dir(cfg, cfg.stage2.rounds) / "model")
+                or any((round_dir(cfg, r) / NO_PAIRS_FILE).exists() for r in range(1, cfg.stage2.rounds + 1))
+            )
             data_done_before = (round_dir(cfg, 1) / "report.json").is_file()
             final = str(run_stage2(cfg, config_path, start_model=checkpoints["stage1"]))
             info.update(_split_times(round_dir(cfg, 1), data_done_before))
         if final != checkpoints["stage1"]:
             checkpoints["stage2"] = final
         else:  # said in the results: the self-scores never preferred a refinement, DPO had nothing to learn
-            log.warning("stage 2 found no preference pairs: the stage-2 model is the stage-1 model, not evaluated twice")
+            log.warning(
+                "stage 2 found no preference pairs: the stage-2 model is the stage-1 model, not evaluated twice"
+            )
     (out / "checkpoints.json").write_text(json.dumps(checkpoints, indent=2))
     return checkpoints
 
@@ -262,17 +274,26 @@ def evaluate(cfg: RunConfig, ecfg: DemoEvalConfig, checkpoints: dict[str, str], 
         plain_pass = "plain" in spec.modes and not (srt_needed and ecfg.plain_from_srt)
         with timings.step(f"evaluate {spec.name} ({', '.join(spec.modes)}) on {len(items)} held-out problems") as info:
             answers: dict[str, list[dict[str, Any]]] = {}
-            for mode, needed, max_new in (("srt", srt_needed, ecfg.srt_max_new_tokens),
-                                          ("plain", plain_pass, ecfg.plain_max_new_tokens)):
+            for mode, needed, max_new in (
+                ("srt", srt_needed, ecfg.srt_max_new_tokens),
+                ("plain", plain_pass, ecfg.plain_max_new_tokens),
+            ):
                 if not needed:
                     continue
-                model = EvalModel(spec.name, checkpoints[spec.checkpoint], answer_mode=mode, dtype=cfg.model.dtype,
-                                  batch_size=ecfg.batch_size, system_prompt=cfg.model.system_prompt, cache_dir=cache_dir,
-                                  sampling={"temperature": 0.0, "max_new_tokens": max_new, "seed": cfg.seed})
+                model = EvalModel(
+                    spec.name,
+                    checkpoints[spec.checkpoint],
+                    answer_mode=mode,
+                    dtype=cfg.model.dtype,
+                    batch_size=ecfg.batch_size,
+                    system_prompt=cfg.model.system_prompt,
+                    cache_dir=cache_dir,
+                    sampling={"temperature": 0.0, "max_new_tokens": max_new, "seed": cfg.seed},
+                )
                 answers[mode] = []
                 # One call per batch: each finished batch is in the cache before the next starts.
                 for start in range(0, len(items), ecfg.batch_size):
-                    answers[mode] += model.answers(items[start:start + ecfg.batch_size], f"heldout-{mode}")
+                    answers[mode] += model.answers(items[start : start + ecfg.batch_size], f"heldout-{mode}")
                 model.unload()
             info["did_work"] = any(not a["cached"] for rows in answers.values() for a in rows)
         if srt_needed:
@@ -291,10 +312,14 @@ def _correct(text: str | None, reference: str) -> bool:
     return got is not None and got == gold_number(reference)
 
 
-def _score_plain(name: str, mode: str, rows: list[dict[str, Any]], gold: dict[str, str], scorer: RubricScorer) -> ModeResult:
+def _score_plain(
+    name: str, mode: str, rows: list[dict[str, Any]], gold: dict[str, str], scorer: RubricScorer
+) -> ModeResult:
     rubric = scorer([(r["instruction"], r["answer"], gold[r["id"]]) for r in rows])
-    samples = [{"id": r["id"], "answer": r["answer"], "correct": _correct(r["answer"], gold[r["id"]]), "rubric": s}
-               for r, s in zip(rows, rubric)]
+    samples = [
+        {"id": r["id"], "answer": r["answer"], "correct": _correct(r["answer"], gold[r["id"]]), "rubric": s}
+        for r, s in zip(rows, rubric)
+    ]
     return ModeResult(name, mode, len(rows), sum(s["correct"] for s in samples), _mean(rubric), samples)
 
 
@@ -309,10 +334,22 @@ def _score_srt(name: str, rows: list[dict[str, Any]], gold: dict[str, str], scor
         resp_ok, ref_ok = _correct(t["response"], gold[r["id"]]), _correct(r["answer"], gold[r["id"]])
         fixed += (not resp_ok) and ref_ok
         broke += resp_ok and not ref_ok
-        samples.append({"id": r["id"], "response": t["response"], "feedback": t["feedback"], "answer": r["answer"],
-                        "self_score": t["self_score"], "parsed": t["parsed"], "fallback": t["fallback"],
-                        "finish_reason": t["finish_reason"], "response_correct": resp_ok, "correct": ref_ok,
-                        "rubric_response": resp_score, "rubric": ref_score})
+        samples.append(
+            {
+                "id": r["id"],
+                "response": t["response"],
+                "feedback": t["feedback"],
+                "answer": r["answer"],
+                "self_score": t["self_score"],
+                "parsed": t["parsed"],
+                "fallback": t["fallback"],
+                "finish_reason": t["finish_reason"],
+                "response_correct": resp_ok,
+                "correct": ref_ok,
+                "rubric_response": resp_score,
+                "rubric": ref_score,
+            }
+        )
     n = len(rows)
     self_scores = [s["self_score"] for s in samples if s["self_score"] is not None]
     srt = {
@@ -352,8 +389,15 @@ def paired_changes(results: list[ModeResult]) -> list[dict[str, Any]]:
             was = {s["id"]: s["correct"] for s in prev.samples}
             gained = sum(1 for s in r.samples if s["correct"] and not was.get(s["id"], False))
             lost = sum(1 for s in r.samples if not s["correct"] and was.get(s["id"], False))
-            rows.append({"before": f"{prev.model} {prev.mode}", "after": f"{r.model} {r.mode}", "gained": gained,
-                         "lost": lost, "sign_test_p": _sign_test(gained, lost)})
+            rows.append(
+                {
+                    "before": f"{prev.model} {prev.mode}",
+                    "after": f"{r.model} {r.mode}",
+                    "gained": gained,
+                    "lost": lost,
+                    "sign_test_p": _sign_test(gained, lost),
+                }
+            )
     return rows
 
 
@@ -363,7 +407,7 @@ def _sign_test(gained: int, lost: int) -> float:
     if n == 0:
         return 1.0
     k = min(gained, lost)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return float(f"{min(1.0, 2 * tail):.3g}")
 
 
@@ -381,16 +425,22 @@ def stage_counters(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     from srt.pipeline.stage2 import round_dir
 
     out = {}
-    for name, step_dir in [("stage1", stage1_dir(cfg))] + [(f"stage2 round {r}", round_dir(cfg, r))
-                                                           for r in range(1, cfg.stage2.rounds + 1)]:
+    for name, step_dir in [("stage1", stage1_dir(cfg))] + [
+        (f"stage2 round {r}", round_dir(cfg, r)) for r in range(1, cfg.stage2.rounds + 1)
+    ]:
         report = step_dir / "report.json"
         if report.is_file():
             data = json.loads(report.read_text())
             done = step_dir / "model" / "srt_done.json"
             stats = json.loads(done.read_text()).get("data_stats", {}).get("train", {}) if done.is_file() else {}
-            out[name] = {"counters": data["counters"], "response_mean": data["scores"]["response"]["mean"],
-                         "refinement_mean": data["scores"]["refinement"]["mean"], "pairs": data.get("pairs"),
-                         "train_examples": stats.get("examples"), "train_tokens": stats.get("tokens")}
+            out[name] = {
+                "counters": data["counters"],
+                "response_mean": data["scores"]["response"]["mean"],
+                "refinement_mean": data["scores"]["refinement"]["mean"],
+                "pairs": data.get("pairs"),
+                "train_examples": stats.get("examples"),
+                "train_tokens": stats.get("tokens"),
+            }
     return out
 
 
@@ -402,8 +452,14 @@ def _stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n) if n else 0.0
 
 
-def results_markdown(results: list[ModeResult], counters: dict[str, Any], timings: Timings, cfg: RunConfig,
-                     ecfg: DemoEvalConfig, notes: Sequence[str] = ()) -> str:
+def results_markdown(
+    results: list[ModeResult],
+    counters: dict[str, Any],
+    timings: Timings,
+    cfg: RunConfig,
+    ecfg: DemoEvalConfig,
+    notes: Sequence[str] = (),
+) -> str:
     n = results[0].n if results else 0
     lines = [
         "# SRT demo results",
@@ -415,45 +471,76 @@ def results_markdown(results: list[ModeResult], counters: dict[str, Any], timing
         "| --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        lines.append(f"| {r.model} | {r.mode} | {_pct(r.accuracy)} ({r.correct}/{r.n}) | "
-                     f"{_pct(_stderr(r.accuracy, r.n))} | {r.rubric_mean} |")
+        lines.append(
+            f"| {r.model} | {r.mode} | {_pct(r.accuracy)} ({r.correct}/{r.n}) | "
+            f"{_pct(_stderr(r.accuracy, r.n))} | {r.rubric_mean} |"
+        )
     srt_rows = [r for r in results if r.srt]
     if srt_rows:
-        lines += ["", "SRT mode (response -> feedback -> refinement in one generation):", "",
-                  "| model | format parsed | no refinement (fallback) | truncated | mean self-score of response | "
-                  "rubric: response -> refinement | accuracy: response -> refinement | fixed / broken by refinement |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "SRT mode (response -> feedback -> refinement in one generation):",
+            "",
+            "| model | format parsed | no refinement (fallback) | truncated | mean self-score of response | "
+            "rubric: response -> refinement | accuracy: response -> refinement | fixed / broken by refinement |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in srt_rows:
             s = r.srt
-            lines.append(f"| {r.model} | {_pct(s['parse_rate'])} | {s['fallbacks']} | {s['truncated']} | {s['self_score_mean']} | "
-                         f"{s['rubric_response_mean']} -> {s['rubric_refinement_mean']} | "
-                         f"{_pct(s['response_accuracy'])} -> {_pct(r.accuracy)} | "
-                         f"{s['fixed_by_refinement']} / {s['broken_by_refinement']} |")
+            lines.append(
+                f"| {r.model} | {_pct(s['parse_rate'])} | {s['fallbacks']} | {s['truncated']} | {s['self_score_mean']} | "
+                f"{s['rubric_response_mean']} -> {s['rubric_refinement_mean']} | "
+                f"{_pct(s['response_accuracy'])} -> {_pct(r.accuracy)} | "
+                f"{s['fixed_by_refinement']} / {s['broken_by_refinement']} |"
+            )
     paired = paired_changes(results)
     if paired:
-        lines += ["", "Paired on the same problems (each model against the checkpoint before it):", "",
-                  "| before | after | gained | lost | sign test p |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {p['before']} | {p['after']} | {p['gained']} | {p['lost']} | {p['sign_test_p']:.2g} |" for p in paired]
+        lines += [
+            "",
+            "Paired on the same problems (each model against the checkpoint before it):",
+            "",
+            "| before | after | gained | lost | sign test p |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {p['before']} | {p['after']} | {p['gained']} | {p['lost']} | {p['sign_test_p']:.2g} |" for p in paired
+        ]
     if counters:
-        lines += ["", "Training data (from the stage reports):", "",
-                  "| stage | instructions | kept | rejected (reason: count) | critic score: response -> refinement | "
-                  "pairs | training examples / tokens |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "Training data (from the stage reports):",
+            "",
+            "| stage | instructions | kept | rejected (reason: count) | critic score: response -> refinement | "
+            "pairs | training examples / tokens |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for name, c in counters.items():
             cnt = dict(c["counters"])
             total, kept = cnt.pop("total", 0), cnt.pop("kept", 0)
             rejected = ", ".join(f"{k}: {v}" for k, v in sorted(cnt.items())) or "-"
-            lines.append(f"| {name} | {total} | {kept} | {rejected} | {c['response_mean']} -> {c['refinement_mean']} | "
-                         f"{c['pairs'] if c['pairs'] is not None else '-'} | {c['train_examples']} / {c['train_tokens']} |")
+            lines.append(
+                f"| {name} | {total} | {kept} | {rejected} | {c['response_mean']} -> {c['refinement_mean']} | "
+                f"{c['pairs'] if c['pairs'] is not None else '-'} | {c['train_examples']} / {c['train_tokens']} |"
+            )
     lines += [f"\nNote: {note}" for note in notes]
-    lines += ["", "Time per step (wall seconds as measured when the step did its work; CPU seconds of all threads):", "",
-              "| step | wall s | CPU s |", "| --- | --- | --- |"]
+    lines += [
+        "",
+        "Time per step (wall seconds as measured when the step did its work; CPU seconds of all threads):",
+        "",
+        "| step | wall s | CPU s |",
+        "| --- | --- | --- |",
+    ]
     total_wall = 0.0
     for name, t in timings.steps.items():
         extra = f" (training {t['training_wall_s']} s)" if t.get("training_wall_s") else ""
         lines.append(f"| {name} | {t['wall_s']}{extra} | {t['cpu_s']} |")
         total_wall += t["wall_s"]
-    lines += [f"| total | {total_wall:.0f} | |", "",
-              f"torch threads: {_threads()}; plots: `plots/accuracy.png`, `plots/rubric_scores.png`.", ""]
+    lines += [
+        f"| total | {total_wall:.0f} | |",
+        "",
+        f"torch threads: {_threads()}; plots: `plots/accuracy.png`, `plots/rubric_scores.png`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -474,8 +561,13 @@ def write_plots(results: list[ModeResult], plots_dir: Path) -> None:
     acc = [100 * r.accuracy for r in results]
     err = [100 * _stderr(r.accuracy, r.n) for r in results]
     fig, ax = plt.subplots(figsize=(1.6 * len(results) + 2, 3.8), dpi=100)
-    bars = ax.bar(range(len(results)), acc, yerr=err, capsize=4,
-                  color=["#888888" if r.model == "base" else ("#1f77b4" if r.srt else "#9ecae1") for r in results])
+    bars = ax.bar(
+        range(len(results)),
+        acc,
+        yerr=err,
+        capsize=4,
+        color=["#888888" if r.model == "base" else ("#1f77b4" if r.srt else "#9ecae1") for r in results],
+    )
     for bar, r in zip(bars, results):
         ax.text(bar.get_x() + bar.get_width() / 2, 1, f"{r.correct}/{r.n}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(results)), labels, fontsize=8)
@@ -500,18 +592,34 @@ def write_plots(results: list[ModeResult], plots_dir: Path) -> None:
     plt.close(fig)
 
 
-def write_results(results: list[ModeResult], cfg: RunConfig, ecfg: DemoEvalConfig, timings: Timings,
-                  notes: Sequence[str] = ()) -> Path:
+def write_results(
+    results: list[ModeResult], cfg: RunConfig, ecfg: DemoEvalConfig, timings: Timings, notes: Sequence[str] = ()
+) -> Path:
     out = Path(cfg.output_dir)
     counters = stage_counters(cfg)
     write_plots(results, out / "plots")
     md = results_markdown(results, counters, timings, cfg, ecfg, notes)
     (out / "demo_results.md").write_text(md, encoding="utf-8")
     data = {
-        "model": cfg.model.path, "seed": cfg.seed, "heldout": ecfg.heldout.path,
-        "results": [{"model": r.model, "mode": r.mode, "n": r.n, "correct": r.correct, "accuracy": r.accuracy,
-                     "rubric_mean": r.rubric_mean, "srt": r.srt} for r in results],
-        "paired": paired_changes(results), "stages": counters, "timings": timings.steps, "notes": list(notes),
+        "model": cfg.model.path,
+        "seed": cfg.seed,
+        "heldout": ecfg.heldout.path,
+        "results": [
+            {
+                "model": r.model,
+                "mode": r.mode,
+                "n": r.n,
+                "correct": r.correct,
+                "accuracy": r.accuracy,
+                "rubric_mean": r.rubric_mean,
+                "srt": r.srt,
+            }
+            for r in results
+        ],
+        "paired": paired_changes(results),
+        "stages": counters,
+        "timings": timings.steps,
+        "notes": list(notes),
     }
     (out / "demo_results.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
     with open(out / "eval" / "samples.jsonl", "w", encoding="utf-8") as f:
@@ -526,16 +634,36 @@ def write_results(results: list[ModeResult], cfg: RunConfig, ecfg: DemoEvalConfi
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True, type=click.Path(dir_okay=False),
-              help="Run config (model, data, critic, SFT/DPO).")
-@click.option("--eval-config", "eval_config_path", default=DEFAULT_EVAL_CONFIG, show_default=True,
-              type=click.Path(dir_okay=False), help="Held-out evaluation settings.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override the run config, e.g. --set sft.epochs=3.")
+@click.option(
+    "--config",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Run config (model, data, critic, SFT/DPO).",
+)
+@click.option(
+    "--eval-config",
+    "eval_config_path",
+    default=DEFAULT_EVAL_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Held-out evaluation settings.",
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override the run config, e.g. --set sft.epochs=3."
+)
 @click.option("--eval-set", "eval_overrides", multiple=True, metavar="KEY=VALUE", help="Override the eval config.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice, one per core).")
 @click.option("--skip-stage2", is_flag=True, help="Stop after stage 1 (evaluate base and stage 1 only).")
-def cli(config_path: str, eval_config_path: str, overrides: tuple[str, ...], eval_overrides: tuple[str, ...],
-        threads: int | None, skip_stage2: bool) -> None:
+def cli(
+    config_path: str,
+    eval_config_path: str,
+    overrides: tuple[str, ...],
+    eval_overrides: tuple[str, ...],
+    threads: int | None,
+    skip_stage2: bool,
+) -> None:
     """SRT on SmolLM2-135M-Instruct, offline on CPU: stage 1, stage 2, held-out evaluation (all resumable)."""
     import torch
 
@@ -553,8 +681,10 @@ def cli(config_path: str, eval_config_path: str, overrides: tuple[str, ...], eva
     checkpoints = run_training(cfg, config_path, timings, stage2=not skip_stage2)
     notes = []
     if not skip_stage2 and "stage2" not in checkpoints:
-        notes.append("stage 2 found no preference pairs (the model's self-scores never preferred its refinement, "
-                     "see stage2/round1/report.md), so DPO did not run and the stage-2 model is the stage-1 model.")
+        notes.append(
+            "stage 2 found no preference pairs (the model's self-scores never preferred its refinement, "
+            "see stage2/round1/report.md), so DPO did not run and the stage-2 model is the stage-1 model."
+        )
     results = evaluate(cfg, ecfg, checkpoints, timings)
     path = write_results(results, cfg, ecfg, timings, notes)
     click.secho(f"\nresults: {path} (this run: {time.perf_counter() - start:.0f} s)", bold=True)

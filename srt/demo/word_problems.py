@@ -13,10 +13,38 @@ import json
 import random
 from pathlib import Path
 
-NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farah", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena", "Mateo", "Nora",
-         "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara"]
-ITEMS = [("apple", "apples"), ("marble", "marbles"), ("sticker", "stickers"), ("book", "books"), ("cookie", "cookies"),
-         ("pencil", "pencils"), ("shell", "shells"), ("card", "cards")]
+NAMES = [
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Diego",
+    "Emma",
+    "Farah",
+    "Gus",
+    "Hana",
+    "Ivan",
+    "Jia",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nora",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tara",
+]
+ITEMS = [
+    ("apple", "apples"),
+    ("marble", "marbles"),
+    ("sticker", "stickers"),
+    ("book", "books"),
+    ("cookie", "cookies"),
+    ("pencil", "pencils"),
+    ("shell", "shells"),
+    ("card", "cards"),
+]
 
 
 def _add_then_give(rng: random.Random):
@@ -79,8 +107,15 @@ def generate(n: int, seed: int, prefix: str, exclude: set[str] | frozenset[str] 
         if q in seen:
             continue
         seen.add(q)
-        out.append({"id": f"{prefix}-{len(out):04d}", "instruction": q, "answer": s, "final": answer,
-                    "template": template.__name__.lstrip("_")})
+        out.append(
+            {
+                "id": f"{prefix}-{len(out):04d}",
+                "instruction": q,
+                "answer": s,
+                "final": answer,
+                "template": template.__name__.lstrip("_"),
+            }
+        )
     return out
 
 

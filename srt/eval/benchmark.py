@@ -24,9 +24,10 @@ the run before any generation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 AnswerMode = Literal["plain", "srt"]
 
@@ -54,7 +55,7 @@ class Benchmark(Protocol):
     name: str
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any]) -> "Benchmark": ...
+    def from_config(cls, settings: dict[str, Any]) -> Benchmark: ...
 
     def describe(self) -> dict[str, Any]:
         """Task settings for the run record (hashed into the task config hash)."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -161,9 +162,7 @@ class EvalModel:
         """This model as lm-eval's ``HFLM`` (the already-loaded model object, not a re-load)."""
         from lm_eval.models.huggingface import HFLM
 
-        return HFLM(
-            pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size or self.batch_size, **kwargs
-        )
+        return HFLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size or self.batch_size, **kwargs)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -238,7 +237,11 @@ class EvalModel:
             raise ConfigError(f"unknown answer mode {mode!r}; use one of {', '.join(MODES)}")
         scoring = scoring or self._default_scoring()
         # Only what decides these outputs: a change of, say, score_sampling keeps plain answers cached.
-        settings: dict[str, Any] = {"mode": mode, "sampling": asdict(self.sampling), "system_prompt": self.system_prompt}
+        settings: dict[str, Any] = {
+            "mode": mode,
+            "sampling": asdict(self.sampling),
+            "system_prompt": self.system_prompt,
+        }
         if mode == "rerank":
             settings.update(
                 n=n,
@@ -325,7 +328,9 @@ class EvalModel:
         out = []
         for i, item in enumerate(items):
             result = dict(done[keys[i]])
-            out.append({"id": str(item.get("id", i)), **{f: item[f] for f in fields}, **result, "cached": i not in missing})
+            out.append(
+                {"id": str(item.get("id", i)), **{f: item[f] for f in fields}, **result, "cached": i not in missing}
+            )
         return out
 
 
@@ -339,7 +344,11 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
     lines = JsonLines(path)
     for lineno, raw, entry in lines:
         if not isinstance(entry.get("key"), str) or not isinstance(entry.get("result"), dict):
-            lines.bad(lineno, raw, "not a generation cache line (needs a string 'key' and a 'result' object); "
-                      "delete the file to regenerate")
+            lines.bad(
+                lineno,
+                raw,
+                "not a generation cache line (needs a string 'key' and a 'result' object); "
+                "delete the file to regenerate",
+            )
         done[entry["key"]] = entry["result"]
     return done

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from srt.errors import ConfigError, PluginError, SrtError
 from srt.eval.model import EvalModel, _safe_name
@@ -185,6 +186,8 @@ def plan_eval(
             raise PluginError(f"{where}: {exc}") from None
         planned.append(PlannedBenchmark(name, plugin, settings, instance, judge_name))
     if judge and not used_run_judge:
-        log.warning("the run's judge %r is not used: no selected benchmark needs a judge (or each names its own)",
-                    judge.get("name"))
+        log.warning(
+            "the run's judge %r is not used: no selected benchmark needs a judge (or each names its own)",
+            judge.get("name"),
+        )
     return EvalPlan(models, planned, output, cache, seed, judge)

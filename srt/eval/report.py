@@ -48,7 +48,10 @@ def _metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 def render_markdown(summary: dict[str, Any], plots: list[Path] = ()) -> str:
     models = list(summary["results"])
     lines = ["# Evaluation report", ""]
-    lines += ["| benchmark | metric | " + " | ".join(models) + " |", "| --- | --- | " + " | ".join("---:" for _ in models) + " |"]
+    lines += [
+        "| benchmark | metric | " + " | ".join(models) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in models) + " |",
+    ]
     for bench, metric in _metric_rows(summary):
         cells = []
         for model in models:
@@ -74,7 +77,13 @@ def render_markdown(summary: dict[str, Any], plots: list[Path] = ()) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in plots]
 
-    lines += ["", "## Run record", "", "| model | path | revision | chat template | answer mode | decoding |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Run record",
+        "",
+        "| model | path | revision | chat template | answer mode | decoding |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, rec in summary.get("models", {}).items():
         sampling = rec.get("sampling", {})
         decoding = ", ".join(f"{k}={v}" for k, v in sampling.items() if v not in (None, [], ""))

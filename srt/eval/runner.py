@@ -20,8 +20,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -90,9 +91,7 @@ class EvalConfig(_Strict):
     )
 
 
-def load_eval_config(
-    path: str | Path | None, overrides: Sequence[str] = (), judge: str | None = None
-) -> EvalConfig:
+def load_eval_config(path: str | Path | None, overrides: Sequence[str] = (), judge: str | None = None) -> EvalConfig:
     """The eval config from ``path`` (or the defaults), ``--judge`` applied, then ``--set KEY=VALUE`` overrides.
 
     ``judge``: a critic name; when it differs from the config judge's name, the config's judge
@@ -248,9 +247,7 @@ def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
 
             logger.info("%s / %s: running", model.name, bench.name)
             _seed_everything(seed)
-            ctx = EvalContext(
-                output_dir=bench_dir, cache_dir=cache_dir, seed=seed, make_critic=judges.factory(model)
-            )
+            ctx = EvalContext(output_dir=bench_dir, cache_dir=cache_dir, seed=seed, make_critic=judges.factory(model))
             bench_dir.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             result = bench.instance.run(model, ctx)
@@ -348,8 +345,9 @@ def cli_inputs(
         for m in models:
             name, sep, path = m.partition("=")
             try:
-                specs.append(ModelSpec(name=name if sep else None, path=path if sep else m,
-                                       answer_mode=answer_mode or "plain"))
+                specs.append(
+                    ModelSpec(name=name if sep else None, path=path if sep else m, answer_mode=answer_mode or "plain")
+                )
             except ValidationError as exc:
                 from srt.config import validation_problems
 
@@ -434,8 +432,13 @@ def generate_file(
             results = model.answers(batch, "generate", mode=mode, n=n, scoring=scoring or "srt", cache_dir=None)
             for item, result in zip(batch, results):
                 writer.write(
-                    {"id": item["id"], "instruction": item["instruction"], "answer": result["answer"], "mode": mode,
-                     "trace": result["trace"]}
+                    {
+                        "id": item["id"],
+                        "instruction": item["instruction"],
+                        "answer": result["answer"],
+                        "mode": mode,
+                        "trace": result["trace"],
+                    }
                 )
                 stats["generated"] += 1
     stats.update(_trace_stats(output_path, mode))

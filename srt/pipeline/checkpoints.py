@@ -188,7 +188,9 @@ class ResumeRNG(Callback):
 
 def _at_step_boundary(trainer, batch_idx: int) -> bool:
     """True after the micro-batch that completes an optimizer step (nothing accumulated is lost)."""
-    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    return (
+        batch_idx + 1
+    ) % trainer.accumulate_grad_batches == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
 
 class StopOnSignal(Callback):

@@ -15,16 +15,25 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from srt import critic_template as ct
 from srt.critic import CritiqueReply, CritiqueRequest
 from srt.errors import PluginError
-from srt.records import CriticInfo, Feedback, FeedbackRecord, InstructionRecord, JsonlWriter, read_jsonl, write_jsonl_atomic
+from srt.records import (
+    CriticInfo,
+    Feedback,
+    FeedbackRecord,
+    InstructionRecord,
+    JsonlWriter,
+    read_jsonl,
+    write_jsonl_atomic,
+)
 from srt.secrets import scrub_known, scrub_text
 
 log = logging.getLogger(__name__)
@@ -46,9 +55,18 @@ def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[i : i + size]
 
 
-def generate_responses(generator, instructions: list[InstructionRecord], path: Path, *, sampling_kwargs: dict[str, Any],
-                       seed: int, stage: int, round: int = 0, system_prompt: str | None = None,
-                       chunk_size: int = 64) -> list[FeedbackRecord]:
+def generate_responses(
+    generator,
+    instructions: list[InstructionRecord],
+    path: Path,
+    *,
+    sampling_kwargs: dict[str, Any],
+    seed: int,
+    stage: int,
+    round: int = 0,
+    system_prompt: str | None = None,
+    chunk_size: int = 64,
+) -> list[FeedbackRecord]:
     """Answer each instruction once (resumable): returns records with ``response`` set.
 
     ``generator``: a :class:`srt.generation.Generator` (or anything with its ``chat``), or a function
@@ -62,19 +80,27 @@ def generate_responses(generator, instructions: list[InstructionRecord], path: P
     if todo and not hasattr(generator, "chat"):
         generator = generator()
     with JsonlWriter(path) as writer:
-        for chunk_index, chunk in enumerate(_chunks(todo, chunk_size)):
+        for chunk in _chunks(todo, chunk_size):
             # Each instruction samples from its own random stream, keyed by its id: a resumed run
             # (whatever was left to do, however it is chunked) draws what a fresh run would have.
             # An SRT model writes response -> feedback -> refinement in one turn: the initial
             # response is what comes before its feedback header (stage 2 critiques it separately).
             sampling = SamplingConfig(**sampling_kwargs, seed=seed, stop=[ct.FEEDBACK_SEPARATOR.rstrip("\n")])
-            outs = generator.chat([ins.instruction for ins in chunk], sampling, system_prompt=system_prompt,
-                                  keys=[f"response\x00{ins.id}" for ins in chunk])
+            outs = generator.chat(
+                [ins.instruction for ins in chunk],
+                sampling,
+                system_prompt=system_prompt,
+                keys=[f"response\x00{ins.id}" for ins in chunk],
+            )
             for ins, out in zip(chunk, outs):
                 text = ct.strip_partial_separator(out.text) if out.finish_reason == "length" else out.text
                 rec = FeedbackRecord(
-                    id=ins.id, instruction=ins.instruction, reference=ins.reference, response=text.strip(),
-                    stage=stage, round=round,
+                    id=ins.id,
+                    instruction=ins.instruction,
+                    reference=ins.reference,
+                    response=text.strip(),
+                    stage=stage,
+                    round=round,
                     meta={**ins.meta, "response_tokens": out.num_new_tokens, "response_finish": out.finish_reason},
                 )
                 writer.write(rec)
@@ -88,17 +114,27 @@ def check_replies(critic, replies: Any, expected: int) -> list[CritiqueReply]:
     name = getattr(critic, "name", type(critic).__name__)
     where = f"critic plugin {name!r} ({type(critic).__module__}.{type(critic).__qualname__})"
     if not isinstance(replies, (list, tuple)):
-        raise PluginError(f"{where} broke the critic protocol: critique() returned {type(replies).__name__}, "
-                          "expected a list of srt.critic.CritiqueReply")
+        raise PluginError(
+            f"{where} broke the critic protocol: critique() returned {type(replies).__name__}, "
+            "expected a list of srt.critic.CritiqueReply"
+        )
     if len(replies) != expected:
-        raise PluginError(f"{where} broke the critic protocol: {len(replies)} replies for {expected} requests "
-                          "(one reply per request, in order)")
+        raise PluginError(
+            f"{where} broke the critic protocol: {len(replies)} replies for {expected} requests "
+            "(one reply per request, in order)"
+        )
     for k, rep in enumerate(replies):
         text, error, usage = (getattr(rep, a, _MISSING) for a in ("text", "error", "usage"))
-        if _MISSING in (text, error) or not (text is None or isinstance(text, str)) \
-                or not (error is None or isinstance(error, str)) or not (usage is None or isinstance(usage, dict)):
-            raise PluginError(f"{where} broke the critic protocol: reply {k} is {type(rep).__name__} "
-                              f"{str(rep)[:80]!r}, expected CritiqueReply(text: str | None, error: str | None, usage: dict)")
+        if (
+            _MISSING in (text, error)
+            or not (text is None or isinstance(text, str))
+            or not (error is None or isinstance(error, str))
+            or not (usage is None or isinstance(usage, dict))
+        ):
+            raise PluginError(
+                f"{where} broke the critic protocol: reply {k} is {type(rep).__name__} "
+                f"{str(rep)[:80]!r}, expected CritiqueReply(text: str | None, error: str | None, usage: dict)"
+            )
         if text is None and error is None:
             raise PluginError(f"{where} broke the critic protocol: reply {k} has neither text nor error")
     return list(replies)
@@ -114,7 +150,9 @@ def _load_calls(path: Path) -> dict[tuple[str, str], CriticCall]:
     return {(c.id, c.mode): c for c in read_jsonl(path, CriticCall)}
 
 
-def run_critic(critic, records: list[FeedbackRecord], path: Path, chunk_size: int = 64) -> dict[tuple[str, str], CriticCall]:
+def run_critic(
+    critic, records: list[FeedbackRecord], path: Path, chunk_size: int = 64
+) -> dict[tuple[str, str], CriticCall]:
     """Critique each response, then re-score each parsed refinement in a separate call (resumable)."""
     calls = _load_calls(path)
 
@@ -126,13 +164,26 @@ def run_critic(critic, records: list[FeedbackRecord], path: Path, chunk_size: in
 
         def call(mode: str, ids: list[str], text_of) -> None:
             for chunk in _chunks(ids, chunk_size):
-                reqs = [CritiqueRequest(id=i, instruction=by_id[i].instruction, response=text_of(i),
-                                        reference=by_id[i].reference, mode=mode) for i in chunk]
+                reqs = [
+                    CritiqueRequest(
+                        id=i,
+                        instruction=by_id[i].instruction,
+                        response=text_of(i),
+                        reference=by_id[i].reference,
+                        mode=mode,
+                    )
+                    for i in chunk
+                ]
                 replies = check_replies(critic, critic.critique(reqs), len(reqs))
                 for i, rep in zip(chunk, replies):
                     # An API key echoed back by a server must not reach the files.
-                    row = CriticCall(id=i, mode=mode, text=scrub_known(rep.text), error=scrub_text(rep.error),
-                                     usage=dict(rep.usage or {}))
+                    row = CriticCall(
+                        id=i,
+                        mode=mode,
+                        text=scrub_known(rep.text),
+                        error=scrub_text(rep.error),
+                        usage=dict(rep.usage or {}),
+                    )
                     writer.write(row)
                     calls[(i, mode)] = row
 
@@ -170,17 +221,20 @@ class FilterOutcome:
     refinement_scores: list[int] = field(default_factory=list)  # every parsed re-score
 
 
-def build_records(records: list[FeedbackRecord], calls: dict[tuple[str, str], CriticCall], critic_info: CriticInfo,
-                  rule: FilterRule) -> FilterOutcome:
+def build_records(
+    records: list[FeedbackRecord], calls: dict[tuple[str, str], CriticCall], critic_info: CriticInfo, rule: FilterRule
+) -> FilterOutcome:
     """Parse critic output, apply the paper's filters, and count every outcome."""
     out = FilterOutcome()
     for rec in records:
         out.counters["total"] += 1
         crit, score_call = calls.get((rec.id, "critique")), calls.get((rec.id, "score"))
 
-        def reject(reason: str, detail: str = "", **extra: Any) -> None:
+        def reject(reason: str, detail: str = "", rec: FeedbackRecord = rec, **extra: Any) -> None:
             out.counters[reason.split(":")[0]] += 1
-            out.rejects.append({"id": rec.id, "reason": reason, "detail": detail, "record": rec.model_dump(mode="json"), **extra})
+            out.rejects.append(
+                {"id": rec.id, "reason": reason, "detail": detail, "record": rec.model_dump(mode="json"), **extra}
+            )
 
         if crit is None or crit.error is not None:
             reject("critic_error", crit.error if crit else "no critic call recorded")
@@ -200,14 +254,20 @@ def build_records(records: list[FeedbackRecord], calls: dict[tuple[str, str], Cr
         out.refinement_scores.append(ref_score)
         kept = FeedbackRecord(
             **{**rec.model_dump(exclude={"feedback", "refinement", "refinement_score", "critic"})},
-            feedback=Feedback(weaknesses=parsed.weaknesses, suggestions=parsed.suggestions, score=parsed.score, raw=crit.text),
+            feedback=Feedback(
+                weaknesses=parsed.weaknesses, suggestions=parsed.suggestions, score=parsed.score, raw=crit.text
+            ),
             refinement=parsed.improved_response,
             refinement_score=ref_score,
             critic=critic_info,
         )
         better = ref_score > parsed.score if rule.refinement_vs_response == ">" else ref_score >= parsed.score
         if not better:
-            reject("refinement_not_better", f"refinement {ref_score} vs response {parsed.score}", kept=kept.model_dump(mode="json"))
+            reject(
+                "refinement_not_better",
+                f"refinement {ref_score} vs response {parsed.score}",
+                kept=kept.model_dump(mode="json"),
+            )
             continue
         if rule.min_refinement_score is not None and ref_score < rule.min_refinement_score:
             reject("refinement_below_min", f"refinement {ref_score} < {rule.min_refinement_score}")
@@ -235,7 +295,12 @@ def critic_usage(path: Path, since: float | None = None) -> dict[str, Any]:
         tokens = {k: u.get(k, 0) or 0 for k in ("prompt_tokens", "completion_tokens")}
         if u.get("cached"):
             paid_at = u.get("paid_at")
-            if since is not None and isinstance(paid_at, (int, float)) and paid_at >= since and not u.get("deduplicated"):
+            if (
+                since is not None
+                and isinstance(paid_at, (int, float))
+                and paid_at >= since
+                and not u.get("deduplicated")
+            ):
                 totals["paid_by_an_interrupted_attempt"] += 1
                 totals.update({**tokens, "cost_usd": u.get("paid_cost_usd", 0) or 0})
             else:

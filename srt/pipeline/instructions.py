@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from srt.config import InstructionSource
 from srt.errors import ConfigError, RecordError
@@ -89,8 +90,9 @@ def _rows(src: InstructionSource, rejects: RowRejects) -> Iterator[tuple[int, in
             yield n, n, row, _row_text(row) if rejects.lenient else ""
 
 
-def load_instructions(src: InstructionSource, *, lenient: bool = False,
-                      rejects_path: str | os.PathLike | None = None) -> list[InstructionRecord]:
+def load_instructions(
+    src: InstructionSource, *, lenient: bool = False, rejects_path: str | os.PathLike | None = None
+) -> list[InstructionRecord]:
     """Read, map fields, validate (non-empty instruction, unique ids) and slice (offset/limit: rows
     of the source, blank lines not counted). Strict by default; ``lenient`` keeps bad rows in
     ``rejects_path`` (default ``<path>.rejects.jsonl``) instead of stopping (module doc)."""
@@ -161,8 +163,10 @@ def check_source(src: InstructionSource, what: str) -> None:
             ds = datasets.load_dataset(src.path, src.name, split=src.split, streaming=True)
             row = next(iter(ds), None)
         except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad split: all one message
-            raise ConfigError(f"{what}.path: cannot open dataset {src.path!r} (split {src.split!r}): "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise ConfigError(
+                f"{what}.path: cannot open dataset {src.path!r} (split {src.split!r}): "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
         rows = [] if row is None else [(1, row)]
     else:
         rejects = JsonLines(path) if fmt == "jsonl" else RowRejects(path, unit="row")
@@ -173,7 +177,9 @@ def check_source(src: InstructionSource, what: str) -> None:
         missing = {ours: theirs for ours, theirs in src.fields.items() if theirs not in row}
         if missing:
             mapped = ", ".join(f"{ours} <- {theirs!r}" for ours, theirs in missing.items())
-            raise ConfigError(f"{what}.fields: {mapped} not found in the first row of {src.path} "
-                              f"(its fields: {', '.join(sorted(map(str, row)))})")
+            raise ConfigError(
+                f"{what}.fields: {mapped} not found in the first row of {src.path} "
+                f"(its fields: {', '.join(sorted(map(str, row)))})"
+            )
         return
     raise ConfigError(f"{what}: no rows in {src.path} past offset {src.offset}")

@@ -65,7 +65,7 @@ class RunLock:
         except (OSError, ValueError):
             return {}
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -89,10 +89,16 @@ class RunLock:
             if not flock_ok and same_host and isinstance(pid, int) and pid != os.getpid() and _alive(pid):
                 os.close(fd)
                 raise RunLockedError(f"output_dir {self.dir} is in use by another run ({_describe(holder)})")
-            log.warning("%s: taking over a stale lock left by a run that is no longer running (%s)",
-                        self.dir, _describe(holder))
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                  "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]), "what": self.what}
+            log.warning(
+                "%s: taking over a stale lock left by a run that is no longer running (%s)", self.dir, _describe(holder)
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+            "what": self.what,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         os.fsync(fd)
@@ -110,7 +116,7 @@ class RunLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

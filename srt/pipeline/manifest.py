@@ -19,7 +19,19 @@ from srt.io import atomic_write_json, read_json
 from srt.records import file_sha256
 from srt.secrets import scrub, scrub_text
 
-PACKAGES = ("srt", "torch", "lightning", "transformers", "peft", "tokenizers", "datasets", "lm_eval", "alpaca_eval", "pydantic", "openai")
+PACKAGES = (
+    "srt",
+    "torch",
+    "lightning",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "datasets",
+    "lm_eval",
+    "alpaca_eval",
+    "pydantic",
+    "openai",
+)
 
 
 def package_versions(names=PACKAGES) -> dict[str, str | None]:
@@ -41,8 +53,15 @@ def _git_commit() -> str | None:
         return None
 
 
-def write_manifest(out_dir: str | Path, *, config: dict[str, Any], seed: int, data_files: dict[str, str | Path] | None = None,
-                   model: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+def write_manifest(
+    out_dir: str | Path,
+    *,
+    config: dict[str, Any],
+    seed: int,
+    data_files: dict[str, str | Path] | None = None,
+    model: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``<out_dir>/manifest.json``. A step's manifest is written when the step starts or resumes
     (never once it finished: the pipeline skips it then), so it describes what ran; every attempt
     (a resume after a crash or a preemption) is listed under ``attempts``."""
@@ -55,8 +74,12 @@ def write_manifest(out_dir: str | Path, *, config: dict[str, Any], seed: int, da
         data[name] = {"path": str(p), "sha256": file_sha256(p) if p.is_file() else None}
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     previous = read_json(path, default={})
-    attempt = {"started": now, "command": scrub_text(" ".join(sys.argv)), "git_commit": _git_commit(),
-               "host": platform.node()}
+    attempt = {
+        "started": now,
+        "command": scrub_text(" ".join(sys.argv)),
+        "git_commit": _git_commit(),
+        "host": platform.node(),
+    }
     manifest = {
         "created": previous.get("created", now),
         "command": attempt["command"],

@@ -62,8 +62,9 @@ def check_output_dir(path: str | os.PathLike, what: str = "output_dir") -> None:
         probe = Path(tempfile.mkdtemp(dir=existing, prefix=".srt-write-check-"))
     except OSError as exc:
         where = f"{existing} is not writable" if existing != p else "it is not writable"
-        raise ConfigError(f"cannot {'write to' if existing == p else 'create'} {what} {p}: {where} "
-                          f"({exc.strerror or exc})") from None
+        raise ConfigError(
+            f"cannot {'write to' if existing == p else 'create'} {what} {p}: {where} ({exc.strerror or exc})"
+        ) from None
     probe.rmdir()
 
 
@@ -77,8 +78,10 @@ def check_critic(critic: dict, where: str, *, sources: list[tuple[str, object]])
     if getattr(load_plugin(CRITICS, name), "needs_reference", False):
         for what, src in sources:
             if src is not None and "reference" not in src.fields:
-                raise ConfigError(f"{where}: critic {name!r} needs gold answers, but {what}.fields maps no "
-                                  f"'reference' (e.g. fields: {{instruction: question, reference: answer}})")
+                raise ConfigError(
+                    f"{where}: critic {name!r} needs gold answers, but {what}.fields maps no "
+                    f"'reference' (e.g. fields: {{instruction: question, reference: answer}})"
+                )
 
 
 def check_generation(cfg: RunConfig) -> None:
@@ -123,8 +126,10 @@ def check_trainer(cfg: RunConfig) -> None:
         raise ConfigError(f"trainer.accelerator: {t.accelerator!r} is not one of {', '.join(_ACCELERATORS)}")
     precisions = _precisions()
     if str(t.precision) not in precisions:
-        raise ConfigError(f"trainer.precision: {t.precision!r} is not a Lightning precision; use one of "
-                          f"{', '.join(sorted(p for p in precisions if not p.isdigit()))}")
+        raise ConfigError(
+            f"trainer.precision: {t.precision!r} is not a Lightning precision; use one of "
+            f"{', '.join(sorted(p for p in precisions if not p.isdigit()))}"
+        )
     from srt.pipeline.training import resolve_precision
     from srt.sft_module import check_training_precision
 
@@ -156,7 +161,9 @@ def check_trainer(cfg: RunConfig) -> None:
 
         FSDPOptions.parse(t.fsdp)
     elif t.fsdp:
-        raise ConfigError(f"trainer.fsdp is set but trainer.strategy is {t.strategy!r} (fsdp options apply to fsdp/fsdp2)")
+        raise ConfigError(
+            f"trainer.fsdp is set but trainer.strategy is {t.strategy!r} (fsdp options apply to fsdp/fsdp2)"
+        )
 
 
 def check_batches(cfg: RunConfig, command: Command) -> None:

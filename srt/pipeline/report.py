@@ -19,8 +19,16 @@ def _mean(xs: list[int]) -> float | None:
     return round(sum(xs) / len(xs), 3) if xs else None
 
 
-def write_stage_report(step_dir: Path, *, title: str, counters: Counter, response_scores: list[int],
-                       refinement_scores: list[int], usage: Counter | dict | None = None, extra: dict[str, Any] | None = None) -> dict:
+def write_stage_report(
+    step_dir: Path,
+    *,
+    title: str,
+    counters: Counter,
+    response_scores: list[int],
+    refinement_scores: list[int],
+    usage: Counter | dict | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict:
     report = {
         "title": title,
         "counters": dict(counters),
@@ -45,8 +53,12 @@ def _markdown(report: dict) -> str:
     lines += ["", "| score | responses | refinements |", "| --- | --- | --- |"]
     h0, h1 = report["scores"]["response"]["histogram"], report["scores"]["refinement"]["histogram"]
     lines += [f"| {s} | {h0[s]} | {h1[s]} |" for s in range(1, 11)]
-    lines += ["", f"mean score: responses {report['scores']['response']['mean']}, "
-                  f"refinements {report['scores']['refinement']['mean']}", ""]
+    lines += [
+        "",
+        f"mean score: responses {report['scores']['response']['mean']}, "
+        f"refinements {report['scores']['refinement']['mean']}",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -24,8 +24,14 @@ from srt.pipeline.run_context import RunContext
 log = logging.getLogger(__name__)
 
 
-def execute(cfg: RunConfig, command: Command, *, config_path: str | None = None, start_model: str | None = None,
-            restart: str | None = None) -> Path:
+def execute(
+    cfg: RunConfig,
+    command: Command,
+    *,
+    config_path: str | None = None,
+    start_model: str | None = None,
+    restart: str | None = None,
+) -> Path:
     from srt.pipeline.lock import RunLock
     from srt.pipeline.stage1 import stage1
     from srt.pipeline.stage2 import stage2
@@ -44,9 +50,16 @@ def execute(cfg: RunConfig, command: Command, *, config_path: str | None = None,
             check_drift(plan.steps, record)
         ctx = RunContext(cfg, {s.name: s for s in plan.steps}, record, config_path)
         if rank_zero and command == "run":
-            write_manifest(Path(cfg.output_dir), config=config_to_dict(cfg), seed=cfg.seed,
-                           extra={"srt_command": "run", "config_file": config_path,
-                                  "steps": {s.name: s.fingerprint for s in plan.steps}})
+            write_manifest(
+                Path(cfg.output_dir),
+                config=config_to_dict(cfg),
+                seed=cfg.seed,
+                extra={
+                    "srt_command": "run",
+                    "config_file": config_path,
+                    "steps": {s.name: s.fingerprint for s in plan.steps},
+                },
+            )
         if command == "stage1":
             return stage1(ctx)
         if command == "stage2":

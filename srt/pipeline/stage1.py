@@ -39,8 +39,18 @@ def build_generator(cfg: RunConfig, model_path: str):
     return Generator.from_pretrained(model_path, dtype=cfg.model.dtype, batch_size=cfg.generation.batch_size)
 
 
-def collect_feedback(ctx: RunContext, step_dir: Path, *, prefix: str, model_path: str, instructions, critic_spec: dict,
-                     rule: fb.FilterRule, stage: int, round: int):
+def collect_feedback(
+    ctx: RunContext,
+    step_dir: Path,
+    *,
+    prefix: str,
+    model_path: str,
+    instructions,
+    critic_spec: dict,
+    rule: fb.FilterRule,
+    stage: int,
+    round: int,
+):
     """Generate responses, run the critic, filter. Returns (outcome, critic usage)."""
     from srt.registry import CRITICS, create_critic, load_plugin
 
@@ -64,8 +74,14 @@ def collect_feedback(ctx: RunContext, step_dir: Path, *, prefix: str, model_path
 
     ctx.started(f"{prefix}.responses")
     records = fb.generate_responses(
-        policy, instructions, step_dir / "responses.jsonl", sampling_kwargs=cfg.generation.response.model_dump(),
-        seed=cfg.seed, stage=stage, round=round, system_prompt=cfg.model.system_prompt,
+        policy,
+        instructions,
+        step_dir / "responses.jsonl",
+        sampling_kwargs=cfg.generation.response.model_dump(),
+        seed=cfg.seed,
+        stage=stage,
+        round=round,
+        system_prompt=cfg.model.system_prompt,
         chunk_size=cfg.generation.chunk_size,
     )
     ctx.finished(f"{prefix}.responses")
@@ -101,10 +117,14 @@ def stage1(ctx: RunContext) -> Path:
     base = resolve_model_path(cfg.model.path)
     if is_rank_zero():
         step_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(step_dir, config=config_to_dict(cfg), seed=cfg.seed,
-                       data_files={"instructions": cfg.data.stage1.path},
-                       model={"path": cfg.model.path, "resolved": base, "revision": model_revision(base)},
-                       extra={"stage": 1, "config_file": ctx.config_path, "steps": ctx.fingerprints("stage1.")})
+        write_manifest(
+            step_dir,
+            config=config_to_dict(cfg),
+            seed=cfg.seed,
+            data_files={"instructions": cfg.data.stage1.path},
+            model={"path": cfg.model.path, "resolved": base, "revision": model_revision(base)},
+            extra={"stage": 1, "config_file": ctx.config_path, "steps": ctx.fingerprints("stage1.")},
+        )
 
     records_path = step_dir / "records.jsonl"
     if not is_rank_zero():
@@ -112,14 +132,25 @@ def stage1(ctx: RunContext) -> Path:
     elif not (step_dir / "report.json").exists():
         title = "Stage 1: critic feedback"
         outcome, usage = collect_feedback(
-            ctx, step_dir, prefix="stage1", model_path=base, instructions=load_instructions(cfg.data.stage1),
-            critic_spec=cfg.critic, stage=1, round=0,
+            ctx,
+            step_dir,
+            prefix="stage1",
+            model_path=base,
+            instructions=load_instructions(cfg.data.stage1),
+            critic_spec=cfg.critic,
+            stage=1,
+            round=0,
             rule=fb.FilterRule(cfg.filter.refinement_vs_response, cfg.filter.min_refinement_score),
         )
         fb.save_outcome(step_dir, outcome)
-        report = write_stage_report(step_dir, title=title, counters=outcome.counters,
-                                    response_scores=outcome.response_scores, refinement_scores=outcome.refinement_scores,
-                                    usage=usage)
+        report = write_stage_report(
+            step_dir,
+            title=title,
+            counters=outcome.counters,
+            response_scores=outcome.response_scores,
+            refinement_scores=outcome.refinement_scores,
+            usage=usage,
+        )
         ctx.finished("stage1.critic")
         log.info("stage 1 data: %s", report["counters"])
     from srt.pipeline.train_sft import train_sft

@@ -47,9 +47,17 @@ def round_instructions(cfg: RunConfig, r: int) -> InstructionSource:
 def pairs_from(records, r: int) -> list[PreferencePair]:
     return [
         PreferencePair(
-            id=f"{rec.id}-r{r}", prompt=rec.instruction, chosen=rec.refinement, rejected=rec.response,
-            chosen_score=rec.refinement_score, rejected_score=rec.feedback.score, source_id=rec.id,
-            critic=rec.critic, stage=2, round=r, meta={**rec.meta, "source_stage": rec.stage},
+            id=f"{rec.id}-r{r}",
+            prompt=rec.instruction,
+            chosen=rec.refinement,
+            rejected=rec.response,
+            chosen_score=rec.refinement_score,
+            rejected_score=rec.feedback.score,
+            source_id=rec.id,
+            critic=rec.critic,
+            stage=2,
+            round=r,
+            meta={**rec.meta, "source_stage": rec.stage},
         )
         for rec in records
     ]
@@ -70,10 +78,20 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
     src = round_instructions(cfg, r)
     if is_rank_zero():
         step_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(step_dir, config=config_to_dict(cfg), seed=cfg.seed, data_files={"instructions": src.path},
-                       model={"start": start_model, "revision": model_revision(start_model)},
-                       extra={"stage": 2, "round": r, "config_file": ctx.config_path, "instructions": src.model_dump(),
-                              "steps": ctx.fingerprints(prefix + ".")})
+        write_manifest(
+            step_dir,
+            config=config_to_dict(cfg),
+            seed=cfg.seed,
+            data_files={"instructions": src.path},
+            model={"start": start_model, "revision": model_revision(start_model)},
+            extra={
+                "stage": 2,
+                "round": r,
+                "config_file": ctx.config_path,
+                "instructions": src.model_dump(),
+                "steps": ctx.fingerprints(prefix + "."),
+            },
+        )
     pairs_path = step_dir / "pairs.jsonl"
     if not is_rank_zero():
         wait_for(step_dir / "report.json", f"stage-2 round {r} data")
@@ -81,22 +99,40 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
         critic = cfg.stage2.critic
         title = f"Stage 2 round {r}: {critic['name']} critic"
         outcome, usage = collect_feedback(
-            ctx, step_dir, prefix=prefix, model_path=start_model, instructions=load_instructions(src),
-            critic_spec=critic, stage=2, round=r,
+            ctx,
+            step_dir,
+            prefix=prefix,
+            model_path=start_model,
+            instructions=load_instructions(src),
+            critic_spec=critic,
+            stage=2,
+            round=r,
             rule=fb.FilterRule(cfg.stage2.refinement_vs_response, cfg.stage2.min_refinement_score),
         )
         fb.save_outcome(step_dir, outcome)  # records.jsonl = the self-feedback records that won
         pairs = pairs_from(outcome.kept, r)
         write_jsonl_atomic(pairs_path, pairs)
-        report = write_stage_report(step_dir, title=title, counters=outcome.counters, response_scores=outcome.response_scores,
-                                    refinement_scores=outcome.refinement_scores, usage=usage, extra={"pairs": len(pairs)})
+        report = write_stage_report(
+            step_dir,
+            title=title,
+            counters=outcome.counters,
+            response_scores=outcome.response_scores,
+            refinement_scores=outcome.refinement_scores,
+            usage=usage,
+            extra={"pairs": len(pairs)},
+        )
         ctx.finished(f"{prefix}.critic")
         log.info("stage 2 round %d data: %s", r, report["counters"])
     if not any(True for _ in read_jsonl(pairs_path, PreferencePair)):
         # A legitimate outcome (e.g. a later round where refinements no longer beat responses):
         # said loudly, recorded, and the model stays what it was.
-        log.warning("stage 2 round %d: no preference pairs (the model's refinements never out-scored its responses; "
-                    "see %s); skipping DPO, the model stays %s", r, step_dir / "report.md", start_model)
+        log.warning(
+            "stage 2 round %d: no preference pairs (the model's refinements never out-scored its responses; "
+            "see %s); skipping DPO, the model stays %s",
+            r,
+            step_dir / "report.md",
+            start_model,
+        )
         if is_rank_zero():
             (step_dir / NO_PAIRS_FILE).write_text(json.dumps({"round": r, "model": start_model}), encoding="utf-8")
         return Path(start_model)
@@ -108,8 +144,9 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
     return model
 
 
-def run_stage2(cfg: RunConfig, config_path: str | None = None, start_model: str | None = None,
-               restart: str | None = None) -> Path:
+def run_stage2(
+    cfg: RunConfig, config_path: str | None = None, start_model: str | None = None, restart: str | None = None
+) -> Path:
     """``srt-train stage2``: plan, lock the output directory, then run every round (resumable)."""
     from srt.pipeline.run import execute
 

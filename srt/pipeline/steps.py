@@ -38,8 +38,16 @@ STEPS_FILE = "steps.json"
 # What each kind of step writes into its directory (glob patterns), for --restart.
 _OUTPUTS = {
     "responses": ("responses.jsonl", "responses.jsonl.rejects.jsonl"),
-    "critic": ("critic_calls.jsonl", "records.jsonl", "rejects.jsonl", "report.json", "report.md", "scores.png",
-               "pairs.jsonl", "no_pairs.json"),
+    "critic": (
+        "critic_calls.jsonl",
+        "records.jsonl",
+        "rejects.jsonl",
+        "report.json",
+        "report.md",
+        "scores.png",
+        "pairs.jsonl",
+        "no_pairs.json",
+    ),
     "train": ("checkpoints", "logs", "model", "adapter", "reference_logps", "hpc_ckpt_*.ckpt", "summary.md"),
     "start": (),
 }
@@ -82,8 +90,9 @@ def _pick(flat: dict[str, Any], prefixes: tuple[str, ...], exclude: tuple[str, .
     def under(key: str, p: str) -> bool:
         return key == p or key.startswith(p + ".")
 
-    return {k: v for k, v in flat.items()
-            if any(under(k, p) for p in prefixes) and not any(under(k, e) for e in exclude)}
+    return {
+        k: v for k, v in flat.items() if any(under(k, p) for p in prefixes) and not any(under(k, e) for e in exclude)
+    }
 
 
 def data_identity(path: str) -> str | None:
@@ -132,8 +141,15 @@ def plan_steps(cfg: RunConfig, *, start_model: str | None = None) -> list[Step]:
 
     s1 = out_dir / "stage1"
     if start_model is None and cfg.data.stage1 is not None:
-        add("stage1.responses", "responses", s1,
-            {**_pick(flat, (*model, *sampling, "data.stage1")), "data.stage1.sha256": data_identity(cfg.data.stage1.path)})
+        add(
+            "stage1.responses",
+            "responses",
+            s1,
+            {
+                **_pick(flat, (*model, *sampling, "data.stage1")),
+                "data.stage1.sha256": data_identity(cfg.data.stage1.path),
+            },
+        )
         add("stage1.critic", "critic", s1, {**_critic_settings("critic", flat, cfg.critic), **_pick(flat, ("filter",))})
         add("stage1.sft", "train", s1, _pick(flat, (*model, "seed", "sft", *_TRAINER_SHAPING)))
     else:  # stage 2 from a given model (or from a stage-1 model this config does not describe)
@@ -146,13 +162,27 @@ def plan_steps(cfg: RunConfig, *, start_model: str | None = None) -> list[Step]:
         for r in range(1, cfg.stage2.rounds + 1):
             rd = round_dir(cfg, r)
             src = round_instructions(cfg, r)
-            add(f"stage2.round{r}.responses", "responses", rd,
-                {**_pick(flat, ("model.system_prompt", "model.dtype", *sampling)),
-                 **{f"data.stage2.{k}": v for k, v in flatten(src.model_dump()).items()},
-                 "data.stage2.sha256": data_identity(src.path)})
-            add(f"stage2.round{r}.critic", "critic", rd,
-                {**_critic_settings("stage2.critic", flat, cfg.stage2.critic),
-                 **_pick(flat, ("stage2.refinement_vs_response", "stage2.min_refinement_score", "generation.critique"))})
+            add(
+                f"stage2.round{r}.responses",
+                "responses",
+                rd,
+                {
+                    **_pick(flat, ("model.system_prompt", "model.dtype", *sampling)),
+                    **{f"data.stage2.{k}": v for k, v in flatten(src.model_dump()).items()},
+                    "data.stage2.sha256": data_identity(src.path),
+                },
+            )
+            add(
+                f"stage2.round{r}.critic",
+                "critic",
+                rd,
+                {
+                    **_critic_settings("stage2.critic", flat, cfg.stage2.critic),
+                    **_pick(
+                        flat, ("stage2.refinement_vs_response", "stage2.min_refinement_score", "generation.critique")
+                    ),
+                },
+            )
             add(f"stage2.round{r}.dpo", "train", rd, _pick(flat, ("model.dtype", "seed", "dpo", *_TRAINER_SHAPING)))
     return [s for s in steps if s.kind != "start"]
 
@@ -172,8 +202,13 @@ class StepRecord:
     def started(self, step: Step) -> None:
         entry = self.steps.get(step.name)
         if entry is None or entry["fingerprint"] != step.fingerprint:
-            self.steps[step.name] = {"fingerprint": step.fingerprint, "settings": step.settings, "status": "started",
-                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started_ts": time.time()}
+            self.steps[step.name] = {
+                "fingerprint": step.fingerprint,
+                "settings": step.settings,
+                "status": "started",
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "started_ts": time.time(),
+            }
             self.save()
 
     def finished(self, step: Step) -> None:
@@ -191,16 +226,16 @@ class StepRecord:
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     from srt.secrets import redact_value
 
-    keys = sorted(set(old) | set(new))
     missing = object()
+
+    def show(key: str, value: Any) -> str:
+        return "(unset)" if value is missing else json.dumps(redact_value(key, value), default=str)
+
     out = []
-    for k in keys:
+    for k in sorted(set(old) | set(new)):
         a, b = old.get(k, missing), new.get(k, missing)
         if a != b:
-            def show(v: Any) -> str:
-                return "(unset)" if v is missing else json.dumps(redact_value(k, v), default=str)
-
-            out.append(f"{k}: {show(a)} -> {show(b)}")
+            out.append(f"{k}: {show(k, a)} -> {show(k, b)}")
     return out
 
 
@@ -211,8 +246,11 @@ def check_drift(steps: list[Step], record: StepRecord) -> None:
         if entry is None or entry["fingerprint"] == step.fingerprint:
             continue
         changed = _changes(entry.get("settings", {}), step.settings)
-        what = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "") if changed \
+        what = (
+            "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            if changed
             else "an earlier step changed"
+        )
         state = "finished" if entry.get("status") == "done" else "started"
         raise DriftError(
             f"{step.name} {state} earlier with other settings ({what}); its outputs in {step.dir} would no longer "
@@ -221,9 +259,13 @@ def check_drift(steps: list[Step], record: StepRecord) -> None:
         )
     unrecorded = [s for s in steps if s.name not in record.steps and any(p.exists() for p in s.outputs())]
     if unrecorded:
-        log.warning("%s has outputs of %s but no record of their settings (%s missing: made by an older srt?); "
-                    "they are assumed to match this config", steps[0].dir.parent, ", ".join(s.name for s in unrecorded),
-                    STEPS_FILE)
+        log.warning(
+            "%s has outputs of %s but no record of their settings (%s missing: made by an older srt?); "
+            "they are assumed to match this config",
+            steps[0].dir.parent,
+            ", ".join(s.name for s in unrecorded),
+            STEPS_FILE,
+        )
 
 
 def restart(steps: list[Step], record: StepRecord, name: str) -> Path | None:
@@ -231,7 +273,7 @@ def restart(steps: list[Step], record: StepRecord, name: str) -> Path | None:
     names = [s.name for s in steps]
     if name not in names:
         raise ConfigError(f"--restart {name}: no such step in this run; steps: {', '.join(names)}")
-    later = steps[names.index(name):]
+    later = steps[names.index(name) :]
     out_dir = Path(record.path).parent
     aside = out_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S")
     moved = 0
@@ -244,7 +286,8 @@ def restart(steps: list[Step], record: StepRecord, name: str) -> Path | None:
         record.steps.pop(step.name, None)
     record.save()
     if moved:
-        log.warning("--restart %s: moved %d earlier output(s) of %s to %s", name, moved,
-                    ", ".join(s.name for s in later), aside)
+        log.warning(
+            "--restart %s: moved %d earlier output(s) of %s to %s", name, moved, ", ".join(s.name for s in later), aside
+        )
         return aside
     return None

@@ -34,9 +34,14 @@ def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_pat
             gc.collect()
 
     cache = ReferenceLogpsCache(step_dir / "reference_logps")
-    key = dict(data_hash=file_sha256(pairs_path), model=f"{start_model}@{model_revision(start_model)}",
-               chat_template=datamodule.tokenizer.chat_template, max_length=cfg.dpo.max_length, dtype=cfg.model.dtype,
-               data_config=datamodule.config.model_dump())
+    key = dict(
+        data_hash=file_sha256(pairs_path),
+        model=f"{start_model}@{model_revision(start_model)}",
+        chat_template=datamodule.tokenizer.chat_template,
+        max_length=cfg.dpo.max_length,
+        dtype=cfg.model.dtype,
+        data_config=datamodule.config.model_dump(),
+    )
     if not is_rank_zero():  # computed once, by rank 0 (torchrun/SLURM start every rank at once)
         wait_for(cache.path(cache.key(**key)), "reference log-probs")
     return cache.get_or_compute(compute, **key)
@@ -54,28 +59,55 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
     for warning in check_tokenizer(tokenizer, for_training=True):
         log.warning("tokenizer: %s", warning)
     datamodule = FeedbackDataModule(
-        tokenizer, mode="dpo", train_files=[pairs_path], val_fraction=cfg.trainer.val_fraction,
-        batch_size=d.micro_batch_size, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-        truncation=d.truncation, group_by_length=d.group_by_length, seed=cfg.seed, system_prompt=cfg.model.system_prompt,
-        packing=d.packing, completion_end=d.completion_end,
+        tokenizer,
+        mode="dpo",
+        train_files=[pairs_path],
+        val_fraction=cfg.trainer.val_fraction,
+        batch_size=d.micro_batch_size,
+        max_length=d.max_length,
+        max_prompt_length=d.max_prompt_length,
+        truncation=d.truncation,
+        group_by_length=d.group_by_length,
+        seed=cfg.seed,
+        system_prompt=cfg.model.system_prompt,
+        packing=d.packing,
+        completion_end=d.completion_end,
     )
     datamodule.setup("fit")
     if d.reference == "precomputed":
         datamodule.set_reference_logps(precompute_reference(cfg, datamodule, start_model, pairs_path, step_dir))
     module = DPOModule(
-        start_model, tokenizer, beta=d.beta, loss_type=d.loss_type, label_smoothing=d.label_smoothing,
-        nll_weight=d.nll_weight, reference=d.reference, reference_is_base=d.reference_is_base,
-        check_reference_at_start=d.check_reference_at_start, lora=d.lora.model_dump() if d.lora else None,
-        gradient_checkpointing=d.gradient_checkpointing, lr=d.optim.lr, weight_decay=d.optim.weight_decay,
-        betas=d.optim.betas, warmup_ratio=d.optim.warmup_ratio, dtype=cfg.model.dtype,
+        start_model,
+        tokenizer,
+        beta=d.beta,
+        loss_type=d.loss_type,
+        label_smoothing=d.label_smoothing,
+        nll_weight=d.nll_weight,
+        reference=d.reference,
+        reference_is_base=d.reference_is_base,
+        check_reference_at_start=d.check_reference_at_start,
+        lora=d.lora.model_dump() if d.lora else None,
+        gradient_checkpointing=d.gradient_checkpointing,
+        lr=d.optim.lr,
+        weight_decay=d.optim.weight_decay,
+        betas=d.optim.betas,
+        warmup_ratio=d.optim.warmup_ratio,
+        dtype=cfg.model.dtype,
     )
     accumulate = check_divisible(d.global_batch_size, d.micro_batch_size, world_size(cfg.trainer))
     where = f"stage-2 DPO ({step_dir.name})"
-    trainer = build_trainer(cfg.trainer, step_dir, max_epochs=d.epochs, max_steps=d.max_steps, accumulate=accumulate,
-                            where=where)
+    trainer = build_trainer(
+        cfg.trainer, step_dir, max_epochs=d.epochs, max_steps=d.max_steps, accumulate=accumulate, where=where
+    )
     fit_resumable(trainer, module, datamodule, step_dir, where=where)
-    info = {"stage": 2, "start_model": start_model, "pairs": str(pairs_path), "reference": d.reference,
-            "data_stats": {k: v.as_dict() for k, v in datamodule.stats.items()}, "global_step": trainer.global_step}
+    info = {
+        "stage": 2,
+        "start_model": start_model,
+        "pairs": str(pairs_path),
+        "reference": d.reference,
+        "data_stats": {k: v.as_dict() for k, v in datamodule.stats.items()},
+        "global_step": trainer.global_step,
+    }
     merge = d.lora is not None and d.merge_lora
     if merge:
         module.save_hf(step_dir / "adapter", merge_lora=False)

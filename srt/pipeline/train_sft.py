@@ -25,24 +25,49 @@ def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: 
     for warning in check_tokenizer(tokenizer, for_training=True):
         log.warning("tokenizer: %s", warning)
     datamodule = FeedbackDataModule(
-        tokenizer, mode="sft", train_files=[records_path], val_fraction=cfg.trainer.val_fraction,
-        batch_size=s.micro_batch_size, max_length=s.max_length, group_by_length=s.group_by_length, seed=cfg.seed,
-        system_prompt=cfg.model.system_prompt, truncation=s.truncation, mask_response=s.mask_response, ablation=s.ablation,
+        tokenizer,
+        mode="sft",
+        train_files=[records_path],
+        val_fraction=cfg.trainer.val_fraction,
+        batch_size=s.micro_batch_size,
+        max_length=s.max_length,
+        group_by_length=s.group_by_length,
+        seed=cfg.seed,
+        system_prompt=cfg.model.system_prompt,
+        truncation=s.truncation,
+        mask_response=s.mask_response,
+        ablation=s.ablation,
         packing=s.packing,
     )
     module = SFTModule(
-        base_model, tokenizer, lora=s.lora.model_dump() if s.lora else None, gradient_checkpointing=s.gradient_checkpointing,
-        lr=s.optim.lr, weight_decay=s.optim.weight_decay, betas=s.optim.betas, warmup_ratio=s.optim.warmup_ratio,
-        dtype=cfg.model.dtype, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
+        base_model,
+        tokenizer,
+        lora=s.lora.model_dump() if s.lora else None,
+        gradient_checkpointing=s.gradient_checkpointing,
+        lr=s.optim.lr,
+        weight_decay=s.optim.weight_decay,
+        betas=s.optim.betas,
+        warmup_ratio=s.optim.warmup_ratio,
+        dtype=cfg.model.dtype,
+        revision=cfg.model.revision,
+        trust_remote_code=cfg.model.trust_remote_code,
     )
     accumulate = check_divisible(s.global_batch_size, s.micro_batch_size, world_size(cfg.trainer))
-    trainer = build_trainer(cfg.trainer, step_dir, max_epochs=s.epochs, max_steps=s.max_steps, accumulate=accumulate,
-                            where="stage-1 SFT")
+    trainer = build_trainer(
+        cfg.trainer, step_dir, max_epochs=s.epochs, max_steps=s.max_steps, accumulate=accumulate, where="stage-1 SFT"
+    )
     fit_resumable(trainer, module, datamodule, step_dir, where="stage-1 SFT")
-    info = {"stage": 1, "base_model": base_model, "records": str(records_path), "data_stats": {
-        k: v.as_dict() for k, v in datamodule.stats.items()}, "global_step": trainer.global_step}
+    info = {
+        "stage": 1,
+        "base_model": base_model,
+        "records": str(records_path),
+        "data_stats": {k: v.as_dict() for k, v in datamodule.stats.items()},
+        "global_step": trainer.global_step,
+    }
     if s.lora is not None:
         module.save_hf(step_dir / "adapter", merge_lora=False)
-    return export_model(module, trainer, step_dir / "model", merge_lora=s.lora is not None and s.merge_lora, info=info) \
-        if s.lora is None or s.merge_lora else export_model(module, trainer, step_dir / "model", merge_lora=False, info=info)
-
+    return (
+        export_model(module, trainer, step_dir / "model", merge_lora=s.lora is not None and s.merge_lora, info=info)
+        if s.lora is None or s.merge_lora
+        else export_model(module, trainer, step_dir / "model", merge_lora=False, info=info)
+    )

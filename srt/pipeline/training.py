@@ -97,8 +97,16 @@ def _appending_csv_logger(step_dir: Path, flush_every: int):
     return AppendingCSVLogger(str(step_dir), name="logs", version="", flush_logs_every_n_steps=flush_every)
 
 
-def build_trainer(tcfg: TrainerConfig, step_dir: Path, *, max_epochs: int, max_steps: int, accumulate: int,
-                  where: str = "training", extra_callbacks: list | None = None) -> L.Trainer:
+def build_trainer(
+    tcfg: TrainerConfig,
+    step_dir: Path,
+    *,
+    max_epochs: int,
+    max_steps: int,
+    accumulate: int,
+    where: str = "training",
+    extra_callbacks: list | None = None,
+) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from srt.pipeline.checkpoints import AtomicCheckpointIO, ResumeRNG, StopOnSignal
@@ -126,8 +134,13 @@ def build_trainer(tcfg: TrainerConfig, step_dir: Path, *, max_epochs: int, max_s
     )
 
 
-def fit_resumable(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, step_dir: Path,
-                  where: str = "training") -> None:
+def fit_resumable(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    step_dir: Path,
+    where: str = "training",
+) -> None:
     """``trainer.fit``, resumed from the newest whole checkpoint; SIGTERM/SIGINT -> checkpoint + Interrupted."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 

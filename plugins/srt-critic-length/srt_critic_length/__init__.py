@@ -11,7 +11,8 @@ srt's filter drops that example, as it should.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 # Split after . ! ? followed by spaces (not newlines, so lists and paragraphs keep their lines).
 _SENTENCE_END = re.compile(r"(?<=[.!?])[ \t]+")
-_TERMINAL = ('.', '!', '?', '"', "'", ")", "`", "]")
+_TERMINAL = (".", "!", "?", '"', "'", ")", "`", "]")
 _PARAGRAPH_SENTENCES = 3
 
 
@@ -65,7 +66,7 @@ class LengthCritic:
         }
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> "LengthCritic":
+    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> LengthCritic:
         known = {"target_words", "min_ratio", "max_ratio", "block_words"}
         unknown = sorted(set(settings) - known)
         if unknown:
@@ -98,7 +99,9 @@ class LengthCritic:
             shortfall = 1 - n / self.min_words
             score -= 1 + round(6 * shortfall)
             weaknesses.append(f"The response is too short: {n} words, against a target of about {self.target_words}.")
-            suggestions.append("Expand it: explain the reasoning, add an example, and cover every part of the instruction.")
+            suggestions.append(
+                "Expand it: explain the reasoning, add an example, and cover every part of the instruction."
+            )
         elif n > self.max_words:
             excess = n / self.max_words - 1
             score -= 1 + min(4, round(3 * excess))

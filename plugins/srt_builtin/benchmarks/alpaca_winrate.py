@@ -40,8 +40,9 @@ import logging
 import math
 import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -61,10 +62,7 @@ DATA_HELP = (
     "`fixture` (16 hand-written items shipped with srt), a local .json/.jsonl file with `instruction` and `output` "
     "(the reference answer; optional `id`, `generator`, `dataset`), or `hub` (tatsu-lab/alpaca_eval; needs the network)"
 )
-JUDGE_HELP = (
-    "The judge critic, `{name: <critic plugin>, <its settings>}` or a plugin name; default: the run's `judge`"
-)
-
+JUDGE_HELP = "The judge critic, `{name: <critic plugin>, <its settings>}` or a plugin name; default: the run's `judge`"
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -125,7 +123,9 @@ def file_digest(path: Path) -> str:
 # -- data ------------------------------------------------------------------------------------
 
 
-def load_alpaca_items(data: str, subset: str = "alpaca_eval_gpt4_baseline", limit: int | None = None) -> tuple[list[dict[str, Any]], str]:
+def load_alpaca_items(
+    data: str, subset: str = "alpaca_eval_gpt4_baseline", limit: int | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """(items with id/instruction/output/generator, a data identity for the run record)."""
     if data == "hub":
         items, identity = _load_hub(subset), f"hub:{HUB_ID}/{subset}"
@@ -150,8 +150,13 @@ def _load_hub(subset: str) -> list[dict[str, Any]]:
             "shipped fixture (data: fixture) or a local JSONL with instruction/output"
         ) from err
     return [
-        {"id": f"alpaca_eval-{i}", "instruction": r["instruction"], "output": r["output"],
-         "generator": r.get("generator", subset), "dataset": r.get("dataset")}
+        {
+            "id": f"alpaca_eval-{i}",
+            "instruction": r["instruction"],
+            "output": r["output"],
+            "generator": r.get("generator", subset),
+            "dataset": r.get("dataset"),
+        }
         for i, r in enumerate(rows)
     ]
 
@@ -165,8 +170,15 @@ def _load_file(path: Path) -> list[dict[str, Any]]:
                 rows.bad(n, raw, f"needs a string {key!r} (the reference answer is 'output')")
         item_id = str(row.get("id", f"{path.stem}-{n}"))
         rows.unique(n, raw, item_id)
-        items.append({"id": item_id, "instruction": row["instruction"], "output": row["output"],
-                      "generator": row.get("generator", "reference"), "dataset": row.get("dataset")})
+        items.append(
+            {
+                "id": item_id,
+                "instruction": row["instruction"],
+                "output": row["output"],
+                "generator": row.get("generator", "reference"),
+                "dataset": row.get("dataset"),
+            }
+        )
     return items
 
 
@@ -185,7 +197,9 @@ def judge_scores(critic: Any, items: Sequence[dict[str, Any]]) -> list[dict[str,
     ]
     replies = critic.critique(requests)
     if len(replies) != len(requests):
-        raise SrtError(f"judge {getattr(critic, 'name', critic)!r} returned {len(replies)} replies for {len(requests)} requests")
+        raise SrtError(
+            f"judge {getattr(critic, 'name', critic)!r} returned {len(replies)} replies for {len(requests)} requests"
+        )
     scores = []
     for reply in replies:
         if reply.text is None:
@@ -221,20 +235,28 @@ def judge_head_to_head(
     n = len(instructions)
     scored = judge_scores(
         critic,
-        [{"id": f"{i}:baseline", "instruction": ins, "response": out} for i, ins, out in zip(ids, instructions, baseline_outputs)]
-        + [{"id": f"{i}:model", "instruction": ins, "response": out} for i, ins, out in zip(ids, instructions, model_outputs)],
+        [
+            {"id": f"{i}:baseline", "instruction": ins, "response": out}
+            for i, ins, out in zip(ids, instructions, baseline_outputs)
+        ]
+        + [
+            {"id": f"{i}:model", "instruction": ins, "response": out}
+            for i, ins, out in zip(ids, instructions, model_outputs)
+        ],
     )
     judged = []
     for k in range(n):
         base, model = scored[k], scored[n + k]
-        judged.append({
-            "score_baseline": base["score"],
-            "score_model": model["score"],
-            "preference": preference(base["score"], model["score"]),
-            "judge_failure": base["failure"] or model["failure"],
-            "judge_output_baseline": base["judge_output"],
-            "judge_output_model": model["judge_output"],
-        })
+        judged.append(
+            {
+                "score_baseline": base["score"],
+                "score_model": model["score"],
+                "preference": preference(base["score"], model["score"]),
+                "judge_failure": base["failure"] or model["failure"],
+                "judge_output_baseline": base["judge_output"],
+                "judge_output_model": model["judge_output"],
+            }
+        )
     return judged
 
 
@@ -250,8 +272,15 @@ def winrate_metrics(annotations: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     prefs = [{"preference": math.nan if a["preference"] is None else a["preference"]} for a in annotations]
     if not any(p["preference"] == p["preference"] for p in prefs):  # nothing judged: alpaca_eval has no rate
-        return {"win_rate": None, "standard_error": None, "n_wins": 0, "n_wins_base": 0, "n_draws": 0, "n_total": 0,
-                "discrete_win_rate": None}
+        return {
+            "win_rate": None,
+            "standard_error": None,
+            "n_wins": 0,
+            "n_wins_base": 0,
+            "n_draws": 0,
+            "n_total": 0,
+            "discrete_win_rate": None,
+        }
     return {k: _plain(v) for k, v in get_winrate(prefs).items()}
 
 
@@ -291,7 +320,10 @@ def length_controlled(
 
     none = {"length_controlled_winrate": None, "lc_standard_error": None}
     if glm_name != "length_controlled_minimal":
-        return none, f"glm {glm_name!r} needs alpaca_eval's hub files for the 805-prompt set; only length_controlled_minimal runs offline"
+        return (
+            none,
+            f"glm {glm_name!r} needs alpaca_eval's hub files for the 805-prompt set; only length_controlled_minimal runs offline",
+        )
     rows = [a for a in annotations if a["preference"] is not None]
     if len(rows) < min_items:
         return none, f"length-controlled win rate not computed: {len(rows)} judged pairs < lc_min_items={min_items}"
@@ -305,7 +337,9 @@ def length_controlled(
     try:
         with _offline_df_gamed(len(df)), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sklearn deprecation chatter
-            out = get_length_controlled_winrate(df, glm_name=glm_name, save_weights_dir=None, is_warn_extreme_changes=False)
+            out = get_length_controlled_winrate(
+                df, glm_name=glm_name, save_weights_dir=None, is_warn_extreme_changes=False
+            )
     except Exception as err:  # e.g. all lengths equal (no length signal), a single class
         return none, f"length-controlled win rate not computed: alpaca_eval's GLM failed ({type(err).__name__}: {err})"
     rate = _plain(out["length_controlled_winrate"])
@@ -313,7 +347,10 @@ def length_controlled(
         return none, "length-controlled win rate not computed: alpaca_eval's GLM returned NaN"
     if rate == 50.0:
         # The L1-regularized fit zeroed every weight (too little data): 50% by construction, not a measurement.
-        return none, "length-controlled win rate not computed: alpaca_eval's GLM shrank all weights to zero (too few items)"
+        return (
+            none,
+            "length-controlled win rate not computed: alpaca_eval's GLM shrank all weights to zero (too few items)",
+        )
     # With the minimal formula every prediction is the same number, so alpaca_eval's per-item
     # standard error is 0 by construction; it says nothing about uncertainty: not reported.
     result = {"length_controlled_winrate": rate, "lc_standard_error": None}
@@ -358,11 +395,16 @@ class AlpacaEvalBenchmark:
         )
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any]) -> "AlpacaEvalBenchmark":
+    def from_config(cls, settings: dict[str, Any]) -> AlpacaEvalBenchmark:
         return cls(dict(settings))
 
     def describe(self) -> dict[str, Any]:
-        return {"benchmark": self.name, **self.settings, "data_identity": self.data_identity, "num_items": len(self.items)}
+        return {
+            "benchmark": self.name,
+            **self.settings,
+            "data_identity": self.data_identity,
+            "num_items": len(self.items),
+        }
 
     def run(self, model: Any, ctx: EvalContext) -> BenchmarkResult:
         mode = self.settings["answer_mode"] or model.answer_mode
@@ -412,9 +454,13 @@ class AlpacaEvalBenchmark:
                 "numbers are not comparable with the AlpacaEval leaderboard"
             )
         if judge_failures:
-            warnings_.append(f"{judge_failures}/{len(judged)} pairs have no judge preference (left out of the win rate)")
+            warnings_.append(
+                f"{judge_failures}/{len(judged)} pairs have no judge preference (left out of the win rate)"
+            )
         if self.settings["both_orders"]:
-            warnings_.append("both_orders does not apply: score-based judging scores each output on its own (no positions)")
+            warnings_.append(
+                "both_orders does not apply: score-based judging scores each output on its own (no positions)"
+            )
         meta = {
             "judge": critic.describe(),
             "judging": "score-based: each output scored alone by the judge critic; higher score wins, equal = tie",

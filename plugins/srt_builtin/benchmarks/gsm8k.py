@@ -57,7 +57,9 @@ class GSM8KBenchmark(LmEvalBenchmark):
             return render_tasks(self.template, out_dir, hub=self.settings["hub"])
         if isinstance(files, dict):
             if set(files) != {"test"}:
-                raise ConfigError(f"benchmark 'gsm8k': data_files takes a path or {{test: path}}, got keys {sorted(files)}")
+                raise ConfigError(
+                    f"benchmark 'gsm8k': data_files takes a path or {{test: path}}, got keys {sorted(files)}"
+                )
             files = files["test"]
         test = resolve_data_file(files, "benchmark 'gsm8k' data_files")
         return render_tasks(self.template, out_dir, data_files={TASK: {"test": test}})

@@ -42,7 +42,7 @@ def split_hh_transcripts(chosen: str, rejected: str) -> tuple[str, str, str] | N
     c, r = chosen.rfind(_ASSISTANT), rejected.rfind(_ASSISTANT)
     if c < 0 or r < 0 or chosen[:c] != rejected[:r]:
         return None
-    return chosen[:c], chosen[c + len(_ASSISTANT):].strip(), rejected[r + len(_ASSISTANT):].strip()
+    return chosen[:c], chosen[c + len(_ASSISTANT) :].strip(), rejected[r + len(_ASSISTANT) :].strip()
 
 
 def hh_prompt_to_instruction(prompt: str) -> str:
@@ -52,7 +52,7 @@ def hh_prompt_to_instruction(prompt: str) -> str:
     if not turns:
         return prompt.strip()
     if len(turns) == 1 and turns[0][0] == "Human":
-        return prompt[turns[0][1]:].strip()
+        return prompt[turns[0][1] :].strip()
     return prompt.strip()
 
 
@@ -83,7 +83,9 @@ def load_pairs(data: str, limit: int | None) -> tuple[list[dict[str, Any]], str,
                 continue
             prompt, chosen, rejected = split
             instruction = hh_prompt_to_instruction(prompt)
-        pairs.append({"id": str(row.get("id", f"pair-{n}")), "instruction": instruction, "chosen": chosen, "rejected": rejected})
+        pairs.append(
+            {"id": str(row.get("id", f"pair-{n}")), "instruction": instruction, "chosen": chosen, "rejected": rejected}
+        )
         if limit is not None and len(pairs) >= limit:
             break
     if not pairs:
@@ -139,11 +141,16 @@ class JudgeAgreementBenchmark:
         self.pairs, self.data_identity, self.skipped = load_pairs(self.settings["data"], self.settings["limit"])
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any]) -> "JudgeAgreementBenchmark":
+    def from_config(cls, settings: dict[str, Any]) -> JudgeAgreementBenchmark:
         return cls(dict(settings))
 
     def describe(self) -> dict[str, Any]:
-        return {"benchmark": self.name, **self.settings, "data_identity": self.data_identity, "num_pairs": len(self.pairs)}
+        return {
+            "benchmark": self.name,
+            **self.settings,
+            "data_identity": self.data_identity,
+            "num_pairs": len(self.pairs),
+        }
 
     def run(self, model: Any, ctx: EvalContext) -> BenchmarkResult:
         via = self.settings["scoring"]
@@ -171,16 +178,18 @@ class JudgeAgreementBenchmark:
                 ties += 1
             else:
                 outcome = "disagree"
-            samples.append({
-                **pair,
-                "score_chosen": sc,
-                "score_rejected": sr,
-                "outcome": outcome,
-                "feedback_chosen": chosen["feedback"],
-                "feedback_rejected": rejected["feedback"],
-                "failure_chosen": chosen["failure"],
-                "failure_rejected": rejected["failure"],
-            })
+            samples.append(
+                {
+                    **pair,
+                    "score_chosen": sc,
+                    "score_rejected": sr,
+                    "outcome": outcome,
+                    "feedback_chosen": chosen["feedback"],
+                    "feedback_rejected": rejected["feedback"],
+                    "failure_chosen": chosen["failure"],
+                    "failure_rejected": rejected["failure"],
+                }
+            )
         n = len(self.pairs)
         chosen_scores = [s["score_chosen"] for s in samples if s["score_chosen"] is not None]
         rejected_scores = [s["score_rejected"] for s in samples if s["score_rejected"] is not None]

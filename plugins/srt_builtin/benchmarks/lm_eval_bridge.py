@@ -23,9 +23,10 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -158,7 +159,9 @@ def render_tasks(
             local = _deep_merge(cfg.get("local") or {}, member.get("local") or {})
             given = (data_files or {}).get(name, {})
             files = {
-                split: str(given[split] if split in given else resolve_data_file(file_name, f"{template} ({name}/{split})"))
+                split: str(
+                    given[split] if split in given else resolve_data_file(file_name, f"{template} ({name}/{split})")
+                )
                 for split, file_name in (local.get("dataset_kwargs", {}).get("data_files") or {}).items()
             }
             files.update({split: str(path) for split, path in given.items()})
@@ -414,9 +417,7 @@ def config_hash(rendered: RenderedTasks, settings: dict[str, Any], data_hashes: 
     return sha256_bytes((rendered.text + "\n" + payload).encode("utf-8"))
 
 
-def run_meta(
-    rendered: RenderedTasks, settings: dict[str, Any], results: dict[str, Any], lm: Any
-) -> dict[str, Any]:
+def run_meta(rendered: RenderedTasks, settings: dict[str, Any], results: dict[str, Any], lm: Any) -> dict[str, Any]:
     """Provenance for the run record: hashes, versions, the exact task configs lm-eval used."""
     data_hashes = {key: sha256_file(path) for key, path in rendered.data_files.items()}
     meta: dict[str, Any] = {
@@ -457,7 +458,7 @@ class LmEvalSettings(BenchmarkSettings):
     cache: bool = Field(True, description="Reuse generations from earlier runs (under the run's cache_dir)")
 
     @model_validator(mode="after")
-    def _hub_or_files(self) -> "LmEvalSettings":
+    def _hub_or_files(self) -> LmEvalSettings:
         if self.hub and self.data_files is not None:
             raise ValueError("data_files and hub: true exclude each other (hub data comes from lm-eval's task)")
         return self

@@ -61,7 +61,9 @@ def _languages(benchmark: str, value: Any, known: list[str]) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def _per_language(per_task: dict[str, dict[str, float]], language_of: dict[str, str], names: list[str]) -> dict[str, float]:
+def _per_language(
+    per_task: dict[str, dict[str, float]], language_of: dict[str, str], names: list[str]
+) -> dict[str, float]:
     """``<lang>/<metric>`` for every task and metric, then the mean over languages of each metric."""
     metrics: dict[str, float] = {}
     for task, values in per_task.items():
@@ -109,7 +111,9 @@ class TyDiQABenchmark(LmEvalBenchmark):
                 raise ConfigError(
                     f"benchmark 'tydiqa': data_files takes {{train: path, validation: path}}, got {files!r}"
                 )
-            paths = {split: resolve_data_file(p, f"benchmark 'tydiqa' data_files.{split}") for split, p in files.items()}
+            paths = {
+                split: resolve_data_file(p, f"benchmark 'tydiqa' data_files.{split}") for split, p in files.items()
+            }
             given = {name: paths for name in names}
         return render_tasks(self.template, out_dir, tasks=names, data_files=given, hub=self.settings["hub"])
 
@@ -165,7 +169,9 @@ class MGSMBenchmark(LmEvalBenchmark):
         files = self.settings["data_files"] or {}
         unknown = sorted(set(files) - set(self.languages))
         if unknown and not self.settings["hub"]:
-            raise ConfigError(f"benchmark 'mgsm': data_files for language(s) {unknown} not in languages {self.languages}")
+            raise ConfigError(
+                f"benchmark 'mgsm': data_files for language(s) {unknown} not in languages {self.languages}"
+            )
         given = {
             self.task_name(lang): {"test": resolve_data_file(path, f"benchmark 'mgsm' data_files.{lang}")}
             for lang, path in files.items()

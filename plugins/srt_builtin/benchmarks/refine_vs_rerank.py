@@ -73,11 +73,16 @@ class RefineVsRerankBenchmark:
         )
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any]) -> "RefineVsRerankBenchmark":
+    def from_config(cls, settings: dict[str, Any]) -> RefineVsRerankBenchmark:
         return cls(dict(settings))
 
     def describe(self) -> dict[str, Any]:
-        return {"benchmark": self.name, **self.settings, "data_identity": self.data_identity, "num_items": len(self.items)}
+        return {
+            "benchmark": self.name,
+            **self.settings,
+            "data_identity": self.data_identity,
+            "num_items": len(self.items),
+        }
 
     def run(self, model: Any, ctx: EvalContext) -> BenchmarkResult:
         n = self.settings["n"]
@@ -95,21 +100,21 @@ class RefineVsRerankBenchmark:
         )
         samples = []
         for item, ref, rr, judgement in zip(self.items, refine, rerank, judged):
-            samples.append({
-                "id": item["id"],
-                "instruction": item["instruction"],
-                "refine": ref["answer"],
-                "rerank": rr["answer"],
-                **judgement,
-                "refine_trace": ref["trace"],
-                "rerank_trace": rr["trace"],
-            })
+            samples.append(
+                {
+                    "id": item["id"],
+                    "instruction": item["instruction"],
+                    "refine": ref["answer"],
+                    "rerank": rr["answer"],
+                    **judgement,
+                    "refine_trace": ref["trace"],
+                    "rerank_trace": rr["trace"],
+                }
+            )
         metrics = winrate_metrics([{"preference": j["preference"]} for j in judged])
         stats = answer_stats(refine)
         picked_scores = [r["trace"]["self_score"] for r in rerank if r["trace"]["self_score"] is not None]
-        candidate_scores = [
-            c["score"] for r in rerank for c in r["trace"]["candidates"] if c["score"] is not None
-        ]
+        candidate_scores = [c["score"] for r in rerank for c in r["trace"]["candidates"] if c["score"] is not None]
         count = len(self.items)
         metrics.update(
             judge_failures=sum(j["preference"] is None for j in judged),
@@ -142,7 +147,8 @@ class RefineVsRerankBenchmark:
             "data": self.data_identity,
             "warnings": warnings_,
         }
-        plots = {"rerank_candidate_self_scores": candidate_scores, "refine_self_scores": [
-            r["trace"]["self_score"] for r in refine if r["trace"]["self_score"] is not None
-        ]}
+        plots = {
+            "rerank_candidate_self_scores": candidate_scores,
+            "refine_self_scores": [r["trace"]["self_score"] for r in refine if r["trace"]["self_score"] is not None],
+        }
         return BenchmarkResult(metrics=metrics, samples=samples, meta=meta, plots=plots)

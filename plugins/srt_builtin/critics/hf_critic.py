@@ -15,7 +15,8 @@ The generation helpers here are shared with the ``self`` critic (:mod:`.self_cri
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,9 +50,7 @@ def parse_settings(critic_name: str, settings: dict[str, Any] | None) -> LocalCr
     try:
         return LocalCriticSettings.model_validate(dict(settings or {}))
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<settings>'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<settings>'}: {e['msg']}" for e in err.errors())
         raise CriticError(f"critic {critic_name!r}: invalid settings: {problems}") from None
 
 
@@ -61,7 +60,10 @@ def load_generator(critic_name: str, settings: LocalCriticSettings) -> Generator
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         return Generator.from_pretrained(
-            settings.model, dtype=settings.dtype, device=device, batch_size=settings.batch_size or 8,
+            settings.model,
+            dtype=settings.dtype,
+            device=device,
+            batch_size=settings.batch_size or 8,
             revision=settings.revision,
         )
     except OSError as err:
@@ -85,8 +87,11 @@ def sampling_for(settings: LocalCriticSettings, mode: str) -> SamplingConfig:
     # Re-scoring needs only the feedback and its score: stop before the refinement.
     stop = [REFINEMENT_HEADER] if mode == "score" else []
     return SamplingConfig(
-        temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
-        seed=settings.seed, stop=stop,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
+        seed=settings.seed,
+        stop=stop,
     )
 
 
@@ -111,16 +116,16 @@ def generate_replies(
         prefixes = [assistant_prefix(requests[i]) for i in indices] if assistant_prefix else None
         if not isinstance(generator, Generator):
             outputs = generator.chat(
-                [user_message(requests[i]) for i in indices], sampling_for(settings, mode),
-                assistant_prefixes=prefixes, system_prompt=settings.system_prompt,
+                [user_message(requests[i]) for i in indices],
+                sampling_for(settings, mode),
+                assistant_prefixes=prefixes,
+                system_prompt=settings.system_prompt,
             )
             for i, out in zip(indices, outputs):
                 replies[i] = _reply(out)
             continue
         context = getattr(generator.model.config, "max_position_embeddings", None)
-        prompts = generator.render_chat(
-            [user_message(requests[i]) for i in indices], prefixes, settings.system_prompt
-        )
+        prompts = generator.render_chat([user_message(requests[i]) for i in indices], prefixes, settings.system_prompt)
         lengths = [len(ids) for ids in generator.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         todo = []
         for i, prompt, n in zip(indices, prompts, lengths):
@@ -205,7 +210,7 @@ class HFCritic:
         self.model_name, self.revision = model_identity(self.generator, settings.model)
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> "HFCritic":
+    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> HFCritic:
         # ``policy`` is the model being trained; this critic runs its own model and ignores it.
         return cls(parse_settings(cls.name, settings))
 
@@ -220,6 +225,9 @@ class HFCritic:
     def critique(self, requests: Sequence[CritiqueRequest]) -> list[CritiqueReply]:
         # Both modes use the same prompt; in "score" mode the refinement sits in the response slot.
         return generate_replies(
-            self.name, self.generator, self.settings, requests,
+            self.name,
+            self.generator,
+            self.settings,
+            requests,
             user_message=lambda r: render_critic_prompt(r.instruction, r.response),
         )

@@ -26,9 +26,10 @@ import os
 import random
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -123,9 +124,19 @@ def _classify(err: Exception) -> tuple[bool, Mapping[str, str] | None, str]:
 class OpenAICritic:
     name = "openai"
     settings_model = OpenAICriticSettings
-    operational_settings = ("max_concurrency", "max_retries", "timeout_s", "cache", "cache_dir", "backoff_base_s",
-                            "backoff_max_s", "retry_after_max_s", "progress", "price_per_1k_prompt",
-                            "price_per_1k_completion")
+    operational_settings = (
+        "max_concurrency",
+        "max_retries",
+        "timeout_s",
+        "cache",
+        "cache_dir",
+        "backoff_base_s",
+        "backoff_max_s",
+        "retry_after_max_s",
+        "progress",
+        "price_per_1k_prompt",
+        "price_per_1k_completion",
+    )
 
     @classmethod
     def check_settings(cls, settings: OpenAICriticSettings) -> None:
@@ -180,7 +191,7 @@ class OpenAICritic:
         }
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> "OpenAICritic":
+    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> OpenAICritic:
         # ``policy`` is for critics that use the model being trained; an API critic ignores it.
         try:
             parsed = OpenAICriticSettings.model_validate(dict(settings or {}))
@@ -318,9 +329,7 @@ class OpenAICritic:
                 delay = parse_retry_after(headers, s.retry_after_max_s)
                 if delay is None:
                     delay = self._rng.uniform(0.0, min(s.backoff_max_s, s.backoff_base_s * 2**attempt))
-                log.warning(
-                    "critic %s: %s; retry %d/%d in %.2fs", s.model, reason, attempt + 1, s.max_retries, delay
-                )
+                log.warning("critic %s: %s; retry %d/%d in %.2fs", s.model, reason, attempt + 1, s.max_retries, delay)
                 self._count(retries=1)
                 if self._abort.wait(delay):
                     break

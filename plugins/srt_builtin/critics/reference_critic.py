@@ -38,9 +38,10 @@ A request without a reference, or with a reference that holds no number, is a re
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -114,10 +115,8 @@ def analyze_answer(text: str) -> AnswerAnalysis:
             return AnswerAnalysis(None, False, False, words)
         answer_match, statement_start = numbers[-1], numbers[-1].start()
     # The work is everything outside the final-answer statement (a check may follow it).
-    work = text[:statement_start] + " " + text[answer_match.end():]
-    shows_work = bool(_CALCULATION_RE.search(work)) or (
-        _NUMBER_RE.search(work) is not None and len(work.split()) >= 3
-    )
+    work = text[:statement_start] + " " + text[answer_match.end() :]
+    shows_work = bool(_CALCULATION_RE.search(work)) or (_NUMBER_RE.search(work) is not None and len(work.split()) >= 3)
     return AnswerAnalysis(_value(answer_match), explicit, shows_work, words)
 
 
@@ -173,7 +172,7 @@ def grade(text: str, gold: Fraction, rel_tolerance: float = 1e-6, reveal_answer:
         weak = ["The response gives no numeric final answer, so the question is left unanswered."]
         sugg = [
             "Work through the problem step by step, computing each intermediate quantity.",
-            f"End with the final answer as a number, in the form 'The answer is N.'.",
+            "End with the final answer as a number, in the form 'The answer is N.'.",
         ]
         return RubricResult(2 if a.words >= 5 else 1, weak, sugg)
     got_s = format_number(a.answer)
@@ -188,22 +187,28 @@ def grade(text: str, gold: Fraction, rel_tolerance: float = 1e-6, reveal_answer:
         if a.shows_work:
             return RubricResult(
                 9,
-                [f"The final answer {got_s} is correct, but it is never stated explicitly; the reader must "
-                 "guess which number is the answer."],
+                [
+                    f"The final answer {got_s} is correct, but it is never stated explicitly; the reader must "
+                    "guess which number is the answer."
+                ],
                 [f"Finish with an explicit statement of the result: 'The answer is {got_s}.'."],
             )
         return RubricResult(
             7,
             [f"The final answer {got_s} is correct, but no reasoning is shown, so it cannot be checked."],
-            ["Show the intermediate steps: name each quantity, the operation used, and its result.",
-             f"Then state the result: 'The answer is {got_s}.'."],
+            [
+                "Show the intermediate steps: name each quantity, the operation used, and its result.",
+                f"Then state the result: 'The answer is {got_s}.'.",
+            ],
         )
     # reveal_answer=False (SRT training data): the same feedback without the gold answer.
     weak = [f"The final answer {got_s} is wrong" + (f": the correct answer is {gold_s}." if reveal_answer else ".")]
     stated = gold_s if reveal_answer else "N"
     if a.shows_work:
         weak.append("The reasoning contains an error: re-check which quantities are combined and each calculation.")
-        recompute = f"Recompute the result, which should be {gold_s}," if reveal_answer else "Recompute the result step by step"
+        recompute = (
+            f"Recompute the result, which should be {gold_s}," if reveal_answer else "Recompute the result step by step"
+        )
         sugg = [
             "Re-read the question and list the given quantities before computing.",
             "Verify each step's arithmetic and that it answers what is asked.",
@@ -232,7 +237,7 @@ class ReferenceCritic:
         self.settings = settings
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> "ReferenceCritic":
+    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> ReferenceCritic:
         try:
             parsed = ReferenceCriticSettings.model_validate(dict(settings or {}))
         except ValidationError as err:

@@ -17,7 +17,8 @@ generation-server client, works too); a ``model`` setting loads one instead.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from srt.critic import CritiqueReply, CritiqueRequest
 from srt.critic_template import self_critique_prefix
@@ -51,7 +52,7 @@ class SelfCritic:
         self.model_name, self.revision = model_identity(generator, settings.model)
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> "SelfCritic":
+    def from_config(cls, settings: dict[str, Any], policy: Any | None = None) -> SelfCritic:
         parsed = parse_settings(cls.name, settings)
         if parsed.model:  # an explicit stage-1 model folder wins over the in-process policy
             return cls(parsed, load_generator(cls.name, parsed))
@@ -81,7 +82,10 @@ class SelfCritic:
     def critique(self, requests: Sequence[CritiqueRequest]) -> list[CritiqueReply]:
         # In "score" mode r.response holds the refinement to be re-scored.
         return generate_replies(
-            self.name, self.generator, self.settings, requests,
+            self.name,
+            self.generator,
+            self.settings,
+            requests,
             user_message=lambda r: r.instruction,
             assistant_prefix=lambda r: self_critique_prefix(r.response),
         )
