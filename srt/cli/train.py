@@ -61,6 +61,21 @@ def validate(config_path: str, overrides: tuple[str, ...], command: str, model_p
     click.echo("ok: nothing to fix")
 
 
+@cli.command("config-reference")
+@click.option("--output", "output", type=click.Path(dir_okay=False), default=None, help="Write here (default: stdout).")
+def config_reference_cmd(output: str | None) -> None:
+    """Print the run-config reference (every key, type, default, description) as Markdown."""
+    from srt.config import config_reference
+
+    text = config_reference() + "\n"
+    if output:
+        from srt.io import atomic_write_text
+
+        atomic_write_text(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
 @cli.command("check-records")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["feedback", "pair", "instruction"]), default="feedback", show_default=True)
