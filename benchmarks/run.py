@@ -5,7 +5,7 @@
     python benchmarks/run.py --model smollm2-135m-instruct   # a real model (srt.models.resolve_model_path)
 
 One run measures, on the same model, data and machine:
-  * SFT tokens/s and peak memory: srt (SFTModule + FeedbackDataModule, padded and packed) vs TRL SFTTrainer
+  * SFT tokens/s and peak memory: srt (SFTModule + SFTDataModule, padded and packed) vs TRL SFTTrainer
     (prompt-completion data, completion-only loss; padded and packed);
   * DPO pairs/s and peak memory: srt DPOModule with a precomputed reference (one model held; padded and
     packed) vs TRL DPOTrainer (its default reference model, and precompute_ref_log_probs=True);
@@ -130,7 +130,8 @@ def words(rng: random.Random, mean: float, sigma: float = 0.5) -> str:
 def build_data(model_path: str, s: dict, out_dir: Path, seed: int = 0) -> dict:
     """Seeded synthetic feedback records and preference pairs, kept only if they fit max_length
     (so neither side truncates), in srt's format and TRL's (same rendered text)."""
-    from srt.data import ChatFormat, DPODataConfig, SFTDataConfig, build_dpo_examples, build_sft_examples, sft_segments
+    from srt.config import DPOConfig, SFTConfig
+    from srt.data import ChatFormat, build_dpo_examples, build_sft_examples, sft_segments
     from srt.models import load_tokenizer
     from srt.records import Feedback, FeedbackRecord, PreferencePair
 
@@ -156,7 +157,7 @@ def build_data(model_path: str, s: dict, out_dir: Path, seed: int = 0) -> dict:
         )
         for i in range(2 * s["records"])
     ]
-    sft_config = SFTDataConfig(max_length=s["max_length"], truncation="drop")
+    sft_config = SFTConfig(max_length=s["max_length"], truncation="drop")
     kept = {ex["id"] for ex in build_sft_examples(tokenizer, records, sft_config, chat=chat)}
     records = [r for r in records if r.id in kept][: s["records"]]
     pairs = [
@@ -166,7 +167,7 @@ def build_data(model_path: str, s: dict, out_dir: Path, seed: int = 0) -> dict:
     kept = {
         ex["id"]
         for ex in build_dpo_examples(
-            tokenizer, pairs, DPODataConfig(max_length=s["max_length"], truncation="drop"), chat=chat
+            tokenizer, pairs, DPOConfig(max_length=s["max_length"], truncation="drop", completion_end="eos"), chat=chat
         )
     }
     pairs = [p for p in pairs if p.id in kept]
@@ -343,17 +344,14 @@ def run_sft(config: str, s: dict, model_path: str, data: dict) -> dict:
     total_steps = s["warmup"] + s["steps"]
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     if config.startswith("srt"):
-        from srt.data import FeedbackDataModule
+        from srt import config as srt_config
+        from srt.data import SFTDataModule
         from srt.sft_module import SFTModule
 
-        datamodule = FeedbackDataModule(
-            tokenizer,
-            mode="sft",
-            train_files=data["sft"],
-            batch_size=s["batch_size"],
-            max_length=s["max_length"],
-            packing=config == "srt_packed",
+        sft = srt_config.SFTConfig(
+            micro_batch_size=s["batch_size"], max_length=s["max_length"], packing=config == "srt_packed"
         )
+        datamodule = SFTDataModule(tokenizer, sft, train_files=data["sft"])
         module = SFTModule(model, tokenizer, lr=1e-5)
         timer = lightning_timer(sft_tokens)
         lightning_trainer(total_steps, timer).fit(module, datamodule=datamodule)
@@ -390,17 +388,18 @@ def run_dpo(config: str, s: dict, model_path: str, data: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     pairs_of_batch = lambda batch: len(batch["chosen_input_ids"] if "chosen_input_ids" in batch else batch["ids"])  # noqa: E731
     if config.startswith("srt"):
-        from srt.data import FeedbackDataModule
+        from srt import config as srt_config
+        from srt.data import DPODataModule
         from srt.dpo_module import DPOModule, compute_reference_logps
 
-        datamodule = FeedbackDataModule(
-            tokenizer,
-            mode="dpo",
-            train_files=data["dpo"],
-            batch_size=s["batch_size"],
+        # completion_end="eos": the same sequences as TRL's (its completions end with the end of turn).
+        dpo = srt_config.DPOConfig(
+            micro_batch_size=s["batch_size"],
             max_length=s["max_length"],
             packing=config == "srt_packed",
+            completion_end="eos",
         )
+        datamodule = DPODataModule(tokenizer, dpo, train_files=data["dpo"])
         datamodule.setup("fit")
         start = time.perf_counter()
         # The starting policy is the reference: compute its log-probs once, then hold one model.

@@ -278,7 +278,7 @@ class DPOModule(CausalLMModule):
                 raise ConfigError(
                     "reference='precomputed' but the batch has no ref_chosen_logps/ref_rejected_logps: compute them "
                     "with srt.dpo_module.compute_reference_logps and pass them to the data module "
-                    "(FeedbackDataModule.set_reference_logps), or use reference='frozen_copy'"
+                    "(DPODataModule.set_reference_logps), or use reference='frozen_copy'"
                 )
             return batch["ref_chosen_logps"].float(), batch["ref_rejected_logps"].float()
         if self.reference == "frozen_copy":

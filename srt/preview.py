@@ -14,14 +14,9 @@ from typing import Any
 
 import torch
 
-from srt.data import (
-    IGNORE_INDEX,
-    DataStats,
-    DPODataConfig,
-    SFTDataConfig,
-    build_dpo_examples,
-    build_sft_examples,
-)
+from srt.config import DPOConfig, SFTConfig
+from srt.data import IGNORE_INDEX, DataStats, build_dpo_examples, build_sft_examples
+from srt.errors import ConfigError
 
 _GREEN, _RESET = "\033[32m", "\033[0m"
 
@@ -79,19 +74,23 @@ def preview_records(
     tokenizer,
     records: Iterable[Any],
     n: int,
-    data_config: SFTDataConfig | DPODataConfig,
+    config: SFTConfig | DPOConfig,
     color: bool | None = None,
+    *,
+    system_prompt: str | None = None,
 ) -> str:
-    """Tokenize the first ``n`` records (FeedbackRecords for an SFT config, PreferencePairs for a
-    DPO config) exactly as training would, and format them with :func:`format_example`."""
+    """Tokenize the first ``n`` records (FeedbackRecords for the ``sft`` section, PreferencePairs for
+    the ``dpo`` section) exactly as training would, and format them with :func:`format_example`."""
+    if not isinstance(config, (SFTConfig, DPOConfig)):
+        raise ConfigError(f"preview_records takes the run config's sft or dpo section, got {type(config).__name__}")
     head = []
     for record in records:
         if len(head) >= n:
             break
         head.append(record)
     stats = DataStats()
-    build = build_sft_examples if isinstance(data_config, SFTDataConfig) else build_dpo_examples
-    examples = build(tokenizer, head, data_config, stats=stats)
+    build = build_sft_examples if isinstance(config, SFTConfig) else build_dpo_examples
+    examples = build(tokenizer, head, config, system_prompt=system_prompt, stats=stats)
     blocks = [format_example(tokenizer, ex, color=color) for ex in examples]
     blocks.append(f"{len(head)} records previewed: {stats.summary()}")
     return "\n\n".join(blocks)

@@ -303,7 +303,7 @@ class CausalLMModule(L.LightningModule):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
         # Packed rows come with position_ids restarting per example and no attention_mask:
-        # transformers then builds the block-diagonal causal mask (see srt.data, packing).
+        # transformers then builds the block-diagonal causal mask (see srt.data.packing).
         return self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).logits

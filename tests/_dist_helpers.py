@@ -18,7 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from srt.data import FeedbackDataModule
+from srt.config import SFTConfig
+from srt.data import SFTDataModule
 from srt.records import Feedback, FeedbackRecord
 from srt.sft_module import SFTModule
 
@@ -67,7 +68,7 @@ def equal_count_records(tokenizer, n: int = 8) -> list[FeedbackRecord]:
                 refinement=f"The {word} are near the {other}, which look calm today.",
             )
         )
-    dm = FeedbackDataModule(tokenizer, mode="sft", train_records=pool, max_length=512)
+    dm = SFTDataModule(tokenizer, SFTConfig(max_length=512), train_records=pool)
     dm.setup()
     counts = [int((item["labels"] != -100).sum()) for item in dm.datasets["train"]]
     common, how_many = Counter(counts).most_common(1)[0]
@@ -125,13 +126,10 @@ def train(
 ) -> SFTModule:
     """A few SFT steps from ``model_dir``; every rank records its losses; exports to ``out_dir/model``."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    datamodule = FeedbackDataModule(
+    datamodule = SFTDataModule(
         tokenizer,
-        mode="sft",
+        SFTConfig(micro_batch_size=micro_batch, max_length=512, group_by_length=False),
         train_records=records,
-        batch_size=micro_batch,
-        max_length=512,
-        group_by_length=False,
         seed=7,
     )
     module = SeededSFTModule(str(model_dir), tokenizer, lora=lora, lr=LR, warmup_ratio=0.0, dtype="float32")

@@ -1,4 +1,4 @@
-"""FeedbackDataModule (SFT and DPO views), collators, sampler and preview, on the real tiny tokenizer."""
+"""SFTDataModule and DPODataModule, collators, sampler and preview, on the real tiny tokenizer."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from tokenizers import processors
 
+from srt.config import DPOConfig, SFTConfig
 from srt.data import (
     IGNORE_INDEX,
     DPOCollator,
-    DPODataConfig,
-    FeedbackDataModule,
+    DPODataModule,
     LengthGroupedSampler,
     SFTCollator,
-    SFTDataConfig,
+    SFTDataModule,
     build_dpo_examples,
     build_sft_examples,
 )
@@ -68,8 +69,8 @@ def masked_text(tok, item) -> str:
     return decode(tok, item["input_ids"][item["labels"] == IGNORE_INDEX])
 
 
-def sft_item(tok, rec, **options):
-    dm = FeedbackDataModule(tok, mode="sft", train_records=[rec], **options)
+def sft_item(tok, rec, system_prompt=None, **settings):
+    dm = SFTDataModule(tok, SFTConfig(**settings), system_prompt=system_prompt, train_records=[rec])
     dm.setup()
     return dm.datasets["train"][0]
 
@@ -148,23 +149,23 @@ def test_sft_rejects_unusable_records_with_counts(tiny_tokenizer):
         record(4, refinement="   "),
         record(5, weaknesses=" "),
     ]
-    dm = FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records, max_length=512)
+    dm = SFTDataModule(tiny_tokenizer, SFTConfig(max_length=512), train_records=records)
     dm.setup()
     stats = dm.stats["train"]
     assert (stats.records, stats.examples, stats.rejected) == (6, 1, 5)
     assert stats.rejected_reasons == {"no feedback": 1, "no refinement": 2, "no score": 1, "empty weaknesses": 1}
     # An ablation that does not need the missing part keeps the record.
-    dm = FeedbackDataModule(
-        tiny_tokenizer, mode="sft", train_records=[record(3, score=None)], max_length=512, ablation="no_score"
+    dm = SFTDataModule(
+        tiny_tokenizer, SFTConfig(max_length=512, ablation="no_score"), train_records=[record(3, score=None)]
     )
     dm.setup()
     assert dm.stats["train"].examples == 1
     with pytest.raises(ConfigError, match="no usable training examples"):
-        FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records[1:], max_length=512).setup()
+        SFTDataModule(tiny_tokenizer, SFTConfig(max_length=512), train_records=records[1:]).setup()
 
 
 def _lengths(tok, rec, **cfg):
-    return len(build_sft_examples(tok, [rec], SFTDataConfig(max_length=4096, **cfg))[0]["input_ids"])
+    return len(build_sft_examples(tok, [rec], SFTConfig(max_length=4096, **cfg))[0]["input_ids"])
 
 
 def test_sft_truncation_policies(tiny_tokenizer):
@@ -177,8 +178,8 @@ def test_sft_truncation_policies(tiny_tokenizer):
 
     stats_of = {}
     for policy in ("drop", "truncate_right", "truncate_left_response"):
-        dm = FeedbackDataModule(
-            tok, mode="sft", train_records=[long_rec, short_rec], max_length=max_length, truncation=policy
+        dm = SFTDataModule(
+            tok, SFTConfig(max_length=max_length, truncation=policy), train_records=[long_rec, short_rec]
         )
         dm.setup()
         stats_of[policy] = dm.stats["train"]
@@ -200,16 +201,14 @@ def test_sft_truncation_policies(tiny_tokenizer):
         assert (stats_of[policy].examples, stats_of[policy].truncated, stats_of[policy].dropped_too_long) == (2, 1, 0)
 
     # truncate_left_response cannot help when the response is shorter than the excess: dropped, counted.
-    stats = FeedbackDataModule(
-        tok, mode="sft", train_records=[short_rec], max_length=20, truncation="truncate_left_response"
-    )
+    stats = SFTDataModule(tok, SFTConfig(max_length=20, truncation="truncate_left_response"), train_records=[short_rec])
     with pytest.raises(ConfigError, match="dropped \\(too long\\) 1"):
         stats.setup()
 
 
 def test_sft_batch_contract(tiny_tokenizer):
     records = [record(i, response="Paris. " * (i + 1)) for i in range(5)]
-    dm = FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records, batch_size=5, max_length=512)
+    dm = SFTDataModule(tiny_tokenizer, SFTConfig(micro_batch_size=5, max_length=512), train_records=records)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"input_ids", "attention_mask", "labels", "num_trained_tokens"}
@@ -231,8 +230,8 @@ def test_sft_batch_contract(tiny_tokenizer):
 def test_collator_pads_with_eos_when_no_pad_token_and_keeps_eos_label(tiny_tokenizer):
     tok = copy.deepcopy(tiny_tokenizer)
     tok.pad_token = None
-    dm = FeedbackDataModule(
-        tok, mode="sft", train_records=[record(0), record(1, response="Paris. " * 5)], batch_size=2, max_length=512
+    dm = SFTDataModule(
+        tok, SFTConfig(micro_batch_size=2, max_length=512), train_records=[record(0), record(1, response="Paris. " * 5)]
     )
     dm.setup()
     batch = dm.collator([dm.datasets["train"][0], dm.datasets["train"][1]])
@@ -248,7 +247,7 @@ def test_masked_tokens_carry_no_loss(tiny_tokenizer, tiny_model):
         record(i, response="Paris. " * (i + 1), instruction="Explain how photosynthesis works. " * (i + 1))
         for i in range(3)
     ]
-    dm = FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records, batch_size=3, max_length=512)
+    dm = SFTDataModule(tiny_tokenizer, SFTConfig(micro_batch_size=3, max_length=512), train_records=records)
     dm.setup()
     batch = SFTCollator(tiny_tokenizer.pad_token_id)([dm.datasets["train"][i] for i in range(3)])
     with torch.no_grad():
@@ -278,10 +277,10 @@ def test_template_that_rewrites_content_is_refused(tiny_tokenizer):
     tok = copy.deepcopy(tiny_tokenizer)
     tok.chat_template = tok.chat_template.replace("message['content']", "(message['content'] | upper)")
     with pytest.raises(TemplateError, match="rewrites the content"):
-        FeedbackDataModule(tok, mode="sft", train_records=[record()], max_length=512).setup()
+        SFTDataModule(tok, SFTConfig(max_length=512), train_records=[record()]).setup()
     tok.chat_template = None
     with pytest.raises(TemplateError, match="no chat template"):
-        FeedbackDataModule(tok, mode="sft", train_records=[record()], max_length=512).setup()
+        SFTDataModule(tok, SFTConfig(max_length=512), train_records=[record()]).setup()
 
 
 def test_template_without_eos_gets_eos_appended(tiny_tokenizer):
@@ -317,7 +316,7 @@ def test_bos_added_once_whoever_adds_it(tiny_tokenizer):
 def test_dpo_batch_contract_and_labels(tiny_tokenizer):
     tok = tiny_tokenizer
     pairs = [pair(0), pair(1, prompt="Explain photosynthesis.", chosen="Plants turn light into sugar.", rejected="No.")]
-    dm = FeedbackDataModule(tok, mode="dpo", train_records=pairs, batch_size=2, max_length=256)
+    dm = DPODataModule(tok, DPOConfig(micro_batch_size=2, max_length=256, completion_end="eos"), train_records=pairs)
     dm.setup()
     batch = next(iter(dm.val_dataloader() or dm.predict_dataloader()))
     assert sorted(batch["ids"]) == ["p0", "p1"]
@@ -339,8 +338,8 @@ def test_dpo_completion_end_feedback_header(tiny_tokenizer):
     from srt.critic_template import FEEDBACK_SEPARATOR
 
     tok = tiny_tokenizer
-    dm = FeedbackDataModule(
-        tok, mode="dpo", train_records=[pair(0)], batch_size=1, max_length=256, completion_end="feedback"
+    dm = DPODataModule(
+        tok, DPOConfig(micro_batch_size=1, max_length=256, completion_end="feedback"), train_records=[pair(0)]
     )
     dm.setup()
     batch = next(iter(dm.predict_dataloader()))
@@ -349,8 +348,8 @@ def test_dpo_completion_end_feedback_header(tiny_tokenizer):
         n = int(batch[f"{side}_attention_mask"][0].sum())
         assert decode(tok, labels[labels != IGNORE_INDEX]) == getattr(pair(0), side) + FEEDBACK_SEPARATOR
         assert tok.eos_token_id not in labels.tolist() and ids[n - 1] != tok.eos_token_id
-    dm = FeedbackDataModule(
-        tok, mode="dpo", train_records=[pair(0)], batch_size=1, max_length=256, completion_end="none"
+    dm = DPODataModule(
+        tok, DPOConfig(micro_batch_size=1, max_length=256, completion_end="none"), train_records=[pair(0)]
     )
     dm.setup()
     batch = next(iter(dm.predict_dataloader()))
@@ -358,7 +357,7 @@ def test_dpo_completion_end_feedback_header(tiny_tokenizer):
         labels = batch[f"{side}_labels"][0]
         assert decode(tok, labels[labels != IGNORE_INDEX]) == getattr(pair(0), side)
     with pytest.raises(ConfigError, match="completion_end"):
-        FeedbackDataModule(tok, mode="dpo", train_records=[pair(0)], completion_end="stop")
+        DPODataModule(tok, {"completion_end": "stop"}, train_records=[pair(0)])
 
 
 def test_dpo_truncation_prompt_left_then_completions_right(tiny_tokenizer):
@@ -366,12 +365,12 @@ def test_dpo_truncation_prompt_left_then_completions_right(tiny_tokenizer):
     long_prompt = "Explain how photosynthesis works in simple terms. " * 4
     long_answer = "Give me three tips for staying healthy: sleep well, eat vegetables. " * 3
     p = pair(0, prompt=long_prompt, chosen=long_answer, rejected="No.")
-    (full,) = build_dpo_examples(tok, [p], DPODataConfig(max_length=4096))
+    (full,) = build_dpo_examples(tok, [p], DPOConfig(max_length=4096))
     prompt_len = int((~full["chosen"]["train_mask"]).sum())
     chosen_len = int(full["chosen"]["train_mask"].sum())
 
     # Room for the whole completion once the prompt is cut from the left.
-    cfg = DPODataConfig(max_length=chosen_len + 8, max_prompt_length=4)
+    cfg = DPOConfig(max_length=chosen_len + 8, max_prompt_length=4)
     (ex,) = build_dpo_examples(tok, [p], cfg)
     c = ex["chosen"]
     assert len(c["input_ids"]) == cfg.max_length and int(c["train_mask"].sum()) == chosen_len
@@ -384,7 +383,7 @@ def test_dpo_truncation_prompt_left_then_completions_right(tiny_tokenizer):
     from srt.data import DataStats
 
     stats = DataStats()
-    cfg = DPODataConfig(max_length=prompt_len, max_prompt_length=prompt_len // 2)
+    cfg = DPOConfig(max_length=prompt_len, max_prompt_length=prompt_len // 2)
     (ex,) = build_dpo_examples(tok, [p], cfg, stats=stats)
     c = ex["chosen"]
     assert int((~c["train_mask"]).sum()) == prompt_len // 2 and len(c["input_ids"]) == prompt_len
@@ -394,27 +393,26 @@ def test_dpo_truncation_prompt_left_then_completions_right(tiny_tokenizer):
     assert (stats.truncated, stats.dropped_too_long) == (1, 0)
 
     stats = DataStats()
-    assert build_dpo_examples(tok, [p], DPODataConfig(max_length=prompt_len, truncation="drop"), stats=stats) == []
+    assert build_dpo_examples(tok, [p], DPOConfig(max_length=prompt_len, truncation="drop"), stats=stats) == []
     assert (stats.truncated, stats.dropped_too_long) == (0, 1)
 
 
 def test_dpo_rejects_and_duplicate_ids(tiny_tokenizer):
-    dm = FeedbackDataModule(
+    dm = DPODataModule(
         tiny_tokenizer,
-        mode="dpo",
-        max_length=256,
+        DPOConfig(max_length=256),
         train_records=[pair(0), pair(1, chosen="same", rejected="same"), pair(2, chosen=" ")],
     )
     dm.setup()
     assert dm.stats["train"].rejected_reasons == {"chosen == rejected": 1, "empty chosen": 1}
     with pytest.raises(RecordError, match="duplicate preference pair id 'p0'"):
-        FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=[pair(0), pair(0)]).setup()
+        DPODataModule(tiny_tokenizer, DPOConfig(), train_records=[pair(0), pair(0)]).setup()
 
 
 def test_dpo_reference_logps_passthrough(tiny_tokenizer, tmp_path):
     pairs = [pair(i, prompt="Say hi. " * (i + 1)) for i in range(5)]
-    dm = FeedbackDataModule(
-        tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=2, max_length=256, val_fraction=0.2
+    dm = DPODataModule(
+        tiny_tokenizer, DPOConfig(micro_batch_size=2, max_length=256), train_records=pairs, val_fraction=0.2
     )
     dm.setup()
     assert len(dm.datasets["train"]) == 4 and len(dm.datasets["val"]) == 1
@@ -446,14 +444,14 @@ def test_dpo_reference_logps_passthrough(tiny_tokenizer, tmp_path):
     with pytest.raises(ConfigError, match="missing for 1 of 4 train pairs"):
         dm.set_reference_logps({k: v for k, v in ref.items() if k != dm.datasets["train"].ids()[0]})
     # Set before setup: checked and attached at setup.
-    dm2 = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=5, max_length=256)
+    dm2 = DPODataModule(tiny_tokenizer, DPOConfig(micro_batch_size=5, max_length=256), train_records=pairs)
     dm2.set_reference_logps({k: {"chosen": c, "rejected": r} for k, (c, r) in ref.items()})
     batch = next(iter(dm2.train_dataloader()))
     assert dict(zip(batch["ids"], batch["ref_rejected_logps"].tolist())) == {k: v[1] for k, v in ref.items()}
 
 
 def test_dpo_collator_standalone_mixed_ref_is_an_error(tiny_tokenizer):
-    dm = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=[pair(0), pair(1)], max_length=256)
+    dm = DPODataModule(tiny_tokenizer, DPOConfig(max_length=256), train_records=[pair(0), pair(1)])
     dm.setup()
     a, b = dm.datasets["train"][0], dm.datasets["train"][1]
     a["ref_chosen_logps"], a["ref_rejected_logps"] = -1.0, -2.0
@@ -471,8 +469,8 @@ def test_files_and_val_files(tiny_tokenizer, tmp_path):
             w.write(record(i))
     with JsonlWriter(val, "w") as w:
         w.write(record(9))
-    dm = FeedbackDataModule(
-        tiny_tokenizer, mode="sft", train_files=[train], val_files=val, max_length=512, batch_size=2
+    dm = SFTDataModule(
+        tiny_tokenizer, SFTConfig(max_length=512, micro_batch_size=2), train_files=[train], val_files=val
     )
     dm.setup()
     assert (len(dm.datasets["train"]), len(dm.datasets["val"])) == (3, 1)
@@ -481,16 +479,23 @@ def test_files_and_val_files(tiny_tokenizer, tmp_path):
 
 
 def test_bad_options_are_config_errors(tiny_tokenizer):
-    with pytest.raises(ConfigError, match="truncation"):
-        FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=[record()], truncation="middle")
-    with pytest.raises(ConfigError, match="ablation"):
-        FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=[record()], ablation="no_everything")
-    with pytest.raises(ConfigError, match="apply to mode='sft' only"):
-        FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=[pair(0)], mask_response=True)
-    with pytest.raises(ConfigError, match="mode"):
-        FeedbackDataModule(tiny_tokenizer, mode="ppo", train_records=[record()])
+    # The settings are the run config's section; a mapping of its fields is validated as one.
+    with pytest.raises(ValidationError, match="truncation"):
+        SFTConfig(truncation="middle")
+    with pytest.raises(ConfigError, match="sft.truncation"):
+        SFTDataModule(tiny_tokenizer, {"truncation": "middle"}, train_records=[record()])
+    with pytest.raises(ConfigError, match="sft.ablation"):
+        SFTDataModule(tiny_tokenizer, {"ablation": "no_everything"}, train_records=[record()])
+    with pytest.raises(ConfigError, match="dpo.mask_response"):  # an SFT setting
+        DPODataModule(tiny_tokenizer, {"mask_response": True}, train_records=[pair(0)])
+    with pytest.raises(ConfigError, match="expected srt.config.DPOConfig"):  # the other stage's section
+        DPODataModule(tiny_tokenizer, SFTConfig(), train_records=[pair(0)])
+    with pytest.raises(ConfigError, match="needs train_records or train_files"):
+        SFTDataModule(tiny_tokenizer, SFTConfig())
+    with pytest.raises(ConfigError, match="val_fraction"):
+        SFTDataModule(tiny_tokenizer, SFTConfig(), train_records=[record()], val_fraction=1.0)
     with pytest.raises(RecordError, match="train_records\\[0\\]"):
-        FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=[record()]).setup()
+        DPODataModule(tiny_tokenizer, DPOConfig(), train_records=[record()]).setup()
 
 
 # --------------------------------------------------------------------------------------------- sampler
@@ -571,7 +576,7 @@ class _RecordIds(L.LightningModule):
 
 def test_lightning_keeps_sampler_and_reshuffles_each_epoch(tiny_tokenizer):
     pairs = [pair(i, prompt="Say hi. " * (1 + i % 7)) for i in range(12)]
-    dm = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=3, max_length=256, seed=1)
+    dm = DPODataModule(tiny_tokenizer, DPOConfig(micro_batch_size=3, max_length=256), train_records=pairs, seed=1)
     module = _RecordIds()
     trainer = L.Trainer(
         max_epochs=2,
@@ -602,11 +607,15 @@ def test_preview_marks_trained_tokens(tiny_tokenizer):
     assert "\033[32m\n\n### Feedback" in colored and "⟦" not in colored
 
     out = preview_records(
-        tiny_tokenizer, [record(0), record(1, feedback=False), record(2)], 2, SFTDataConfig(max_length=512), color=False
+        tiny_tokenizer, [record(0), record(1, feedback=False), record(2)], 2, SFTConfig(max_length=512), color=False
     )
     assert out.count("== example") == 1 and "rejected 1 (no feedback: 1)" in out
-    out = preview_records(tiny_tokenizer, [pair(0)], 5, DPODataConfig(max_length=512), color=False)
+    out = preview_records(tiny_tokenizer, [pair(0)], 5, DPOConfig(max_length=512, completion_end="eos"), color=False)
     assert "-- chosen:" in out and "⟦Hello there, friend!</s>⟧" in out and "⟦hi</s>⟧" in out
+    out = preview_records(
+        tiny_tokenizer, [pair(0)], 5, DPOConfig(max_length=512), color=False, system_prompt="Be kind."
+    )
+    assert "<|system|>\nBe kind.</s>" in out and "⟦hi\n\n### Feedback\n⟧" in out  # the dpo section's default end
 
 
 class _WriteIdsPerRank(L.LightningModule):
@@ -631,7 +640,7 @@ def test_ddp_spawn_shards_train_data_disjointly(tiny_tokenizer, tmp_path):
     from lightning.pytorch.strategies import DDPStrategy
 
     pairs = [pair(i, prompt="Say hi. " * (1 + i % 5)) for i in range(10)]
-    dm = FeedbackDataModule(tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=2, max_length=256, seed=3)
+    dm = DPODataModule(tiny_tokenizer, DPOConfig(micro_batch_size=2, max_length=256), train_records=pairs, seed=3)
     trainer = L.Trainer(
         max_epochs=2,
         accelerator="cpu",

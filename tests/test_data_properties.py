@@ -7,14 +7,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from srt.config import DPOConfig, SFTConfig
 from srt.data import (
     IGNORE_INDEX,
     DataStats,
-    DPODataConfig,
     DPODataset,
     LengthGroupedSampler,
     SFTCollator,
-    SFTDataConfig,
     SFTDataset,
     build_dpo_examples,
     build_sft_examples,
@@ -95,8 +94,8 @@ def test_sft_mask_is_exactly_the_intended_spans(
         stage=1,
         feedback=Feedback(weaknesses=weaknesses, suggestions=suggestions, score=score, raw=""),
     )
-    cfg = SFTDataConfig(max_length=100_000, system_prompt=system, mask_response=mask_response, ablation=ablation)
-    (item,) = SFTDataset(build_sft_examples(tok, [rec], cfg))
+    cfg = SFTConfig(max_length=100_000, mask_response=mask_response, ablation=ablation)
+    (item,) = SFTDataset(build_sft_examples(tok, [rec], cfg, system_prompt=system))
     ids, labels = item["input_ids"], item["labels"]
 
     assistant = expected_assistant(response, weaknesses, suggestions, score, refinement, ablation)
@@ -119,13 +118,18 @@ def test_sft_mask_is_exactly_the_intended_spans(
     assert (ids == tok.eos_token_id).sum() == 2 + (system is not None)
 
 
+# What each completion_end trains after a completion (srt.config.DPOConfig), written out here.
+COMPLETION_ENDS = {"eos": "</s>", "feedback": "\n\n### Feedback\n", "none": ""}
+
+
 @SETTINGS
-@given(prompt=user_text, chosen=text, rejected=text)
-def test_dpo_mask_is_exactly_the_completion(tiny_tokenizer, prompt, chosen, rejected):
+@given(prompt=user_text, chosen=text, rejected=text, completion_end=st.sampled_from(sorted(COMPLETION_ENDS)))
+def test_dpo_mask_is_exactly_the_completion(tiny_tokenizer, prompt, chosen, rejected, completion_end):
     tok = tiny_tokenizer
     pair = PreferencePair(id="p", prompt=prompt, chosen=chosen, rejected=rejected)
     stats = DataStats()
-    examples = build_dpo_examples(tok, [pair], DPODataConfig(max_length=100_000), stats=stats)
+    config = DPOConfig(max_length=100_000, completion_end=completion_end)
+    examples = build_dpo_examples(tok, [pair], config, stats=stats)
     if chosen == rejected:
         assert examples == [] and stats.rejected == 1
         return
@@ -133,11 +137,13 @@ def test_dpo_mask_is_exactly_the_completion(tiny_tokenizer, prompt, chosen, reje
     for side, completion in (("chosen", chosen), ("rejected", rejected)):
         ids, labels = item[f"{side}_input_ids"], item[f"{side}_labels"]
         assert decode(tok, ids[labels == IGNORE_INDEX]) == tiny_prompt(prompt)
-        assert decode(tok, ids[labels != IGNORE_INDEX]) == completion + "</s>"
+        assert decode(tok, ids[labels != IGNORE_INDEX]) == completion + COMPLETION_ENDS[completion_end]
         k = n_tokens(tok, tiny_prompt(prompt))
         assert (labels[:k] == IGNORE_INDEX).all() and (labels[k:] != IGNORE_INDEX).all()
-        assert labels[-1] == tok.eos_token_id and (ids == tok.bos_token_id).sum() == 1
-        assert (ids == tok.eos_token_id).sum() == 2
+        assert (ids == tok.bos_token_id).sum() == 1
+        # Special-token strings in the data stay text: EOS ends the user turn, and the completion with "eos".
+        assert (ids == tok.eos_token_id).sum() == 1 + (completion_end == "eos")
+        assert (labels[-1] == tok.eos_token_id) == (completion_end == "eos")
 
 
 @SETTINGS
@@ -155,7 +161,7 @@ def test_collated_rows_equal_items_and_pads_carry_no_loss(tiny_tokenizer, texts)
         )
         for i, (a, b, c) in enumerate(texts)
     ]
-    dataset = SFTDataset(build_sft_examples(tok, recs, SFTDataConfig(max_length=100_000)))
+    dataset = SFTDataset(build_sft_examples(tok, recs, SFTConfig(max_length=100_000)))
     items = [dataset[i] for i in range(len(dataset))]
     batch = SFTCollator(tok.pad_token_id)(items)
     for row, item in enumerate(items):
@@ -170,7 +176,7 @@ def test_collated_rows_equal_items_and_pads_carry_no_loss(tiny_tokenizer, texts)
 @SETTINGS
 @given(
     texts=st.lists(st.tuples(user_text, text, text), min_size=1, max_size=6),
-    max_length=st.integers(8, 80),
+    max_length=st.integers(16, 80),
     truncation=st.sampled_from(["drop", "truncate_right", "truncate_left_response"]),
 )
 def test_truncation_is_bounded_and_counted(tiny_tokenizer, texts, max_length, truncation):
@@ -186,9 +192,9 @@ def test_truncation_is_bounded_and_counted(tiny_tokenizer, texts, max_length, tr
         )
         for i, (a, b, c) in enumerate(texts)
     ]
-    full = build_sft_examples(tok, recs, SFTDataConfig(max_length=100_000))
+    full = build_sft_examples(tok, recs, SFTConfig(max_length=100_000))
     stats = DataStats()
-    out = build_sft_examples(tok, recs, SFTDataConfig(max_length=max_length, truncation=truncation), stats=stats)
+    out = build_sft_examples(tok, recs, SFTConfig(max_length=max_length, truncation=truncation), stats=stats)
     too_long = sum(len(ex["input_ids"]) > max_length for ex in full)
     assert stats.examples == len(out) == len(full) - stats.dropped_too_long
     assert stats.truncated + stats.dropped_too_long == too_long

@@ -237,7 +237,8 @@ def test_paired_changes_compare_each_checkpoint_with_the_one_before():
 
 def test_chatml_template_whose_bos_marks_every_turn(tiny_tokenizer):
     """SmolLM2's tokenizer has bos = <|im_start|>, which its template renders once per turn."""
-    from srt.data import FeedbackDataModule
+    from srt.config import SFTConfig
+    from srt.data import SFTDataModule
     from srt.records import Feedback, FeedbackRecord
 
     tok = copy.deepcopy(tiny_tokenizer)
@@ -253,7 +254,7 @@ def test_chatml_template_whose_bos_marks_every_turn(tiny_tokenizer):
         feedback=Feedback(weaknesses="Wrong.", suggestions="Add.", score=3, raw="raw"),
         stage=1,
     )
-    dm = FeedbackDataModule(tok, mode="sft", train_records=[rec], max_length=512)
+    dm = SFTDataModule(tok, SFTConfig(max_length=512), train_records=[rec])
     dm.setup()
     ids = dm.datasets["train"][0]["input_ids"].tolist()
     assert ids.count(tok.bos_token_id) == 2 and ids[0] == tok.bos_token_id  # user turn + assistant turn
@@ -261,4 +262,4 @@ def test_chatml_template_whose_bos_marks_every_turn(tiny_tokenizer):
     doubled = copy.deepcopy(tok)
     doubled.chat_template = "{{ bos_token }}" + tok.chat_template  # a BOS rendered twice at the start
     with pytest.raises(TemplateError, match="BOS"):
-        FeedbackDataModule(doubled, mode="sft", train_records=[rec], max_length=512).setup()
+        SFTDataModule(doubled, SFTConfig(max_length=512), train_records=[rec]).setup()

@@ -298,11 +298,15 @@ def test_fsdp_gpu_lora_training_and_adapter_export(tiny_model_dir, tiny_tokenize
     import lightning as L
     from _dist_helpers import LossRecorder, SeededSFTModule
 
-    from srt.data import FeedbackDataModule
+    from srt.config import SFTConfig
+    from srt.data import SFTDataModule
     from srt.distributed import fsdp_strategy
 
-    datamodule = FeedbackDataModule(
-        tiny_tokenizer, mode="sft", train_records=records, batch_size=4, max_length=512, group_by_length=False, seed=7
+    datamodule = SFTDataModule(
+        tiny_tokenizer,
+        SFTConfig(micro_batch_size=4, max_length=512, group_by_length=False),
+        train_records=records,
+        seed=7,
     )
     module = SeededSFTModule(str(tiny_model_dir), tiny_tokenizer, lora=LORA, lr=1e-2, warmup_ratio=0.0, dtype="float32")
     trainer = L.Trainer(

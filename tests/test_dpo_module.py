@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from srt.data import FeedbackDataModule
+from srt.config import DPOConfig
+from srt.data import DPODataModule
 from srt.dpo_module import DPOModule, ReferenceLogpsCache, compute_reference_logps, concatenated_forward
 from srt.errors import ConfigError
 
@@ -38,7 +39,7 @@ PAIRS = [
 
 
 def data_module(tokenizer, batch_size=2):
-    dm = FeedbackDataModule(tokenizer, mode="dpo", train_records=PAIRS, batch_size=batch_size, max_length=128)
+    dm = DPODataModule(tokenizer, DPOConfig(micro_batch_size=batch_size, max_length=128), train_records=PAIRS)
     dm.setup()
     return dm
 

@@ -86,11 +86,15 @@ def fit(
     losses, exports to out_dir/model (and out_dir/merged with LoRA)."""
     import lightning as L
 
-    from srt.data import FeedbackDataModule
+    from srt.config import SFTConfig
+    from srt.data import SFTDataModule
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = FeedbackDataModule(
-        tokenizer, mode="sft", train_records=records, batch_size=4, max_length=512, group_by_length=False, seed=7
+    datamodule = SFTDataModule(
+        tokenizer,
+        SFTConfig(micro_batch_size=4, max_length=512, group_by_length=False),
+        train_records=records,
+        seed=7,
     )
     module = SeededSFTModule(str(model_dir), tokenizer, lora=lora, lr=1e-2, warmup_ratio=0.0, dtype="float32")
     trainer = L.Trainer(
@@ -199,7 +203,8 @@ def test_bf16_mixed_sft_computes_in_bf16_and_tracks_fp32(tiny_model_dir, tiny_to
 def _dpo_setup(tiny_model_dir, tiny_tokenizer, records, shift: float = 0.0):
     from transformers import AutoModelForCausalLM
 
-    from srt.data import FeedbackDataModule
+    from srt.config import DPOConfig
+    from srt.data import DPODataModule
     from srt.dpo_module import compute_reference_logps
     from srt.records import PreferencePair
 
@@ -207,8 +212,11 @@ def _dpo_setup(tiny_model_dir, tiny_tokenizer, records, shift: float = 0.0):
         PreferencePair(id=f"p{i}", prompt=r.instruction, chosen=r.refinement, rejected=r.response)
         for i, r in enumerate(records)
     ]
-    datamodule = FeedbackDataModule(
-        tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=4, max_length=512, group_by_length=False, seed=7
+    datamodule = DPODataModule(
+        tiny_tokenizer,
+        DPOConfig(micro_batch_size=4, max_length=512, group_by_length=False),
+        train_records=pairs,
+        seed=7,
     )
     datamodule.setup("fit")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).to(DEVICE)
@@ -297,7 +305,8 @@ def test_packed_rows_score_like_padded_batches(attn, tiny_model_dir, tiny_tokeni
     flash-attention) equal those from padded batches, with this attention kernel on the device."""
     from transformers import AutoModelForCausalLM
 
-    from srt.data import FeedbackDataModule
+    from srt.config import DPOConfig
+    from srt.data import DPODataModule
     from srt.dpo_module import concatenated_forward
     from srt.records import PreferencePair
 
@@ -311,8 +320,8 @@ def test_packed_rows_score_like_padded_batches(attn, tiny_model_dir, tiny_tokeni
     ]  # unequal lengths: real padding in the padded batches
     out = {}
     for packing in (False, True):
-        dm = FeedbackDataModule(
-            tiny_tokenizer, mode="dpo", train_records=pairs, batch_size=4, max_length=512, packing=packing
+        dm = DPODataModule(
+            tiny_tokenizer, DPOConfig(micro_batch_size=4, max_length=512, packing=packing), train_records=pairs
         )
         scores = {}
         with torch.no_grad():

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from srt.data import IGNORE_INDEX, FeedbackDataModule, pack_by_length
+from srt.config import DPOConfig, SFTConfig
+from srt.data import IGNORE_INDEX, DPODataModule, SFTDataModule, pack_by_length
 from srt.dpo_module import DPOModule, compute_reference_logps, concatenated_forward
 from srt.errors import ConfigError
 from srt.losses import sequence_logps
@@ -64,10 +65,12 @@ def test_pack_by_length_is_a_valid_best_fit_packing():
         pack_by_length([65], 64)
 
 
-def sft_modules(tokenizer, **options):
-    common = dict(mode="sft", train_records=records(12), batch_size=3, max_length=128, group_by_length=False, **options)
-    packed = FeedbackDataModule(tokenizer, packing=True, packing_length=200, **common)
-    plain = FeedbackDataModule(tokenizer, **common)
+def sft_modules(tokenizer):
+    settings = dict(micro_batch_size=3, max_length=128, group_by_length=False)
+    packed = SFTDataModule(
+        tokenizer, SFTConfig(packing=True, **settings), train_records=records(12), packing_length=200
+    )
+    plain = SFTDataModule(tokenizer, SFTConfig(**settings), train_records=records(12))
     packed.setup()
     plain.setup()
     return packed, plain
@@ -169,8 +172,9 @@ def test_packed_rows_flattened_for_flash_attention_score_the_same(tiny_model, ti
 
 
 def dpo_modules(tokenizer, data, batch_size=4):
-    common = dict(mode="dpo", train_records=data, batch_size=batch_size, max_length=64, group_by_length=False)
-    packed, plain = FeedbackDataModule(tokenizer, packing=True, **common), FeedbackDataModule(tokenizer, **common)
+    settings = dict(micro_batch_size=batch_size, max_length=64, group_by_length=False)
+    packed = DPODataModule(tokenizer, DPOConfig(packing=True, **settings), train_records=data)
+    plain = DPODataModule(tokenizer, DPOConfig(**settings), train_records=data)
     packed.setup()
     plain.setup()
     return packed, plain
@@ -241,8 +245,10 @@ def test_packed_training_runs_for_sft_and_dpo(tiny_model_dir, tiny_tokenizer):
 
 def test_packing_options_are_checked(tiny_tokenizer):
     with pytest.raises(ConfigError, match="packing_length"):
-        FeedbackDataModule(tiny_tokenizer, mode="sft", train_records=records(2), max_length=96, packing_length=200)
+        SFTDataModule(tiny_tokenizer, SFTConfig(max_length=96), train_records=records(2), packing_length=200)
     with pytest.raises(ConfigError, match="packing_length"):
-        FeedbackDataModule(
-            tiny_tokenizer, mode="sft", train_records=records(2), max_length=96, packing=True, packing_length=64
+        SFTDataModule(
+            tiny_tokenizer, SFTConfig(max_length=96, packing=True), train_records=records(2), packing_length=64
         )
+    with pytest.raises(ConfigError, match="packing_length"):
+        DPODataModule(tiny_tokenizer, DPOConfig(max_length=96, packing=True), train_records=pairs(2), packing_length=64)

@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from srt.data import FeedbackDataModule
+from srt.config import DPOConfig, SFTConfig
+from srt.data import DPODataModule, SFTDataModule
 from srt.dpo_module import DPOModule
 from srt.errors import ConfigError
 from srt.export import cast_state_dict, save_hf
@@ -74,9 +75,10 @@ PAIRS = [
 ]
 
 
-def datamodule(tokenizer, mode: str) -> FeedbackDataModule:
-    records = RECORDS if mode == "sft" else PAIRS
-    return FeedbackDataModule(tokenizer, mode=mode, train_records=records, batch_size=2, max_length=128)
+def datamodule(tokenizer, mode: str) -> SFTDataModule | DPODataModule:
+    if mode == "sft":
+        return SFTDataModule(tokenizer, SFTConfig(micro_batch_size=2, max_length=128), train_records=RECORDS)
+    return DPODataModule(tokenizer, DPOConfig(micro_batch_size=2, max_length=128), train_records=PAIRS)
 
 
 class Watch(Callback):

@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
-from srt.data import FeedbackDataModule
+from srt.config import SFTConfig
+from srt.data import SFTDataModule
 from srt.errors import ConfigError
 from srt.records import Feedback, FeedbackRecord
 from srt.sft_module import SFTModule, accumulation_for_global_batch
@@ -63,7 +64,7 @@ def records():
 
 def sft_batches(tokenizer, batch_size=2):
     """Collated batches from the real data module (instruction masked, right padded), in order."""
-    dm = FeedbackDataModule(tokenizer, mode="sft", train_records=records(), batch_size=batch_size, max_length=256)
+    dm = SFTDataModule(tokenizer, SFTConfig(micro_batch_size=batch_size, max_length=256), train_records=records())
     dm.setup()
     return list(dm.predict_dataloader())
 

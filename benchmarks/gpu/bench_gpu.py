@@ -159,7 +159,8 @@ def srt_api():
     from types import SimpleNamespace
 
     import srt
-    from srt.data import FeedbackDataModule
+    from srt.config import DPOConfig, SFTConfig
+    from srt.data import DPODataModule, SFTDataModule
     from srt.dpo_module import DPOModule, compute_reference_logps
     from srt.generation import Generator, SamplingConfig
     from srt.models import load_tokenizer
@@ -168,7 +169,10 @@ def srt_api():
 
     return SimpleNamespace(
         srt=srt,
-        FeedbackDataModule=FeedbackDataModule,
+        SFTConfig=SFTConfig,
+        DPOConfig=DPOConfig,
+        SFTDataModule=SFTDataModule,
+        DPODataModule=DPODataModule,
         DPOModule=DPOModule,
         compute_reference_logps=compute_reference_logps,
         Generator=Generator,
@@ -443,14 +447,10 @@ def run_sft(cfg: dict, ctx: dict) -> dict:
     total = s["warmup"] + s["steps"]
     model = load_policy(ctx, cfg["attn"])
     if cfg["config"].startswith("srt"):
-        datamodule = api.FeedbackDataModule(
-            tokenizer,
-            mode="sft",
-            train_files=data["sft"],
-            batch_size=s["batch_size"],
-            max_length=s["max_length"],
-            packing=cfg["config"] == "srt_packed",
+        sft = api.SFTConfig(
+            micro_batch_size=s["batch_size"], max_length=s["max_length"], packing=cfg["config"] == "srt_packed"
         )
+        datamodule = api.SFTDataModule(tokenizer, sft, train_files=data["sft"])
         module = api.SFTModule(model, tokenizer, lr=1e-5)
         timer = lightning_timer(ctx["device"], sft_units, pad_id, c)
         trainer = lightning_trainer(ctx, total, timer)
@@ -505,14 +505,14 @@ def run_dpo(cfg: dict, ctx: dict) -> dict:
         return len(batch["chosen_input_ids"] if "chosen_input_ids" in batch else batch["ids"])
 
     if cfg["config"].startswith("srt"):
-        datamodule = api.FeedbackDataModule(
-            tokenizer,
-            mode="dpo",
-            train_files=data["dpo"],
-            batch_size=s["batch_size"],
+        # completion_end="eos": the same sequences as TRL's (its completions end with the end of turn).
+        dpo = api.DPOConfig(
+            micro_batch_size=s["batch_size"],
             max_length=s["max_length"],
             packing=cfg["config"] == "srt_packed",
+            completion_end="eos",
         )
+        datamodule = api.DPODataModule(tokenizer, dpo, train_files=data["dpo"])
         datamodule.setup("fit")
         synchronize(ctx["device"])
         start = time.perf_counter()

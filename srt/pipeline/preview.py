@@ -9,7 +9,6 @@ from srt.errors import ConfigError
 
 
 def preview_from_config(cfg: RunConfig, *, records_path: str | None, n: int, view: str = "sft") -> str:
-    from srt.data import DPODataConfig, SFTDataConfig
     from srt.models import load_tokenizer, resolve_model_path
     from srt.preview import preview_records
     from srt.records import FeedbackRecord, PreferencePair, read_jsonl
@@ -21,23 +20,7 @@ def preview_from_config(cfg: RunConfig, *, records_path: str | None, n: int, vie
         records_path = str(default)
     tokenizer = load_tokenizer(resolve_model_path(cfg.model.path))
     if view == "sft":
-        s = cfg.sft
-        data_config = SFTDataConfig(
-            max_length=s.max_length,
-            truncation=s.truncation,
-            mask_response=s.mask_response,
-            ablation=s.ablation,
-            system_prompt=cfg.model.system_prompt,
-        )
-        records = read_jsonl(records_path, FeedbackRecord)
+        section, records = cfg.sft, read_jsonl(records_path, FeedbackRecord)
     else:
-        d = cfg.dpo
-        data_config = DPODataConfig(
-            max_length=d.max_length,
-            max_prompt_length=d.max_prompt_length,
-            truncation=d.truncation,
-            system_prompt=cfg.model.system_prompt,
-            completion_end=d.completion_end,
-        )
-        records = read_jsonl(records_path, PreferencePair)
-    return preview_records(tokenizer, records, n, data_config)
+        section, records = cfg.dpo, read_jsonl(records_path, PreferencePair)
+    return preview_records(tokenizer, records, n, section, system_prompt=cfg.model.system_prompt)

@@ -1,4 +1,4 @@
-"""Stage-2 training step: FeedbackDataModule (DPO view) + DPOModule + Trainer, resumable.
+"""Stage-2 training step: DPODataModule + DPOModule + Trainer, resumable.
 
 With ``dpo.reference: precomputed`` (default) the reference log-probs of the starting model are
 computed once in a prediction pass and cached on disk (keyed by data, model, chat template, max
@@ -40,7 +40,7 @@ def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_pat
         chat_template=datamodule.tokenizer.chat_template,
         max_length=cfg.dpo.max_length,
         dtype=cfg.model.dtype,
-        data_config=datamodule.config.model_dump(),
+        data_config=datamodule.data_settings(),
     )
     if not is_rank_zero():  # computed once, by rank 0 (torchrun/SLURM start every rank at once)
         wait_for(cache.path(cache.key(**key)), "reference log-probs")
@@ -48,7 +48,7 @@ def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_pat
 
 
 def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: Path) -> Path:
-    from srt.data import FeedbackDataModule
+    from srt.data import DPODataModule
     from srt.dpo_module import DPOModule
     from srt.models import load_tokenizer
     from srt.tokenizer_check import check_tokenizer
@@ -58,20 +58,13 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
     tokenizer = load_tokenizer(start_model)
     for warning in check_tokenizer(tokenizer, for_training=True):
         log.warning("tokenizer: %s", warning)
-    datamodule = FeedbackDataModule(
+    datamodule = DPODataModule(
         tokenizer,
-        mode="dpo",
+        d,
+        system_prompt=cfg.model.system_prompt,
         train_files=[pairs_path],
         val_fraction=cfg.trainer.val_fraction,
-        batch_size=d.micro_batch_size,
-        max_length=d.max_length,
-        max_prompt_length=d.max_prompt_length,
-        truncation=d.truncation,
-        group_by_length=d.group_by_length,
         seed=cfg.seed,
-        system_prompt=cfg.model.system_prompt,
-        packing=d.packing,
-        completion_end=d.completion_end,
     )
     datamodule.setup("fit")
     if d.reference == "precomputed":

@@ -1,4 +1,4 @@
-"""Stage-1 training step: FeedbackDataModule (SFT view) + SFTModule + Trainer, resumable."""
+"""Stage-1 training step: SFTDataModule + SFTModule + Trainer, resumable."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: Path) -> Path:
-    from srt.data import FeedbackDataModule
+    from srt.data import SFTDataModule
     from srt.models import load_tokenizer
     from srt.sft_module import SFTModule
     from srt.tokenizer_check import check_tokenizer
@@ -24,20 +24,13 @@ def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: 
     tokenizer = load_tokenizer(base_model, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
     for warning in check_tokenizer(tokenizer, for_training=True):
         log.warning("tokenizer: %s", warning)
-    datamodule = FeedbackDataModule(
+    datamodule = SFTDataModule(
         tokenizer,
-        mode="sft",
+        s,
+        system_prompt=cfg.model.system_prompt,
         train_files=[records_path],
         val_fraction=cfg.trainer.val_fraction,
-        batch_size=s.micro_batch_size,
-        max_length=s.max_length,
-        group_by_length=s.group_by_length,
         seed=cfg.seed,
-        system_prompt=cfg.model.system_prompt,
-        truncation=s.truncation,
-        mask_response=s.mask_response,
-        ablation=s.ablation,
-        packing=s.packing,
     )
     module = SFTModule(
         base_model,
