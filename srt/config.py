@@ -8,7 +8,6 @@ feeds (torchtune style), so a config reads like the recipe it drives. Unknown ke
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from srt.errors import ConfigError
+from srt.errors import ConfigError, validation_problems
 
 
 class _Strict(BaseModel):
@@ -341,18 +340,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def validation_problems(exc: ValidationError, prefix: str = "") -> str:
-    """One line from a pydantic error: ``loc: what is wrong`` per problem, unknown keys called typos."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (typo?)"
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(lines)
-
-
 def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: invalid config: " + validation_problems(exc)
 
@@ -400,7 +387,9 @@ def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
 
 def config_hash(obj: Any) -> str:
     data = config_to_dict(obj) if isinstance(obj, BaseModel) else obj
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from srt.io import json_sha256
+
+    return json_sha256(data, 16)
 
 
 # -- the config reference (docs/config.md), generated from the schema above ------------------------

@@ -45,9 +45,10 @@ returns the pieces separately so loss masks are built from spans, never by searc
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
+
+from srt.io import text_sha256
 
 TEMPLATE_VERSION = "srt-critic-v1"
 
@@ -77,7 +78,7 @@ applies your suggestions. Write only the response itself there, with no commenta
 
 # sha256 of "<version>\n<template>", first 16 hex digits: changes whenever the wording or the
 # version changes, so records and caches made with another prompt are told apart.
-TEMPLATE_HASH = hashlib.sha256(f"{TEMPLATE_VERSION}\n{CRITIC_TEMPLATE}".encode()).hexdigest()[:16]
+TEMPLATE_HASH = text_sha256(f"{TEMPLATE_VERSION}\n{CRITIC_TEMPLATE}", 16)
 
 FEEDBACK_HEADER = "### Feedback"
 REFINEMENT_HEADER = "### Improved Response"

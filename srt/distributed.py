@@ -35,7 +35,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from srt.errors import ConfigError
+from srt.errors import ConfigError, validation_problems
 
 # Used by ``fsdp`` when wrap_layers is not set (the model is not built yet when the strategy is).
 DEFAULT_WRAP_LAYERS = (
@@ -75,8 +75,7 @@ class FSDPOptions(BaseModel):
         try:
             return cls.model_validate(dict(options or {}))
         except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            raise ConfigError(f"trainer.fsdp.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            raise ConfigError(validation_problems(exc, "trainer.fsdp")) from None
 
     @property
     def dtype(self) -> torch.dtype | None:

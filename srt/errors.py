@@ -23,3 +23,28 @@ class TemplateError(SrtError):
 
 class CriticError(SrtError):
     """A critic that cannot be used as configured (missing API key variable, bad endpoint...)."""
+
+
+def validation_problems(exc, prefix: str = "", *, model=None, hint: str | None = None) -> str:
+    """The one formatter of pydantic validation errors (configs, plugin settings, records): one line,
+    a ``;``-separated part per problem, each naming the key, what is wrong and what was given.
+
+    ``model``: for an unknown top-level key, list the allowed ones (plus ``hint``)."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            parts.append(f"missing field '{loc}'")
+        elif err["type"] == "extra_forbidden":
+            allowed = ""
+            if model is not None and len(err["loc"]) == 1:
+                allowed = f"; allowed: {', '.join(model.model_fields)}" + (f"; {hint}" if hint else "")
+            parts.append(f"{loc}: unknown key (typo?{allowed})")
+        elif not loc:  # a whole-object check
+            parts.append(msg)
+        else:
+            given = repr(err.get("input"))
+            given = given if len(given) <= 60 else given[:57] + "..."
+            parts.append(f"{loc}: {msg} (got {given})")
+    return "; ".join(parts)

@@ -6,6 +6,7 @@ Readers see either the old file or the complete new one. (JSONL files that grow 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -43,3 +44,26 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return default
+
+
+# -- hashing: the one place digests are computed --------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (data hashes in manifests and caches), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def text_sha256(text: str | bytes, length: int | None = None) -> str:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()[:length]
+
+
+def json_sha256(obj: Any, length: int | None = None) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, UTF-8, ``str()`` for anything else): the
+    key of every cache and fingerprint, so equal settings always give equal keys."""
+    return text_sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str), length)

@@ -22,7 +22,6 @@ else is a bad line like any other.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,8 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from srt.errors import ConfigError, RecordError
+from srt.errors import ConfigError, RecordError, validation_problems
+from srt.io import file_sha256  # noqa: F401 - TODO(restructure): import from srt.io
 
 logger = logging.getLogger(__name__)
 
@@ -137,25 +137,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def describe_validation_error(err: ValidationError, model: type[BaseModel]) -> str:
     """One readable line from a pydantic error: which field, what is wrong, what was given."""
-    parts = []
-    for e in err.errors(include_url=False):
-        field = ".".join(str(p) for p in e["loc"]) or "<record>"
-        if e["type"] == "missing":
-            parts.append(f"missing field '{field}'")
-        elif e["type"] == "extra_forbidden":
-            allowed = ", ".join(model.model_fields) if len(e["loc"]) == 1 else None
-            hint = f" (allowed: {allowed}; put free-form data in 'meta')" if allowed else ""
-            parts.append(f"unknown field '{field}'{hint}")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            if not e["loc"]:  # a whole-record check (e.g. schema_version)
-                parts.append(msg)
-                continue
-            given = repr(e.get("input"))
-            if len(given) > 60:
-                given = given[:57] + "..."
-            parts.append(f"field '{field}': {msg} (got {given})")
-    return "; ".join(parts)
+    return validation_problems(err, model=model, hint="put free-form data in 'meta'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -680,15 +662,6 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[BaseModel | di
         Path(tmp).unlink(missing_ok=True)
         raise
     return w.written
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (for manifests)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:

@@ -93,7 +93,7 @@ def check_plugin_settings(group: str, name: str, settings: dict | None, where: s
     Plugins that declare neither are only checked for existence."""
     from pydantic import ValidationError
 
-    from srt.config import validation_problems
+    from srt.errors import validation_problems
 
     cls = load_plugin(group, name)
     model = getattr(cls, "settings_model", None)

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
-from srt.errors import ConfigError, SrtError
+from srt.errors import ConfigError, SrtError, validation_problems
 from srt.generation import ChatGeneration, GenerationOutput, SamplingConfig, _row_seed
 
 
@@ -178,9 +178,7 @@ def _parse_settings(server: dict[str, Any]) -> ServerSettings:
     try:
         return ServerSettings.model_validate(dict(server or {}))
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = ".".join(map(str, err["loc"])) or "(section)"
-        raise ConfigError(f"generation.server.{where}: {err['msg']}") from None
+        raise ConfigError(validation_problems(exc, "generation.server")) from None
 
 
 def _tokenizer_adds_bos(tokenizer) -> bool:

@@ -141,7 +141,7 @@ MISTAKES = [
         "openai_judge_needs_a_model",
         "alpaca_eval",
         ["--judge", "openai"],
-        "judge: srt.critics plugin 'openai': invalid settings: model: Field required",
+        "judge: srt.critics plugin 'openai': invalid settings: missing field 'model'",
     ),
     (
         "credential_in_settings",

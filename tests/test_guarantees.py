@@ -199,7 +199,7 @@ MISTAKES = [
         "critic: srt.critics plugin 'reference': invalid settings: rel_tolerence: unknown key",
     ),
     ({"critic": {"name": "reference", "rel_tolerance": "x"}}, "rel_tolerance: Input should be a valid number"),
-    ({"critic": {"name": "openai"}}, "critic: srt.critics plugin 'openai': invalid settings: model: Field required"),
+    ({"critic": {"name": "openai"}}, "critic: srt.critics plugin 'openai': invalid settings: missing field 'model'"),
     (
         {"critic": {"name": "openai", "model": "gpt-4", "api_key_env": "SRT_TEST_UNSET_KEY"}},
         "SRT_TEST_UNSET_KEY is not set",
@@ -213,7 +213,7 @@ MISTAKES = [
     ({"data.stage2.offset": 10_000}, "data.stage2: no rows"),
     ({"model.path": "/nonexistent/model"}, "model.path: model folder '/nonexistent/model' does not exist"),
     ({"model.path": "org/not-cached-model"}, "neither a local folder nor in the hub cache, and HF_HUB_OFFLINE=1"),
-    ({"generation.backend": "openai"}, "generation.server: base_url: Field required"),
+    ({"generation.backend": "openai"}, "generation.server: missing field 'base_url'"),
     ({"generation.backend": "openai", "generation.server": {"base_url": "http://u:pw@localhost:1/v1"}}, "credential"),
     (
         {"critic": {"name": "openai", "model": "m", "api_key": "sk-live-0123456789abcdefghij"}},

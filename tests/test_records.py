@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from srt.errors import RecordError, SrtError
+from srt.io import file_sha256
 from srt.records import (
     SCHEMA_VERSION,
     CriticInfo,
@@ -16,7 +17,6 @@ from srt.records import (
     JsonlWriter,
     PreferencePair,
     existing_ids,
-    file_sha256,
     read_jsonl,
     write_jsonl_atomic,
 )
@@ -72,28 +72,28 @@ def test_preference_pair_and_instruction_defaults():
 @pytest.mark.parametrize(
     "line, expected",
     [
-        (json.dumps(good_dict(instruction="   ")), "field 'instruction': must not be empty"),
+        (json.dumps(good_dict(instruction="   ")), "instruction: must not be empty"),
         (json.dumps({"id": "a", "instruction": "x", "stage": 1}), "missing field 'response'"),
-        (json.dumps(good_dict(stage=3)), "field 'stage'"),
-        (json.dumps(good_dict(response=5)), "field 'response': Input should be a valid string (got 5)"),
+        (json.dumps(good_dict(stage=3)), "stage: "),
+        (json.dumps(good_dict(response=5)), "response: Input should be a valid string (got 5)"),
         (
             json.dumps(good_dict(refinement_score=11)),
-            "field 'refinement_score': Input should be less than or equal to 10",
+            "refinement_score: Input should be less than or equal to 10",
         ),
         (
             json.dumps(good_dict(refinement_score=0)),
-            "field 'refinement_score': Input should be greater than or equal to 1",
+            "refinement_score: Input should be greater than or equal to 1",
         ),
-        (json.dumps(good_dict(refinement_score=True)), "field 'refinement_score'"),
+        (json.dumps(good_dict(refinement_score=True)), "refinement_score: "),
         (
             json.dumps(good_dict(feedback={"weaknesses": "w", "suggestions": "s", "score": -1, "raw": ""})),
-            "field 'feedback.score'",
+            "feedback.score: ",
         ),
         (
             json.dumps(good_dict(feedback={"weaknesses": "w", "suggestions": "s", "raw": "", "x": 1})),
-            "unknown field 'feedback.x'",
+            "feedback.x: unknown key (typo?)",
         ),
-        (json.dumps(good_dict(instrucion="typo")), "unknown field 'instrucion' (allowed: schema_version, id"),
+        (json.dumps(good_dict(instrucion="typo")), "instrucion: unknown key (typo?; allowed: schema_version, id"),
         (json.dumps(good_dict(schema_version=2)), "schema_version 2 is newer than this srt supports (1); upgrade srt"),
         ('{"id": "a", "instruction": ', "invalid JSON"),
         ("[1, 2]", "expected a JSON object, got list"),

@@ -10,7 +10,6 @@ interrupted evaluation resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from srt.errors import ConfigError, SrtError
 from srt.generation import Generator, SamplingConfig
 from srt.inference import MODES, SelfRefiner
+from srt.io import json_sha256
 from srt.records import JsonLines, JsonlWriter
 
 ANSWER_MODES = ("plain", "srt")
@@ -42,7 +42,7 @@ def sampling_config(value: SamplingConfig | dict[str, Any] | None, **defaults: A
 
 
 def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_sha256(obj, 16)
 
 
 def _safe_name(name: str) -> str:

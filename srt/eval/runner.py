@@ -5,8 +5,12 @@ Layout of an evaluation run (``output_dir``)::
     <model>/<benchmark>/samples.jsonl   one JSON object per item (prompt, answer, judgement...)
     <model>/<benchmark>/metrics.json    metrics, meta (warnings, stats), plot data, config hash
     cache/<model>/<key>.jsonl           generation cache (see srt.eval.model)
-    summary.json                        metrics per model/benchmark + the run record
+    summary.json                        metrics per model/benchmark, paired comparisons, the run record
     report.md, plots/*.png              the side-by-side table and the plots (srt.eval.report)
+
+A benchmark whose samples carry a boolean ``correct`` gets accuracy ± standard error (and, for
+``srt`` answers, response accuracy, fixed / broken by refinement, the parse rate) added to its
+metrics, and ``compare: [[model, baseline], ...]`` pairs models on it (:mod:`srt.eval.report`).
 
 Resuming: a (model, benchmark) pair whose ``metrics.json`` exists with the same config hash (the
 benchmark's settings, the model's identity and decoding, the seed) is not run again; an
@@ -89,6 +93,11 @@ class EvalConfig(_Strict):
         description="Benchmark name -> its settings; `plugin: <name>` in the settings runs one plugin under "
         "another name (so one plugin can run twice with different settings)",
     )
+    compare: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="[model, baseline] name pairs: on every benchmark with per-sample correctness, the problems "
+        "the model gained and lost against the baseline, with an exact sign test",
+    )
 
 
 def load_eval_config(path: str | Path | None, overrides: Sequence[str] = (), judge: str | None = None) -> EvalConfig:
@@ -97,25 +106,31 @@ def load_eval_config(path: str | Path | None, overrides: Sequence[str] = (), jud
     ``judge``: a critic name; when it differs from the config judge's name, the config's judge
     settings are dropped (they belong to another critic). Credentials in the config are refused.
     """
-    from srt.config import apply_overrides, format_validation_error, load_yaml
-    from srt.secrets import find_secrets
+    from srt.config import apply_overrides, load_yaml
 
     data = load_yaml(path) if path is not None else {}
     if judge is not None:
         current = data.get("judge")
         if not (isinstance(current, dict) and current.get("name") == judge):
             data["judge"] = {"name": judge}
-    data = apply_overrides(data, list(overrides))
+    return eval_config_from_data(apply_overrides(data, list(overrides)), str(path or "config"))
+
+
+def eval_config_from_data(data: dict[str, Any], source: str = "config") -> EvalConfig:
+    """Validate an eval config mapping (``source`` names it in errors); credentials are refused."""
+    from srt.config import format_validation_error
+    from srt.secrets import find_secrets
+
     secrets = find_secrets(data)
     if secrets:
         raise ConfigError(
-            f"{path or 'config'}: {', '.join(secrets)} looks like a credential; results record the settings, so put "
+            f"{source}: {', '.join(secrets)} looks like a credential; results record the settings, so put "
             "the key in an environment variable and name it (e.g. judge.api_key_env: OPENAI_API_KEY)"
         )
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path or "config"))) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
 
 
 def model_from_spec(spec: ModelSpec | dict[str, Any] | str) -> EvalModel:
@@ -203,12 +218,14 @@ def run_eval(
     judge: dict[str, Any] | None = None,
     cache_dir: str | Path | None = None,
     report: bool = True,
+    compare: Sequence[Sequence[str]] = (),
 ) -> dict[str, Any]:
     """Evaluate every model on every benchmark (resumable); return the summary (also in summary.json).
 
     ``benchmarks``: benchmark name -> settings (see each plugin; ``plugin:`` picks the plugin when
     the name differs). ``judge``: the default judge critic ``{name: ..., <critic settings>}`` for
-    benchmarks that need one. First :func:`srt.eval.plan.plan_eval` checks everything (nothing is
+    benchmarks that need one. ``compare``: ``(model, baseline)`` name pairs for paired comparisons
+    (:func:`srt.eval.report.comparisons`). First :func:`srt.eval.plan.plan_eval` checks everything (nothing is
     loaded or written when it fails); then the output directory is locked for the run's life, so a
     second run there stops at once.
     """
@@ -217,13 +234,15 @@ def run_eval(
     from srt.secrets import register_env_secrets
 
     register_env_secrets({"judge": judge, "benchmarks": benchmarks})  # key values never reach a log or a file
-    plan = plan_eval(models, benchmarks, output_dir, seed=seed, judge=judge, cache_dir=cache_dir)
+    plan = plan_eval(models, benchmarks, output_dir, seed=seed, judge=judge, cache_dir=cache_dir, compare=compare)
     with RunLock(plan.output_dir, "srt-eval run"):
         return execute_plan(plan, report=report)
 
 
 def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
     """Run a checked plan (:func:`run_eval` plans and locks first; call that)."""
+    from srt.eval.report import comparisons, correctness_metrics
+
     output_dir, cache_dir, seed = plan.output_dir, plan.cache_dir, plan.seed
     judges = _Judges()
     results: dict[str, dict[str, Any]] = {}
@@ -260,7 +279,8 @@ def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
                 "config_hash": config_hash,
                 "task_config_hash": task_hash,
                 "task": bench.instance.describe(),
-                "metrics": result.metrics,
+                # The plugin's own metrics win over the derived ones of the same name.
+                "metrics": {**correctness_metrics(result.samples), **result.metrics},
                 "meta": result.meta,
                 "plots": result.plots,
                 "elapsed_s": round(time.perf_counter() - start, 2),
@@ -270,6 +290,12 @@ def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
             results[model.name][bench.name] = json_safe({**entry, "resumed": False})
         model.unload()  # free the weights before the next model
 
+    scored = {
+        (model, bench): _read_samples(output_dir / _safe(model) / _safe(bench) / "samples.jsonl")
+        for model, per_bench in results.items()
+        for bench, entry in per_bench.items()
+        if "accuracy" in entry.get("metrics", {})
+    }
     summary = {
         "run": {
             "seed": seed,
@@ -282,6 +308,7 @@ def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
         },
         "models": model_records,
         "results": results,
+        "comparisons": comparisons(plan.compare, scored),
     }
     _write_json_atomic(output_dir / "summary.json", summary)
     if report:
@@ -304,6 +331,10 @@ def _seed_everything(seed: int) -> None:
         np.random.seed(seed)
     except ImportError:
         pass
+
+
+def _read_samples(path: Path) -> list[dict[str, Any]]:
+    return [row for _, _, row in JsonLines(path)]
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -340,6 +371,7 @@ def cli_inputs(
     ``overrides``: ``--set KEY=VALUE`` on the config (``judge.model=gpt-4o``, ``benchmarks.gsm8k.limit=4``).
     """
     cfg = load_eval_config(config_path, overrides, judge=judge)
+    inputs = run_inputs(cfg)
     if models:
         specs = []
         for m in models:
@@ -349,25 +381,32 @@ def cli_inputs(
                     ModelSpec(name=name if sep else None, path=path if sep else m, answer_mode=answer_mode or "plain")
                 )
             except ValidationError as exc:
-                from srt.config import validation_problems
+                from srt.errors import validation_problems
 
                 raise ConfigError(f"--model {m}: {validation_problems(exc)}") from None
-        model_objs = [model_from_spec(s) for s in specs]
-    else:
-        model_objs = [model_from_spec(s) for s in cfg.models]
-        if answer_mode:
-            for m in model_objs:
-                m.answer_mode = answer_mode
+        inputs["models"] = [model_from_spec(s) for s in specs]
+    elif answer_mode:
+        for m in inputs["models"]:
+            m.answer_mode = answer_mode
     if isinstance(benchmarks, str):
         benchmarks = [b.strip() for b in benchmarks.split(",") if b.strip()]
-    selected = {b: cfg.benchmarks.get(b) or {} for b in benchmarks} if benchmarks else dict(cfg.benchmarks)
+    if benchmarks:
+        inputs["benchmarks"] = {b: cfg.benchmarks.get(b) or {} for b in benchmarks}
+    inputs["output_dir"] = output_dir or cfg.output_dir
+    inputs["seed"] = cfg.seed if seed is None else seed
+    return inputs
+
+
+def run_inputs(cfg: EvalConfig) -> dict[str, Any]:
+    """An eval config as the keyword arguments of :func:`run_eval`: ``run_eval(**run_inputs(cfg))``."""
     return {
-        "models": model_objs,
-        "benchmarks": selected,
-        "output_dir": output_dir or cfg.output_dir,
-        "seed": cfg.seed if seed is None else seed,
+        "models": [model_from_spec(s) for s in cfg.models],
+        "benchmarks": dict(cfg.benchmarks),
+        "output_dir": cfg.output_dir,
+        "seed": cfg.seed,
         "judge": cfg.judge,
         "cache_dir": cfg.cache_dir,
+        "compare": [list(pair) for pair in cfg.compare],
     }
 
 

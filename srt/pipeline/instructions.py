@@ -11,7 +11,6 @@ instruction, duplicate id naming the first line) raise in strict mode (default);
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 
 from srt.config import InstructionSource
 from srt.errors import ConfigError, RecordError
+from srt.io import text_sha256
 from srt.records import InstructionRecord, JsonLines, RowRejects, json_text_problem
 
 
@@ -146,7 +146,7 @@ def load_instructions(
 
 
 def _stable_id(instruction: str, n: int) -> str:
-    return hashlib.sha256(f"{n}\x00{instruction}".encode()).hexdigest()[:12]
+    return text_sha256(f"{n}\x00{instruction}", 12)
 
 
 def check_source(src: InstructionSource, what: str) -> None:

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from srt import critic_template
-from srt.io import atomic_write_json, read_json
-from srt.records import file_sha256
+from srt.io import atomic_write_json, file_sha256, read_json
 from srt.secrets import scrub, scrub_text
 
 PACKAGES = (

@@ -89,7 +89,7 @@ def check_generation(cfg: RunConfig) -> None:
     if gen.backend == "openai":
         from pydantic import ValidationError
 
-        from srt.config import validation_problems
+        from srt.errors import validation_problems
         from srt.remote_generation import ServerSettings
         from srt.secrets import find_secrets
 

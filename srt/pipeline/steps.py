@@ -19,7 +19,6 @@ the run stops with one line naming the changed keys and the two ways out, anothe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -30,7 +29,7 @@ from typing import Any
 
 from srt.config import RunConfig, config_to_dict
 from srt.errors import ConfigError
-from srt.io import atomic_write_json, read_json
+from srt.io import atomic_write_json, file_sha256, json_sha256, read_json
 
 log = logging.getLogger(__name__)
 STEPS_FILE = "steps.json"
@@ -69,8 +68,7 @@ class Step:
     fingerprint: str = field(init=False)
 
     def __post_init__(self):
-        payload = json.dumps({"settings": self.settings, "parent": self.parent}, sort_keys=True, default=str)
-        self.fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        self.fingerprint = json_sha256({"settings": self.settings, "parent": self.parent}, 16)
 
     def outputs(self) -> list[Path]:
         return [p for pattern in _OUTPUTS[self.kind] for p in sorted(self.dir.glob(pattern))]
@@ -99,18 +97,16 @@ def data_identity(path: str) -> str | None:
     """sha256 of a local instructions file (or of a dataset folder's file names, sizes and small files);
     None for a hub dataset id (its name, split and config are in the settings)."""
     p = Path(path)
-    h = hashlib.sha256()
     if p.is_file():
-        from srt.records import file_sha256
-
         return file_sha256(p)
     if p.is_dir():
-        for f in sorted(p.rglob("*")):
-            if f.is_file():
-                h.update(f"{f.relative_to(p)}:{f.stat().st_size}\n".encode())
-                if f.suffix == ".json" and f.stat().st_size < 1 << 20:
-                    h.update(f.read_bytes())
-        return h.hexdigest()
+        files = [f for f in sorted(p.rglob("*")) if f.is_file()]
+        small_json = [
+            f.read_text(encoding="utf-8", errors="replace")
+            for f in files
+            if f.suffix == ".json" and f.stat().st_size < 1 << 20
+        ]
+        return json_sha256({"files": [f"{f.relative_to(p)}:{f.stat().st_size}" for f in files], "json": small_json})
     return None
 
 

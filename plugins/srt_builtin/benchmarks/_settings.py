@@ -12,8 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from srt.config import validation_problems
-from srt.errors import ConfigError
+from srt.errors import ConfigError, validation_problems
 
 
 class BenchmarkSettings(BaseModel):

@@ -35,7 +35,6 @@ text-davinci-003; needs the network).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import tempfile
@@ -51,6 +50,7 @@ from srt.critic_template import ParseFailure, parse_score
 from srt.errors import ConfigError, SrtError
 from srt.eval.benchmark import BenchmarkResult, EvalContext
 from srt.eval.data import DataRows
+from srt.io import file_sha256
 from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def judge_spec(benchmark: str, judge: Any) -> tuple[str, dict[str, Any]]:
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 # -- data ------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ requests to ``HFLM``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +32,8 @@ from pydantic import Field, model_validator
 
 from srt.errors import ConfigError
 from srt.eval.data import check_fields
+from srt.io import file_sha256 as sha256_file
+from srt.io import text_sha256 as sha256_bytes
 from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -43,14 +44,6 @@ ANSWER_MODES = ("plain", "srt")
 
 # ---------------------------------------------------------------------------------------------
 # Hashes, data files, offline datasets
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    return sha256_bytes(Path(path).read_bytes())
 
 
 def lm_eval_version() -> str:

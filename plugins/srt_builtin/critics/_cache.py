@@ -9,20 +9,20 @@ settings that change the output, see :func:`cache_key`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from srt.io import json_sha256
+
 DEFAULT_CACHE_DIR = Path("~/.cache/srt/critic_cache")
 
 
 def cache_key(settings: dict[str, Any], prompt: str) -> str:
     """sha256 over the output-affecting settings and the prompt (canonical JSON, sorted keys)."""
-    payload = json.dumps({"settings": settings, "prompt": prompt}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return json_sha256({"settings": settings, "prompt": prompt})
 
 
 class CompletionCache:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from srt.critic import CritiqueReply, CritiqueRequest
 from srt.critic_template import REFINEMENT_HEADER, TEMPLATE_HASH, TEMPLATE_VERSION, render_critic_prompt
-from srt.errors import CriticError
+from srt.errors import CriticError, validation_problems
 from srt.generation import Generator, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,7 @@ def parse_settings(critic_name: str, settings: dict[str, Any] | None) -> LocalCr
     try:
         return LocalCriticSettings.model_validate(dict(settings or {}))
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<settings>'}: {e['msg']}" for e in err.errors())
-        raise CriticError(f"critic {critic_name!r}: invalid settings: {problems}") from None
+        raise CriticError(f"critic {critic_name!r}: invalid settings: {validation_problems(err)}") from None
 
 
 def load_generator(critic_name: str, settings: LocalCriticSettings) -> Generator:

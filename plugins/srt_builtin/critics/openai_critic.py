@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from srt.critic import CritiqueReply, CritiqueRequest
 from srt.critic_template import TEMPLATE_HASH, TEMPLATE_VERSION, render_critic_prompt
-from srt.errors import CriticError
+from srt.errors import CriticError, validation_problems
 from srt.secrets import register as register_secrets
 from srt.secrets import scrub_known, scrub_text, strip_url_credentials
 
@@ -196,10 +196,7 @@ class OpenAICritic:
         try:
             parsed = OpenAICriticSettings.model_validate(dict(settings or {}))
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<settings>'}: {e['msg']}" for e in err.errors()
-            )
-            raise CriticError(f"critic 'openai': invalid settings: {problems}") from None
+            raise CriticError(f"critic 'openai': invalid settings: {validation_problems(err)}") from None
         return cls(parsed)
 
     # -- provenance and accounting -------------------------------------------------------------
