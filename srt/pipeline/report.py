@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from srt.io import atomic_write_json, atomic_write_text
 
 
 def histogram(scores: list[int]) -> dict[int, int]:
@@ -39,10 +39,8 @@ def write_stage_report(
         "usage": dict(usage or {}),
         **(extra or {}),
     }
-    tmp = step_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    os.replace(tmp, step_dir / "report.json")
-    (step_dir / "report.md").write_text(_markdown(report), encoding="utf-8")
+    atomic_write_json(step_dir / "report.json", report)
+    atomic_write_text(step_dir / "report.md", _markdown(report))
     plot_score_histograms(step_dir / "scores.png", response_scores, refinement_scores, title)
     return report
 

@@ -11,9 +11,7 @@ saves a checkpoint at the next optimizer-step boundary and exits non-zero.
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import lightning as L
 
 from srt.config import TrainerConfig
 from srt.errors import ConfigError
+from srt.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 DONE_FILE = "srt_done.json"
@@ -163,9 +162,7 @@ def export_model(module, trainer: L.Trainer, model_dir: Path, *, merge_lora: boo
     """HF folder (merged weights when LoRA and merge_lora) + the done marker, written by rank 0."""
     module.save_hf(model_dir, merge_lora=merge_lora)
     if trainer.is_global_zero:
-        tmp = model_dir / (DONE_FILE + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, model_dir / DONE_FILE)
+        atomic_write_json(model_dir / DONE_FILE, info)
     return model_dir
 
 
