@@ -8,7 +8,7 @@ from srt.errors import PluginError
 from srt.registry import BENCHMARKS, CRITICS, available, create_critic, list_plugins, load_plugin
 
 BUILTIN_CRITICS = {"openai", "hf", "self", "reference"}
-BUILTIN_BENCHMARKS = {"alpaca_eval", "gsm8k", "tydiqa", "mgsm", "judge_agreement", "refine_vs_rerank"}
+BUILTIN_BENCHMARKS = {"alpaca_eval", "gsm8k", "tydiqa", "mgsm", "judge_agreement", "refine_vs_rerank", "word_problems"}
 
 
 @pytest.fixture

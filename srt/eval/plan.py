@@ -3,7 +3,8 @@
 :func:`plan_eval` checks, in this order, and raises a :class:`~srt.errors.SrtError` (one ``Error:``
 line, exit status 2) at the first problem; it writes nothing:
 
-1. there are models and benchmarks, and no two models share a name (their output folders);
+1. there are models and benchmarks, no two models share a name (their output folders), and each
+   ``compare`` pair names two different models of the run;
 2. the output directory (and a separate ``cache_dir``) can be created and written;
 3. each model: its settings (answer mode, dtype, batch size, decoding keys) were accepted when it
    was built; it can be found without loading it (:func:`srt.models.check_model_reference`: a
@@ -56,6 +57,7 @@ class EvalPlan:
     cache_dir: Path
     seed: int = 0
     judge: dict[str, Any] | None = None
+    compare: list[tuple[str, str]] = field(default_factory=list)  # (model, baseline) for paired comparisons
 
     def describe(self) -> str:
         lines = [f"plan for srt-eval run: output_dir {self.output_dir} (cache {self.cache_dir}), seed {self.seed}"]
@@ -65,6 +67,8 @@ class EvalPlan:
             plugin = f" (plugin {b.plugin})" if b.plugin != b.name else ""
             judge = f", judge {b.judge}" if b.judge else ""
             lines.append(f"  benchmark {b.name}{plugin}{judge}")
+        for model, baseline in self.compare:
+            lines.append(f"  compare {model} with {baseline}")
         return "\n".join(lines)
 
 
@@ -125,6 +129,7 @@ def plan_eval(
     seed: int = 0,
     judge: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    compare: Sequence[Sequence[str]] = (),
 ) -> EvalPlan:
     """Check everything the evaluation needs (module docstring) and build its benchmarks."""
     from srt.pipeline.plan import check_output_dir
@@ -145,6 +150,8 @@ def plan_eval(
         raise ConfigError(
             f"models {clashes} would share an output folder; give them names that differ in letters or digits"
         )
+
+    pairs = check_compare(compare, names)
 
     output = Path(output_dir)
     check_output_dir(output, "output_dir")
@@ -190,4 +197,23 @@ def plan_eval(
             "the run's judge %r is not used: no selected benchmark needs a judge (or each names its own)",
             judge.get("name"),
         )
-    return EvalPlan(models, planned, output, cache, seed, judge)
+    return EvalPlan(models, planned, output, cache, seed, judge, pairs)
+
+
+def check_compare(compare: Sequence[Sequence[str]], names: Sequence[str]) -> list[tuple[str, str]]:
+    """Each ``[model, baseline]`` pair names two different models of the run."""
+    pairs = []
+    for k, pair in enumerate(compare or ()):
+        where = f"compare[{k}]"
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise ConfigError(f"{where}: a [model, baseline] pair of model names, got {pair!r}")
+        unknown = [p for p in pair if p not in names]
+        if unknown:
+            raise ConfigError(
+                f"{where}: no model named {unknown[0]!r} in this run (models: {', '.join(names)}); "
+                "--model replaces the config's models, so give matching names or --set compare=[]"
+            )
+        if pair[0] == pair[1]:
+            raise ConfigError(f"{where}: compares {pair[0]!r} with itself")
+        pairs.append((pair[0], pair[1]))
+    return pairs

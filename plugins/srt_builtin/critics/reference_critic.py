@@ -6,10 +6,9 @@ with the gold answer, and writes feedback in the critic output format of
 :mod:`srt.critic_template`, with the gold solution (cleaned into a worked solution ending
 ``The answer is N.``) as the improved response.
 
-Final answer of a text: the first number after the *last* answer marker (``####``, ``answer is``,
-``answer:``, ``\\boxed{``); without a marker (or a marker followed by no number), the last number in
-the text. Numbers may carry thousands commas, decimals, a sign, ``$`` or ``%``, or be a fraction
-``a/b``; they are compared exactly (``1,234`` == ``1234.0``).
+The final answer of a text and the gold answer are read by :mod:`srt_builtin.answers`, the
+extractor the ``word_problems`` benchmark scores with, so the critic's verdict and the benchmark's
+exact match agree.
 
 Rubric (``Overall Score``):
 
@@ -43,99 +42,24 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from srt.critic import CritiqueReply, CritiqueRequest
 from srt.critic_template import TEMPLATE_HASH, TEMPLATE_VERSION, render_critique
 from srt.errors import CriticError
+from srt_builtin.answers import GOLD_ANSWER_LINE_RE, NUMBER_RE, analyze_answer, format_number, gold_answer, same_number
 
 NO_REFERENCE_ERROR = "reference critic needs a gold answer"
 
-# A number not glued to a word or another number: sign (ASCII or Unicode minus) only when it is
-# not a binary minus ("48-24" gives 48 and 24), thousands commas, decimals, an optional fraction.
-# The look-behind is ASCII-only so numbers inside CJK text ("共72个") still count.
-_NUMBER_RE = re.compile(
-    r"(?<![A-Za-z0-9_.])(?P<sign>(?<![0-9)])[-\u2212])?"
-    r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?(?:/(?P<den>\d+)(?![\d.]))?"
-)
-# Answer markers; the first number after the last one is the final answer.
-_MARKER_RE = re.compile(r"####|\\boxed\{|\banswer\b(?:\*\*)?\s*(?:is\b|:|=)", re.IGNORECASE)
-_CALCULATION_RE = re.compile(r"\d\s*[-+*/×÷x=]\s*[-\u2212]?\$?\d")
 _GSM8K_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" calculator annotations
-_GOLD_ANSWER_LINE_RE = re.compile(r"^[ \t]*####[ \t]*(?P<answer>[^\n]*)$", re.MULTILINE)
-
-
-def parse_number(text: str) -> Fraction | None:
-    """The value of the first number in ``text`` (``"$1,234.50"`` -> 1234.5), or None."""
-    m = _NUMBER_RE.search(text)
-    return _value(m) if m else None
-
-
-def _value(m: re.Match) -> Fraction:
-    value = Fraction(m.group("int").replace(",", "") + (m.group("frac") or ""))
-    if m.group("den") and int(m.group("den")) != 0:
-        value /= int(m.group("den"))
-    return -value if m.group("sign") else value
-
-
-def format_number(value: Fraction) -> str:
-    """Canonical form: ``1234``, ``-5``, ``2.5``, ``1/3`` (no commas)."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    # Terminating decimals print as decimals, others stay fractions.
-    denominator = value.denominator
-    for p in (2, 5):
-        while denominator % p == 0:
-            denominator //= p
-    if denominator == 1:
-        return f"{float(value):.10f}".rstrip("0").rstrip(".")
-    return f"{value.numerator}/{value.denominator}"
-
-
-@dataclass
-class AnswerAnalysis:
-    answer: Fraction | None  # the final numeric answer, None when the text has no number
-    explicit: bool  # stated after an answer marker ("The answer is 72", "#### 72")
-    shows_work: bool  # reasoning outside the final-answer statement (see the module doc)
-    words: int
-
-
-def analyze_answer(text: str) -> AnswerAnalysis:
-    """Find the final answer of ``text`` and whether reasoning is shown around it."""
-    words = len(text.split())
-    answer_match, explicit, statement_start = None, False, None
-    markers = list(_MARKER_RE.finditer(text))
-    if markers:
-        m = _NUMBER_RE.search(text, markers[-1].end())
-        if m is not None:
-            answer_match, explicit, statement_start = m, True, markers[-1].start()
-    if answer_match is None:
-        numbers = list(_NUMBER_RE.finditer(text))
-        if not numbers:
-            return AnswerAnalysis(None, False, False, words)
-        answer_match, statement_start = numbers[-1], numbers[-1].start()
-    # The work is everything outside the final-answer statement (a check may follow it).
-    work = text[:statement_start] + " " + text[answer_match.end() :]
-    shows_work = bool(_CALCULATION_RE.search(work)) or (_NUMBER_RE.search(work) is not None and len(work.split()) >= 3)
-    return AnswerAnalysis(_value(answer_match), explicit, shows_work, words)
-
-
-def gold_answer(reference: str) -> Fraction | None:
-    """The gold final answer: after ``####`` when present, else the final answer of the text."""
-    lines = list(_GOLD_ANSWER_LINE_RE.finditer(reference))
-    if lines:
-        value = parse_number(lines[-1].group("answer"))
-        if value is not None:
-            return value
-    return analyze_answer(reference).answer
 
 
 def clean_gold_solution(reference: str, answer: Fraction) -> str:
     """The gold solution as a clean worked solution ending ``The answer is N.``."""
     text = _GSM8K_CALCULATOR_RE.sub("", reference)
-    text = _GOLD_ANSWER_LINE_RE.sub("", text).strip()
+    text = GOLD_ANSWER_LINE_RE.sub("", text).strip()
     final = f"The answer is {format_number(answer)}."
-    if not text or _NUMBER_RE.fullmatch(text.rstrip(".").strip().lstrip("$")):
+    if not text or NUMBER_RE.fullmatch(text.rstrip(".").strip().lstrip("$")):
         return final  # a bare-number reference ("42")
     last_line = text.splitlines()[-1]
     last = analyze_answer(last_line)
@@ -149,12 +73,15 @@ class ReferenceCriticSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # Answers within this relative tolerance count as equal (1e-6: only rounding noise).
-    rel_tolerance: float = 1e-6
-    # Name the gold answer in the feedback of a wrong response. For SRT training data set it to
-    # false: the model must later write this feedback itself, without the gold answer, and a model
-    # trained on feedback that states "the correct answer is N" learns to invent an N and copy it.
-    reveal_answer: bool = True
+    rel_tolerance: float = Field(
+        1e-6, ge=0, description="Answers within this relative tolerance count as equal (1e-6: only rounding noise)"
+    )
+    # For SRT training data: the model later writes this feedback itself, without the gold answer,
+    # and a model trained on "the correct answer is N" learns to invent an N and copy it.
+    reveal_answer: bool = Field(
+        True,
+        description="Name the gold answer in the feedback of a wrong response; false for SRT training data",
+    )
 
 
 @dataclass
@@ -176,7 +103,7 @@ def grade(text: str, gold: Fraction, rel_tolerance: float = 1e-6, reveal_answer:
         ]
         return RubricResult(2 if a.words >= 5 else 1, weak, sugg)
     got_s = format_number(a.answer)
-    correct = abs(a.answer - gold) <= Fraction(rel_tolerance) * max(1, abs(gold))
+    correct = same_number(a.answer, gold, rel_tolerance)
     if correct:
         if a.shows_work and a.explicit:
             return RubricResult(
