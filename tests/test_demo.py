@@ -1,6 +1,7 @@
-"""The offline demo: its configs, its word-problem data (every gold answer recomputed here from the
-question text alone), its scorer, and its resumable evaluation on the tiny model (SmolLM2 is too slow
-for tests; `make demo` runs it)."""
+"""The offline demo: its configs (an srt-train run config and a plain srt-eval config), its word-problem
+data (every gold answer recomputed here from the question text alone), and the whole demo on the tiny
+model: stage 1, stage 2, srt-eval, the results table, resuming (SmolLM2 is too slow for tests; `make demo`
+runs it)."""
 
 import copy
 import json
@@ -9,26 +10,17 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import yaml
 
-from srt.config import RunConfig, load_config
+from srt.config import load_config
 from srt.demo import word_problems as wp
-from srt.demo.run_demo import (
-    DemoEvalConfig,
-    DemoModel,
-    ModeResult,
-    RubricScorer,
-    Timings,
-    evaluate,
-    final_number,
-    gold_number,
-    load_demo_eval_config,
-    paired_changes,
-    write_results,
-)
-from srt.errors import ConfigError, TemplateError
+from srt.demo.run_demo import check_eval, cli, eval_config
+from srt.errors import ConfigError, SrtError, TemplateError
+from srt_builtin.answers import gold_answer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "configs" / "data"
+DEMO_EVAL = REPO / "configs" / "demo_eval.yaml"
 
 
 def rows(split: str) -> list[dict]:
@@ -38,7 +30,8 @@ def rows(split: str) -> list[dict]:
 # ------------------------------------------------------------------------------------------ configs
 
 
-def test_demo_configs_validate_and_fit_the_data():
+def test_demo_configs_validate_and_fit_the_data(monkeypatch):
+    monkeypatch.chdir(REPO)  # the configs name their data relative to the repository
     cfg = load_config(REPO / "configs" / "demo.yaml")
     assert cfg.model.path == "smollm2-135m-instruct" and cfg.critic["name"] == "reference"
     # Each stage exports merged weights, so stage 2 and the evaluation load plain HF folders.
@@ -50,19 +43,51 @@ def test_demo_configs_validate_and_fit_the_data():
 
     create_critic(cfg.critic["name"], {k: v for k, v in cfg.critic.items() if k != "name"})
 
-    ecfg = load_demo_eval_config(REPO / "configs" / "demo_eval.yaml")
-    assert [m.checkpoint for m in ecfg.models] == ["base", "stage1", "stage2"]
-    assert Path(ecfg.heldout.path).name == "word_problems_heldout.jsonl"
+    # configs/demo_eval.yaml is a plain srt-eval config that, as written, evaluates the default run.
+    from srt.eval.runner import load_eval_config
+
+    ecfg = load_eval_config(DEMO_EVAL)
+    paths = {m.name: m.path for m in ecfg.models}
+    assert paths == {
+        "base": cfg.model.path,
+        "stage1": f"{cfg.output_dir}/stage1/model",
+        "stage2": f"{cfg.output_dir}/stage2/round1/model",
+    }
+    assert ecfg.output_dir == f"{cfg.output_dir}/eval" and ecfg.seed == cfg.seed
+    assert [m.answer_mode for m in ecfg.models] == ["plain", "srt", "srt"]
+    assert ecfg.compare == [("stage1", "base"), ("stage2", "stage1")]
+    bench = ecfg.benchmarks["word_problems"]
+    assert Path(bench["data"]).name == "word_problems_heldout.jsonl" and bench["limit"] <= len(rows("heldout"))
 
 
-def test_demo_eval_config_errors_are_one_line(tmp_path):
-    bad = tmp_path / "eval.yaml"
-    bad.write_text("heldout: {path: x.jsonl, fields: {instruction: instruction}}\nmodels: []\nbatchsize: 4\n")
-    with pytest.raises(ConfigError, match=r"eval.yaml: invalid config: .*models.*batchsize: unknown key"):
-        load_demo_eval_config(bad)
-    bad.write_text("heldout: {path: x.jsonl}\nmodels: [{name: b, checkpoint: base, modes: [plain]}]\n")
-    with pytest.raises(ConfigError, match="needs a 'reference' column"):
-        load_demo_eval_config(bad)
+def test_the_script_fills_in_the_run_and_checks_the_eval_before_training(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(
+        REPO / "configs" / "demo.yaml",
+        [f"output_dir={tmp_path}/run", "model.path=tiny", "model.system_prompt=Be brief."],
+    )
+    checkpoints = {"base": "tiny", "stage1": "/x/stage1/model", "stage2": "/x/stage2/round1/model"}
+    ecfg = eval_config(str(DEMO_EVAL), cfg, checkpoints, ["benchmarks.word_problems.limit=5"])
+    assert [(m.name, m.path, m.dtype, m.system_prompt) for m in ecfg.models] == [
+        ("base", "tiny", "float32", "Be brief."),
+        ("stage1", "/x/stage1/model", "float32", "Be brief."),
+        ("stage2", "/x/stage2/round1/model", "float32", "Be brief."),
+    ]
+    assert ecfg.output_dir == f"{tmp_path}/run/eval" and ecfg.benchmarks["word_problems"]["limit"] == 5
+
+    # Before training only the base model exists: the stage models and their comparisons are left out.
+    early = eval_config(str(DEMO_EVAL), cfg, {"base": "tiny"})
+    assert [m.name for m in early.models] == ["base"] and early.compare == []
+    check_eval(early)  # srt-eval's plan: benchmark settings, data file, model, output folder
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"demo_eval.yaml: invalid config: modls: unknown key"):
+        eval_config(str(DEMO_EVAL), cfg, checkpoints, ["modls=[]"])
+    with pytest.raises(SrtError, match=r"benchmarks.word_problems: .*limt: unknown key"):
+        check_eval(eval_config(str(DEMO_EVAL), cfg, {"base": "tiny"}, ["benchmarks.word_problems.limt=5"]))
+    with pytest.raises(
+        Exception, match=r"benchmarks.word_problems: .*nowhere.jsonl: word_problems data file not found"
+    ):
+        check_eval(eval_config(str(DEMO_EVAL), cfg, {"base": "tiny"}, ["benchmarks.word_problems.data=nowhere.jsonl"]))
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -93,7 +118,8 @@ def test_every_gold_answer_recomputed_from_the_question(split):
         # Whole, non-negative answers (no problem asks for a fraction of a cookie or negative change).
         assert expected == int(expected) >= 0, row
         assert row["final"] == expected, row
-        assert gold_number(row["answer"]) == expected, row
+        assert gold_answer(row["answer"]) == expected, row  # what the critic and the benchmark read
+        assert row["answer"].splitlines()[-1] == f"#### {expected}", row
         # Every calculation written in the worked solution is itself correct.
         for a, op, b, c in re.findall(r"\$?(\d+) ([-+x/]) \$?(\d+) = \$?(\d+)", row["answer"]):
             a, b, c = int(a), int(b), int(c)
@@ -108,40 +134,6 @@ def test_shipped_data_is_the_generator_output_and_splits_are_disjoint():
     assert not (instructions[0] & instructions[1]) and not (instructions[2] & (instructions[0] | instructions[1]))
     # Every template is in every split (the held-out set tests the same kinds of problems).
     assert all({r["template"] for r in rows(s)} == set(RECOMPUTE) for s in wp.SPLITS)
-
-
-# ----------------------------------------------------------------------------------------- scoring
-
-
-@pytest.mark.parametrize(
-    "text, number",
-    [
-        ("3 x 10 = 30 pencils.\n#### 3\nThe answer is: 3", 3),  # the answer marker wins over the work
-        ("He pays $1,250.50 in total.", Fraction("1250.5")),
-        ("So the change is 60 - 54 = 6.", 6),
-        ("The answer is -4.", -4),
-        ("#### 42", 42),
-        ("I am not sure.", None),
-        ("", None),
-    ],
-)
-def test_final_number(text, number):
-    assert final_number(text) == number
-
-
-def test_gold_number_needs_the_hash_line():
-    assert gold_number("4 + 5 = 9.\n#### 9") == 9
-    with pytest.raises(Exception, match="no '#### <number>' line"):
-        gold_number("The answer is 9.")
-
-
-def test_rubric_scorer_is_the_reference_critic_and_agrees_with_exact_match():
-    gold = "Each box holds 4 pencils, and there are 3 boxes, so Ava has 3 x 4 = 12 pencils.\n#### 12"
-    q = "Ava has 3 boxes with 4 pencils in each box. How many pencils does Ava have in total?"
-    texts = ["3 x 4 = 12. The answer is 12.", "3 + 4 = 7. The answer is 7.", "12", "no idea"]
-    scores = RubricScorer()([(q, t, gold) for t in texts])
-    assert scores == [10, 4, 7, 1]
-    assert [final_number(t) == gold_number(gold) for t in texts] == [s >= 7 for s in scores]
 
 
 def test_demo_critic_setting_keeps_the_gold_answer_out_of_the_feedback():
@@ -159,77 +151,109 @@ def test_demo_critic_setting_keeps_the_gold_answer_out_of_the_feedback():
     assert hidden.score == shown.score == 4 and hidden.improved_response == shown.improved_response
 
 
-# ------------------------------------------------------------------------------ evaluation (tiny)
+# ---------------------------------------------------------------------------- the demo (tiny model)
+
+# The shipped configs, shrunk: a few problems, short generations, LoRA on the tiny model's layers, and
+# the reference critic in stage 2 too (a random model's self-critiques never parse, so stage 2 would
+# find no pairs and DPO would not run).
+TINY = [
+    "model.path=tiny",
+    "data.stage1.limit=4",
+    "data.stage2.limit=4",
+    "generation.batch_size=4",
+    "generation.chunk_size=4",
+    "generation.response.max_new_tokens=8",
+    "generation.critique.max_new_tokens=16",
+    "sft.epochs=1",
+    "sft.lora.target_modules=[q_proj,v_proj]",
+    "dpo.lora.target_modules=[q_proj,v_proj]",
+    "stage2.critic={name: reference}",
+]
 
 
-def test_evaluation_scores_caches_and_resumes(tiny_model_dir, tmp_path):
-    cfg = RunConfig(output_dir=str(tmp_path / "run"), model={"path": "tiny", "dtype": "float32"})
-    ecfg = DemoEvalConfig(
-        heldout={
-            "path": str(DATA / "word_problems_heldout.jsonl"),
-            "limit": 3,
-            "fields": {"id": "id", "instruction": "instruction", "reference": "answer"},
-        },
-        batch_size=2,
-        plain_max_new_tokens=8,
-        srt_max_new_tokens=12,
-        models=[
-            DemoModel(name="base", checkpoint="base", modes=["plain"]),
-            DemoModel(name="stage1", checkpoint="stage1", modes=["srt", "plain"]),
-            DemoModel(name="stage2", checkpoint="stage2", modes=["srt"]),
-        ],
-    )
-    checkpoints = {"base": str(tiny_model_dir), "stage1": str(tiny_model_dir)}  # no stage 2: skipped
-    Path(cfg.output_dir).mkdir(parents=True)
-    timings = Timings(Path(cfg.output_dir) / "timings.json")
-    first = evaluate(cfg, ecfg, checkpoints, timings)
-    assert [(r.model, r.mode) for r in first] == [
-        ("base", "plain"),
-        ("stage1", "srt (refinement)"),
-        ("stage1", "plain (response)"),
+def _tiny_eval_config(tmp_path) -> Path:
+    data = yaml.safe_load(DEMO_EVAL.read_text())
+    for model in data["models"]:
+        model.update(batch_size=4, sampling={"temperature": 0.0, "max_new_tokens": 16})
+    data["benchmarks"]["word_problems"]["limit"] = 3
+    path = tmp_path / "demo_eval_tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _demo(args):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_demo_on_the_tiny_model_skip_stage2_then_both_stages_then_resumed(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "demo"
+    args = ["--eval-config", str(_tiny_eval_config(tmp_path)), "--set", f"output_dir={out}"]
+    for item in TINY:
+        args += ["--set", item]
+
+    first = _demo([*args, "--skip-stage2"])
+    assert "== srt-train stage1" in first and not (out / "stage2").exists()
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert list(summary["results"]) == ["base", "stage1"]
+    assert [(c["model"], c["baseline"]) for c in summary["comparisons"]] == [("stage1", "base")] * 2
+
+    second = _demo(args)  # stage 1 is reused, stage 2 runs, stage 2 is evaluated and compared
+    assert "srt-train run" in second and (out / "stage2" / "round1" / "model" / "srt_done.json").is_file()
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    results = {m: per["word_problems"] for m, per in summary["results"].items()}
+    assert list(results) == ["base", "stage1", "stage2"]
+    assert [r["resumed"] for r in results.values()] == [True, True, False]
+    assert summary["models"]["stage2"]["path"] == str(out / "stage2" / "round1" / "model")
+    pairs = [(c["model"], c["answer"], c["baseline"], c["baseline_answer"]) for c in summary["comparisons"]]
+    assert pairs == [
+        ("stage1", "answer", "base", "answer"),
+        ("stage1", "response", "base", "answer"),
+        ("stage2", "answer", "stage1", "answer"),
+        ("stage2", "response", "stage1", "response"),
     ]
-    assert all(r.n == 3 and len(r.samples) == 3 for r in first)
-    # The random tiny model writes no number matching the gold, and never the SRT format.
-    srt = first[1].srt
-    assert srt["parse_rate"] == 0.0 and srt["fallbacks"] == 3
-    assert all(t["did_work"] for t in timings.this_run.values())
 
-    again = Timings(Path(cfg.output_dir) / "timings.json")
-    second = evaluate(cfg, ecfg, checkpoints, again)
-    assert not any(t["did_work"] for t in again.this_run.values())  # every answer came from the cache
-    assert [r.samples for r in second] == [r.samples for r in first]
+    # demo_results.{md,json} are srt-eval's numbers.
+    text = (out / "demo_results.md").read_text()
+    for model, label, metric, count in [
+        ("base", "plain", "accuracy", "n_correct"),
+        ("stage1", "SRT (refinement)", "accuracy", "n_correct"),
+        ("stage1", "its first response", "response_accuracy", "n_response_correct"),
+        ("stage2", "SRT (refinement)", "accuracy", "n_correct"),
+        ("stage2", "its first response", "response_accuracy", "n_response_correct"),
+    ]:
+        m = results[model]["metrics"]
+        row = f"| {model} | {label} | {m[metric]:.1f}% ({m[count]}/3) | {m[metric + '_stderr']:.2f} |"
+        assert row in text, row
+    c = summary["comparisons"][3]
+    assert f"vs stage1 (response): {c['gained']} / {c['lost']}, p = {c['sign_test_p']:.2g} |" in text
+    for m in ("stage1", "stage2"):
+        met = results[m]["metrics"]
+        assert f"| {met['fixed_by_refinement']} / {met['broken_by_refinement']} |" in text
+        assert f"| {m} | {met['srt_parse_rate']:.1f}% | {met['srt_fallbacks']} |" in text
+    for step in (
+        "prepare model",
+        "srt-train stage1",
+        "srt-train run",
+        "stage1.sft",
+        "stage2.round1.dpo",
+        "srt-eval run",
+    ):
+        assert step in text, step
+    assert "| stage2 round 1 | 4 |" in text  # the training data table, from the stage reports
+    data = json.loads((out / "demo_results.json").read_text())
+    assert data["results"] == {m: {"word_problems": r["metrics"]} for m, r in results.items()}
+    assert data["comparisons"] == summary["comparisons"] and set(data["timings"]) >= {"prepare model", "srt-eval run"}
+    assert (out / "eval" / "plots" / "word_problems__accuracy.png").stat().st_size > 0
+    assert "## Paired comparisons" in (out / "eval" / "report.md").read_text()
 
-    path = write_results(second, cfg, ecfg, again)
-    text = path.read_text()
-    assert "| base | plain |" in text and "| stage1 | srt (refinement) |" in text
-    assert "| base plain | stage1 srt (refinement) | 0 | 0 | 1 |" in text  # the tiny model is never right
-    data = json.loads((Path(cfg.output_dir) / "demo_results.json").read_text())
-    assert [r["correct"] for r in data["results"]] == [r.correct for r in first]
-    assert (Path(cfg.output_dir) / "plots" / "accuracy.png").stat().st_size > 0
-
-
-def _result(model: str, mode: str, correct: list[bool]) -> ModeResult:
-    samples = [{"id": f"q{i}", "correct": c} for i, c in enumerate(correct)]
-    return ModeResult(
-        model, mode, len(correct), sum(correct), None, samples, {"parse_rate": 1.0} if mode.startswith("srt") else None
-    )
-
-
-def test_paired_changes_compare_each_checkpoint_with_the_one_before():
-    results = [
-        _result("base", "plain", [True, False, False, False, False, False]),
-        _result("stage1", "srt (refinement)", [True, True, True, True, True, True]),
-        _result("stage1", "plain (response)", [False, True, False, False, False, False]),
-        _result("stage2", "srt (refinement)", [True, True, True, True, True, False]),
-        _result("stage2", "plain (response)", [True, True, True, False, False, False]),
-    ]
-    rows = {(r["before"], r["after"]): (r["gained"], r["lost"], r["sign_test_p"]) for r in paired_changes(results)}
-    assert rows == {
-        ("base plain", "stage1 srt (refinement)"): (5, 0, 0.0625),  # 2 * (1/2)^5
-        ("base plain", "stage1 plain (response)"): (1, 1, 1.0),
-        ("stage1 srt (refinement)", "stage2 srt (refinement)"): (0, 1, 1.0),
-        ("stage1 plain (response)", "stage2 plain (response)"): (2, 0, 0.5),
-    }
+    third = _demo(args)  # everything re-read: no step does work, the same results
+    assert third.count("(already done, resumed)") == 3
+    assert (out / "demo_results.md").read_text() == text
 
 
 # ---------------------------------------------------------------- ChatML BOS (the SmolLM2 template)
