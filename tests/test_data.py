@@ -333,14 +333,14 @@ def test_dpo_batch_contract_and_labels(tiny_tokenizer):
 
 
 def test_dpo_completion_end_feedback_header(tiny_tokenizer):
-    """completion_end="feedback": each completion goes on into the SRT feedback header, the way an
-    SRT model's response does, and no EOS is trained (stage-2 DPO must not teach it to stop there)."""
+    """completion_end="feedback" (the dpo section's default): each completion goes on into the SRT
+    feedback header, the way an SRT model's response does, and no EOS is trained (stage-2 DPO must
+    not teach it to stop there)."""
     from srt.critic_template import FEEDBACK_SEPARATOR
 
     tok = tiny_tokenizer
-    dm = DPODataModule(
-        tok, DPOConfig(micro_batch_size=1, max_length=256, completion_end="feedback"), train_records=[pair(0)]
-    )
+    assert DPOConfig().completion_end == "feedback"
+    dm = DPODataModule(tok, DPOConfig(micro_batch_size=1, max_length=256), train_records=[pair(0)])
     dm.setup()
     batch = next(iter(dm.predict_dataloader()))
     for side in ("chosen", "rejected"):
@@ -460,6 +460,41 @@ def test_dpo_collator_standalone_mixed_ref_is_an_error(tiny_tokenizer):
 
 
 # --------------------------------------------------------------------------------------------- files, options
+
+
+def test_state_dict_carries_the_train_loader_position_and_data_settings(tiny_tokenizer):
+    """A checkpoint holds the datamodule's state; a fresh datamodule loaded from it serves the rest of
+    the epoch, in the same order (what exact resume after a kill relies on)."""
+    pairs = [pair(i, prompt="Say hi. " * (1 + i % 4)) for i in range(12)]
+    config = DPOConfig(micro_batch_size=3, max_length=256)
+    dm = DPODataModule(tiny_tokenizer, config, system_prompt="Be kind.", train_records=pairs, seed=4)
+    full = [batch["ids"] for batch in dm.train_dataloader()]
+    loader = dm.train_dataloader()
+    first_two = [batch["ids"] for _, batch in zip(range(2), loader)]
+    state = dm.state_dict()
+    assert first_two == full[:2] and state["train_loader"] == {"epoch": 0, "batches": 2}
+    assert state["mode"] == "dpo" and state["train_examples"] == 12 and state["packing"] is False
+    assert state["config"] == {
+        "max_length": 256,
+        "max_prompt_length": None,
+        "truncation": "truncate",
+        "system_prompt": "Be kind.",
+        "completion_end": "feedback",
+    }
+    resumed = DPODataModule(tiny_tokenizer, config, system_prompt="Be kind.", train_records=pairs, seed=4)
+    resumed.load_state_dict(state)
+    assert [batch["ids"] for batch in resumed.train_dataloader()] == full[2:]
+    assert [batch["ids"] for batch in resumed.train_dataloader()] == full  # only the next loader resumes
+
+
+def test_chat_format_and_system_prompt_are_one_choice(tiny_tokenizer):
+    from srt.data import ChatFormat
+
+    chat = ChatFormat(tiny_tokenizer, "Be kind.")
+    (ex,) = build_sft_examples(tiny_tokenizer, [record()], SFTConfig(), chat=chat, system_prompt="Be kind.")
+    assert decode(tiny_tokenizer, ex["input_ids"]).startswith(tiny_prompt("What is the capital of France?", "Be kind."))
+    with pytest.raises(ConfigError, match="system_prompt"):
+        build_sft_examples(tiny_tokenizer, [record()], SFTConfig(), chat=chat, system_prompt="Be brief.")
 
 
 def test_files_and_val_files(tiny_tokenizer, tmp_path):

@@ -26,7 +26,7 @@ is never silent: what was truncated, dropped or rejected is counted per split in
 ``datamodule.stats`` (and logged).
 """
 
-from srt.data.base import BaseDataModule, load_records
+from srt.data.base import BaseDataModule
 from srt.data.chat_format import ChatFormat
 from srt.data.collate import DPOCollator, SFTCollator, pad_token_id
 from srt.data.dpo import DPODataModule, DPODataset, build_dpo_examples, load_reference_logps
@@ -56,7 +56,6 @@ __all__ = [
     "build_dpo_examples",
     "build_sft_examples",
     "dpo_segments",
-    "load_records",
     "load_reference_logps",
     "pack_by_length",
     "pad_token_id",
