@@ -517,11 +517,11 @@ def test_bad_options_are_config_errors(tiny_tokenizer):
     # The settings are the run config's section; a mapping of its fields is validated as one.
     with pytest.raises(ValidationError, match="truncation"):
         SFTConfig(truncation="middle")
-    with pytest.raises(ConfigError, match="sft.truncation"):
+    with pytest.raises(ConfigError, match="sft settings: truncation"):
         SFTDataModule(tiny_tokenizer, {"truncation": "middle"}, train_records=[record()])
-    with pytest.raises(ConfigError, match="sft.ablation"):
+    with pytest.raises(ConfigError, match="sft settings: ablation"):
         SFTDataModule(tiny_tokenizer, {"ablation": "no_everything"}, train_records=[record()])
-    with pytest.raises(ConfigError, match="dpo.mask_response"):  # an SFT setting
+    with pytest.raises(ConfigError, match="dpo settings: mask_response"):  # an SFT setting
         DPODataModule(tiny_tokenizer, {"mask_response": True}, train_records=[pair(0)])
     with pytest.raises(ConfigError, match="expected srt.config.DPOConfig"):  # the other stage's section
         DPODataModule(tiny_tokenizer, SFTConfig(), train_records=[pair(0)])

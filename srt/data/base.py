@@ -20,11 +20,10 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from srt.config import validation_problems
 from srt.data.chat_format import ChatFormat
 from srt.data.sampling import LengthGroupedSampler, ResumableDataLoader
 from srt.data.tokenization import DataStats
-from srt.errors import ConfigError, RecordError
+from srt.errors import ConfigError, RecordError, validation_problems
 from srt.records import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def as_section(config: Any, schema: type[Section], name: str) -> Section:
         try:
             return schema.model_validate(dict(config))
         except ValidationError as exc:
-            raise ConfigError(f"{name} settings: {validation_problems(exc, name)}") from None
+            raise ConfigError(f"{name} settings: {validation_problems(exc, model=schema)}") from None
     raise ConfigError(
         f"expected srt.config.{schema.__name__} (the run config's {name} section) or a mapping of its fields, "
         f"got {type(config).__name__}"
@@ -66,7 +65,7 @@ def load_records(records, files, model: type[BaseModel], what: str) -> list | No
             try:
                 r = model.model_validate(dict(r))
             except ValidationError as e:
-                raise RecordError(f"{what}_records[{k}]: {e.errors(include_url=False)[0]['msg']}") from None
+                raise RecordError(f"{what}_records[{k}]: {validation_problems(e, model=model)}") from None
         elif not isinstance(r, model):
             raise RecordError(f"{what}_records[{k}]: expected a {model.__name__}, got {type(r).__name__}")
         out.append(r)
