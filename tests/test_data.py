@@ -694,3 +694,23 @@ def test_ddp_spawn_shards_train_data_disjointly(tiny_tokenizer, tmp_path):
         ids = [[i for b in s for i in b.split()] for s in shards]
         assert sorted(ids[0] + ids[1]) == sorted(p.id for p in pairs)  # disjoint, complete
     assert (tmp_path / "rank0-epoch0.txt").read_text() != (tmp_path / "rank0-epoch1.txt").read_text()
+
+
+def test_preprocess_preview_reads_the_run_config_sections(tmp_path, monkeypatch):
+    """``srt-train preprocess``: the sft / dpo section and model.system_prompt shape the preview."""
+    from srt.config import RunConfig
+    from srt.pipeline.preview import preview_from_config
+
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)  # trained spans in brackets, not colour
+
+    with JsonlWriter(tmp_path / "records.jsonl", "w") as w:
+        w.write(record(0))
+    with JsonlWriter(tmp_path / "pairs.jsonl", "w") as w:
+        w.write(pair(0))
+    cfg = RunConfig.model_validate(
+        {"model": {"path": "tiny", "system_prompt": "Be kind."}, "sft": {"mask_response": True}}
+    )
+    out = preview_from_config(cfg, records_path=str(tmp_path / "records.jsonl"), n=1)
+    assert "<|system|>\nBe kind.</s>" in out and "Paris.⟦\n\n### Feedback" in out  # the response is masked
+    out = preview_from_config(cfg, records_path=str(tmp_path / "pairs.jsonl"), n=1, view="dpo")
+    assert "<|system|>\nBe kind.</s>" in out and "⟦hi\n\n### Feedback\n⟧" in out
