@@ -259,6 +259,17 @@ class TrainerConfig(_Strict):
     gradient_clip_val: float | None = _f(1.0, "Clip the gradient norm to this (unset: no clipping).")
     val_fraction: float = _f(0.0, "Fraction of the records held out for validation loss.", ge=0, lt=1)
     checkpoint_every_n_steps: int = _f(50, "Checkpoint every this many optimizer steps (and on SIGTERM/SIGINT).", ge=1)
+    logger: str | list[str] = _f(
+        "csv",
+        "Where metrics go, one or a list: `csv` (always written, to "
+        "`logs/metrics.csv`), `tensorboard`, `wandb`, `mlflow` (Lightning's loggers; "
+        "install the package). Metric names are TRL's (`rewards/margins`, ...).",
+    )
+    logger_options: dict[str, dict[str, Any]] = _f(
+        default_factory=dict,
+        description="Keyword arguments per logger, e.g. `{wandb: {project: my-srt, entity: "
+        "me}, mlflow: {tracking_uri: http://host:5000}}` (default MLflow store: `<step>/mlruns`).",
+    )
     fsdp: dict[str, Any] = _f(
         default_factory=dict,
         description="For `fsdp`/`fsdp2`: `precision`, "

@@ -34,7 +34,6 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from srt.errors import ConfigError, RecordError, validation_problems
-from srt.io import file_sha256  # noqa: F401 - TODO(restructure): import from srt.io
 
 logger = logging.getLogger(__name__)
 

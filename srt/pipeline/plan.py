@@ -156,6 +156,9 @@ def check_trainer(cfg: RunConfig) -> None:
         raise ConfigError(f"trainer.strategy: unknown strategy {t.strategy!r}; use auto, ddp, ddp_spawn, fsdp or fsdp2")
     if t.strategy == "fsdp" and not on_gpu:
         raise ConfigError("trainer.strategy 'fsdp' (FSDP1) needs GPUs; on CPU use 'fsdp2' (it runs there too)")
+    from srt.pipeline.training import check_loggers
+
+    check_loggers(t)
     if t.strategy in ("fsdp", "fsdp2"):
         from srt.distributed import FSDPOptions
 

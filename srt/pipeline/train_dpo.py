@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_path: Path, step_dir: Path):
     from srt.dpo_module import ReferenceLogpsCache, compute_reference_logps
+    from srt.io import file_sha256
     from srt.models import load_model_and_tokenizer, model_revision
-    from srt.records import file_sha256
 
     def compute():
         model, _ = load_model_and_tokenizer(start_model, dtype=cfg.model.dtype)
@@ -90,7 +90,13 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
     accumulate = check_divisible(d.global_batch_size, d.micro_batch_size, world_size(cfg.trainer))
     where = f"stage-2 DPO ({step_dir.name})"
     trainer = build_trainer(
-        cfg.trainer, step_dir, max_epochs=d.epochs, max_steps=d.max_steps, accumulate=accumulate, where=where
+        cfg.trainer,
+        step_dir,
+        max_epochs=d.epochs,
+        max_steps=d.max_steps,
+        accumulate=accumulate,
+        where=where,
+        run_name=cfg.name,
     )
     fit_resumable(trainer, module, datamodule, step_dir, where=where)
     info = {

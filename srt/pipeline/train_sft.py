@@ -47,7 +47,13 @@ def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: 
     )
     accumulate = check_divisible(s.global_batch_size, s.micro_batch_size, world_size(cfg.trainer))
     trainer = build_trainer(
-        cfg.trainer, step_dir, max_epochs=s.epochs, max_steps=s.max_steps, accumulate=accumulate, where="stage-1 SFT"
+        cfg.trainer,
+        step_dir,
+        max_epochs=s.epochs,
+        max_steps=s.max_steps,
+        accumulate=accumulate,
+        where="stage-1 SFT",
+        run_name=cfg.name,
     )
     fit_resumable(trainer, module, datamodule, step_dir, where="stage-1 SFT")
     info = {

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,74 @@ def _appending_csv_logger(step_dir: Path, flush_every: int):
     return AppendingCSVLogger(str(step_dir), name="logs", version="", flush_logs_every_n_steps=flush_every)
 
 
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+_LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_loggers(tcfg: TrainerConfig) -> list[str]:
+    """The configured loggers, known and importable (plan check): one line naming what to install."""
+    import importlib.util
+
+    names = [tcfg.logger] if isinstance(tcfg.logger, str) else list(tcfg.logger)
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"trainer.logger: unknown logger {name!r}; use one or a list of {', '.join(LOGGERS)}")
+        packages = _LOGGER_PACKAGES.get(name, ())
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise ConfigError(f"trainer.logger {name!r} needs the {packages[0]} package: pip install {packages[-1]}")
+    unknown = set(tcfg.logger_options) - set(LOGGERS)
+    if unknown:
+        raise ConfigError(f"trainer.logger_options: unknown logger(s) {sorted(unknown)}; use {', '.join(LOGGERS)}")
+    return names
+
+
+def build_loggers(tcfg: TrainerConfig, step_dir: Path, run_name: str, flush_every: int) -> list:
+    """CSV always (srt's own record, appended across resumes), plus each configured one. A resumed
+    step continues the same wandb / MLflow run: its id is kept in ``logs/<logger>_run_id``."""
+    loggers = [_appending_csv_logger(step_dir, flush_every)]
+    run_ids = step_dir / "logs"
+    for name in check_loggers(tcfg):
+        options = dict(tcfg.logger_options.get(name, {}))
+        if name == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(str(step_dir), name="tensorboard", version="", **options))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            run_id = _run_id(run_ids / "wandb_run_id", lambda: uuid.uuid4().hex[:8])
+            options.setdefault("project", "srt")
+            loggers.append(
+                WandbLogger(
+                    name=f"{run_name}/{step_dir.name}", id=run_id, resume="allow", save_dir=str(step_dir), **options
+                )
+            )
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            if "tracking_uri" not in options:  # a local store next to the step (MLflow 3 wants an opt-in for it)
+                options["tracking_uri"] = (step_dir / "mlruns").resolve().as_uri()
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            options.setdefault("experiment_name", run_name)
+            path = run_ids / "mlflow_run_id"
+            logger = MLFlowLogger(
+                run_name=step_dir.name, run_id=path.read_text().strip() if path.is_file() else None, **options
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(logger.run_id)
+            loggers.append(logger)
+    return loggers
+
+
+def _run_id(path: Path, new) -> str:
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_id = str(new())
+    path.write_text(run_id)
+    return run_id
+
+
 def build_trainer(
     tcfg: TrainerConfig,
     step_dir: Path,
@@ -104,6 +174,7 @@ def build_trainer(
     max_steps: int,
     accumulate: int,
     where: str = "training",
+    run_name: str = "srt",
     extra_callbacks: list | None = None,
 ) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -125,7 +196,7 @@ def build_trainer(
         gradient_clip_val=tcfg.gradient_clip_val,
         log_every_n_steps=tcfg.log_every_n_steps,
         # Metrics reach the disk at least as often as checkpoints, so a resume neither loses nor repeats rows.
-        logger=_appending_csv_logger(step_dir, flush_every=min(every, 100)),
+        logger=build_loggers(tcfg, step_dir, run_name, flush_every=min(every, 100)),
         callbacks=[ckpt, ResumeRNG(), StopOnSignal(step_dir, where), *(extra_callbacks or [])],
         default_root_dir=str(step_dir),
         enable_model_summary=False,
@@ -154,8 +225,19 @@ def fit_resumable(
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt is not None else None)
     except SIGTERMException:  # Lightning's own stop outside the batch loop; StopOnSignal saved a checkpoint
         raise interrupt.Interrupted(signal.SIGTERM, where, f"checkpoint saved: {step_dir / 'checkpoints'}") from None
+    finally:
+        _finish_runs(trainer)
     if trainer.interrupted:
         raise interrupt.Interrupted(interrupt.requested() or signal.SIGTERM, where)
+
+
+def _finish_runs(trainer: L.Trainer) -> None:
+    """End each step's wandb run (flushed to disk); the next step (stage 2) must not log into it."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def export_model(module, trainer: L.Trainer, model_dir: Path, *, merge_lora: bool, info: dict[str, Any]) -> Path:
