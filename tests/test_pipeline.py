@@ -117,6 +117,13 @@ def test_stage1_end_to_end(tmp_path, tiny_model_dir):
     assert len(calls) == 16  # one critique and one separate re-score per response
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert model.num_parameters() > 0 and (model_dir / "srt_done.json").is_file()
+    # The end-of-run summary: where the model is, what was kept, how training ended, time and critic calls.
+    summary = (Path(cfg.output_dir) / "summary.md").read_text()
+    assert f"| stage 1 | model | `{model_dir}` |" in summary
+    assert f"| stage 1 | 8 | {len(kept)} |" in summary and "| stage 1 | 4 | train/loss " in summary
+    assert "| stage1.sft | done |" in summary and "| stage 1 | 16 |" in summary  # 16 critic calls
+    report_md = (out / "report.md").read_text()
+    assert "## Critic calls and cost" in report_md and "| calls | 16 |" in report_md
     # A second run finds everything done and redoes nothing.
     before = (out / "critic_calls.jsonl").read_bytes()
     assert run_stage1(cfg) == model_dir and (out / "critic_calls.jsonl").read_bytes() == before

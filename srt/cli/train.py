@@ -61,6 +61,17 @@ def validate(config_path: str, overrides: tuple[str, ...], command: str, model_p
     click.echo("ok: nothing to fix")
 
 
+@cli.command()
+@config_option
+@set_option
+def estimate(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Before spending: critic calls, tokens and cost per stage (upper bounds, from the critic prompt
+    template, each critic's max_tokens and configured prices). Nothing is generated or sent."""
+    from srt.pipeline.estimate import estimate_run, render_estimate
+
+    click.echo(render_estimate(estimate_run(load_config(config_path, overrides))))
+
+
 @cli.command("config-reference")
 @click.option("--output", "output", type=click.Path(dir_okay=False), default=None, help="Write here (default: stdout).")
 def config_reference_cmd(output: str | None) -> None:
@@ -126,7 +137,8 @@ def stage1(config_path: str, overrides: tuple[str, ...], restart: str | None) ->
     """Generate, critique, filter, and SFT on response -> feedback -> refinement."""
     from srt.pipeline.run import execute
 
-    execute(load_config(config_path, overrides), "stage1", config_path=config_path, restart=restart)
+    cfg = load_config(config_path, overrides)
+    _finished(cfg.output_dir, execute(cfg, "stage1", config_path=config_path, restart=restart))
 
 
 @cli.command()
@@ -138,9 +150,8 @@ def stage2(config_path: str, overrides: tuple[str, ...], restart: str | None, mo
     """Self-feedback preference pairs from the stage-1 model, then DPO."""
     from srt.pipeline.run import execute
 
-    execute(
-        load_config(config_path, overrides), "stage2", config_path=config_path, start_model=model_path, restart=restart
-    )
+    cfg = load_config(config_path, overrides)
+    _finished(cfg.output_dir, execute(cfg, "stage2", config_path=config_path, start_model=model_path, restart=restart))
 
 
 @cli.command()
@@ -151,7 +162,20 @@ def run(config_path: str, overrides: tuple[str, ...], restart: str | None) -> No
     """Stage 1 then stage 2 (stage2.rounds rounds) in one output tree; resumable at any step."""
     from srt.pipeline.run import execute
 
-    execute(load_config(config_path, overrides), "run", config_path=config_path, restart=restart)
+    cfg = load_config(config_path, overrides)
+    _finished(cfg.output_dir, execute(cfg, "run", config_path=config_path, restart=restart))
+
+
+def _finished(output_dir: str, model_dir) -> None:
+    """The end-of-run summary (also in <output_dir>/summary.md), then where the final model is."""
+    from pathlib import Path
+
+    from srt.pipeline.ranks import is_rank_zero
+
+    summary = Path(output_dir) / "summary.md"
+    if is_rank_zero() and summary.is_file():
+        click.echo(summary.read_text(encoding="utf-8"))
+        click.echo(f"final model: {model_dir}\nsummary: {summary}")
 
 
 def main() -> None:

@@ -57,6 +57,11 @@ def _markdown(report: dict) -> str:
         f"refinements {report['scores']['refinement']['mean']}",
         "",
     ]
+    usage = report.get("usage") or {}
+    if usage:
+        lines += ["## Critic calls and cost", "", "| | |", "| --- | --- |"]
+        lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in usage.items()]
+        lines.append("")
     return "\n".join(lines)
 
 

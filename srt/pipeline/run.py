@@ -61,10 +61,16 @@ def execute(
                 },
             )
         if command == "stage1":
-            return stage1(ctx)
-        if command == "stage2":
-            return stage2(ctx, start_model=start_model)
-        return stage2(ctx, start_model=str(stage1(ctx)))
+            final = stage1(ctx)
+        elif command == "stage2":
+            final = stage2(ctx, start_model=start_model)
+        else:
+            final = stage2(ctx, start_model=str(stage1(ctx)))
+        if rank_zero:
+            from srt.pipeline.summary import write_summary
+
+            write_summary(cfg.output_dir)
+        return final
 
 
 def run_all(cfg: RunConfig, config_path: str | None = None, restart: str | None = None) -> Path:

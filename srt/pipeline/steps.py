@@ -211,7 +211,7 @@ class StepRecord:
         self.started(step)
         entry = self.steps[step.name]
         if entry["status"] != "done":
-            entry.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            entry.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), finished_ts=time.time())
             self.save()
 
     def status(self, name: str) -> str | None:

@@ -152,6 +152,29 @@ class OpenAICritic:
         if leaked:
             raise CriticError(f"critic 'openai': {', '.join(leaked)} holds a credential; use api_key_env instead")
 
+    @classmethod
+    def estimate(cls, settings: dict[str, Any], prompts: Sequence[str]) -> dict[str, Any]:
+        """Upper bounds before a run (``srt-train estimate``): prompt tokens at about 4 characters a token
+        (OpenAI's rule of thumb for English; no tokenizer download), ``max_tokens`` per completion, and
+        the configured prices (cost None when none are set)."""
+        s = OpenAICriticSettings.model_validate(dict(settings))
+
+        def count(text: str) -> int:
+            return len(text) // 4 + 1
+
+        overhead = 4 + (count(s.system_prompt) + 4 if s.system_prompt else 0)  # chat message framing
+        prompt_tokens = sum(count(p) + overhead for p in prompts)
+        completion_tokens = s.max_tokens * len(prompts)
+        priced = s.price_per_1k_prompt is not None or s.price_per_1k_completion is not None
+        cost = (
+            prompt_tokens * (s.price_per_1k_prompt or 0) + completion_tokens * (s.price_per_1k_completion or 0)
+        ) / 1000
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": round(cost, 4) if priced else None,
+        }
+
     def __init__(self, settings: OpenAICriticSettings):
         self.settings = settings
         self.check_settings(settings)
