@@ -267,7 +267,7 @@ class CausalLMModule(L.LightningModule):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         if self.device_mesh is not None:  # ModelParallelStrategy (fsdp2): shard now, before the optimizer exists
-            from srt.distributed import shard_model_fsdp2
+            from srt.training.distributed import shard_model_fsdp2
 
             shard_kwargs = getattr(self.trainer.strategy, "shard_kwargs", dict)()
             shard_model_fsdp2(model, self.device_mesh, **shard_kwargs)
@@ -360,7 +360,7 @@ class CausalLMModule(L.LightningModule):
         weights were loaded in (so fp32 master weights do not double the export of a bf16 model), None
         keeps the training dtype. An adapter-only export keeps the adapter's own dtype.
         """
-        from srt.export import save_hf
+        from srt.training.export import save_hf
 
         attached = self._trainer is not None
         is_zero = self.trainer.is_global_zero if attached else True

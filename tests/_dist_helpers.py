@@ -173,8 +173,8 @@ def _fsdp2_main(model_dir: str, records_path: str, out_dir: str) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from transformers import AutoTokenizer
 
-    from srt.distributed import fsdp2_strategy
     from srt.records import read_jsonl
+    from srt.training.distributed import fsdp2_strategy
 
     torch.set_num_threads(1)
     out = Path(out_dir)

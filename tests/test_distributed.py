@@ -146,9 +146,9 @@ def test_shard_model_fsdp2_wraps_decoder_layers_and_keeps_outputs(
     from torch.distributed.tensor import DTensor
     from transformers import AutoModelForCausalLM
 
-    from srt.distributed import decoder_layers, shard_model_fsdp2
-    from srt.export import save_hf
     from srt.sft_module import apply_lora
+    from srt.training.distributed import decoder_layers, shard_model_fsdp2
+    from srt.training.export import save_hf
 
     model = apply_lora(tiny_model, LORA)
     for name, param in model.named_parameters():  # make the adapter non-trivial
@@ -203,7 +203,7 @@ def test_fsdp1_export_gathers_through_the_root_unit(one_process_group, tiny_mode
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    from srt.export import save_hf
+    from srt.training.export import save_hf
 
     class Holder(torch.nn.Module):  # stands in for the LightningModule: the policy is its `model`
         def __init__(self, model):
@@ -271,7 +271,7 @@ def test_fsdp_strategy_from_config():
 def test_fsdp_options_are_checked():
     from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer
 
-    from srt.distributed import FSDP2Strategy, resolve_layer_class
+    from srt.training.distributed import FSDP2Strategy, resolve_layer_class
 
     assert resolve_layer_class("Gemma3DecoderLayer") is Gemma3DecoderLayer  # gemma3, not gemma
     assert resolve_layer_class("torch.nn.TransformerDecoderLayer") is torch.nn.TransformerDecoderLayer
@@ -300,7 +300,7 @@ def test_fsdp_gpu_lora_training_and_adapter_export(tiny_model_dir, tiny_tokenize
 
     from srt.config import SFTConfig
     from srt.data import SFTDataModule
-    from srt.distributed import fsdp_strategy
+    from srt.training.distributed import fsdp_strategy
 
     datamodule = SFTDataModule(
         tiny_tokenizer,

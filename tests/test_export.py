@@ -1,4 +1,4 @@
-"""srt.export.save_hf on a model sharded with FSDP2 (fully_shard, 2 CPU ranks over gloo).
+"""srt.training.export.save_hf on a model sharded with FSDP2 (fully_shard, 2 CPU ranks over gloo).
 
 The gather is a collective; rank 0 alone writes. Full weights, the LoRA adapter and the merged LoRA
 weights must all reload to the logits the unsharded model had.
@@ -36,7 +36,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from srt.export import save_hf
+    from srt.training.export import save_hf
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -42,12 +42,12 @@ def fsdp1_anywhere(monkeypatch):
     import lightning.pytorch.strategies as strategies
     import torch.distributed.fsdp as fsdp
 
-    import srt.distributed
+    import srt.training.distributed
 
     class CPUFSDPStrategy(strategies.FSDPStrategy):
         pass
 
-    monkeypatch.setattr(srt.distributed, "FSDPStrategy", CPUFSDPStrategy)
+    monkeypatch.setattr(srt.training.distributed, "FSDPStrategy", CPUFSDPStrategy)
     init = fsdp.FullyShardedDataParallel.__init__
 
     def on_cpu(self, *args, **kwargs):
@@ -350,7 +350,7 @@ def test_packed_rows_score_like_padded_batches(attn, tiny_model_dir, tiny_tokeni
 
 @fsdp1_test
 def test_fsdp1_trains_with_gradient_clipping_like_plain(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
-    from srt.distributed import fsdp_strategy
+    from srt.training.distributed import fsdp_strategy
 
     fit(
         tiny_model_dir,
@@ -369,7 +369,7 @@ def test_fsdp1_one_gpu_full_finetune_matches_plain_and_exports(
 ):
     from transformers import AutoModelForCausalLM
 
-    from srt.distributed import fsdp_strategy
+    from srt.training.distributed import fsdp_strategy
 
     inspect = Inspect()
     fit(
@@ -390,7 +390,7 @@ def test_fsdp1_one_gpu_full_finetune_matches_plain_and_exports(
 
 @fsdp1_test
 def test_fsdp1_one_gpu_lora_adapter_export_matches_plain(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
-    from srt.distributed import fsdp_strategy
+    from srt.training.distributed import fsdp_strategy
 
     fit(
         tiny_model_dir,
@@ -407,7 +407,7 @@ def test_fsdp1_one_gpu_lora_adapter_export_matches_plain(tiny_model_dir, tiny_to
 
 @fsdp1_test
 def test_fsdp1_bf16_mixed_precision_trains_close_to_fp32(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
-    from srt.distributed import fsdp_strategy
+    from srt.training.distributed import fsdp_strategy
 
     fit(
         tiny_model_dir,
@@ -428,7 +428,7 @@ def test_fsdp1_bf16_mixed_precision_trains_close_to_fp32(tiny_model_dir, tiny_to
 def test_fsdp2_one_device_full_finetune_matches_plain_and_exports(
     tiny_model_dir, tiny_tokenizer, records, plain, tmp_path
 ):
-    from srt.distributed import fsdp2_strategy
+    from srt.training.distributed import fsdp2_strategy
 
     inspect = Inspect()
     fit(tiny_model_dir, tiny_tokenizer, records, tmp_path, strategy=fsdp2_strategy({}), callbacks=[inspect])
@@ -438,7 +438,7 @@ def test_fsdp2_one_device_full_finetune_matches_plain_and_exports(
 
 
 def test_fsdp2_one_device_lora_adapter_export_matches_plain(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
-    from srt.distributed import fsdp2_strategy
+    from srt.training.distributed import fsdp2_strategy
 
     fit(tiny_model_dir, tiny_tokenizer, records, tmp_path, lora=LORA, strategy=fsdp2_strategy({}))
     assert read_losses(tmp_path) == pytest.approx(read_losses(plain["lora"]), rel=1e-4)
@@ -446,7 +446,7 @@ def test_fsdp2_one_device_lora_adapter_export_matches_plain(tiny_model_dir, tiny
 
 
 def test_fsdp2_bf16_mixed_precision_policy_computes_in_bf16(tiny_model_dir, tiny_tokenizer, records, plain, tmp_path):
-    from srt.distributed import fsdp2_strategy
+    from srt.training.distributed import fsdp2_strategy
 
     inspect = Inspect()
     fit(

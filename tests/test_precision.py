@@ -22,9 +22,9 @@ from srt.config import DPOConfig, SFTConfig
 from srt.data import DPODataModule, SFTDataModule
 from srt.dpo_module import DPOModule
 from srt.errors import ConfigError
-from srt.export import cast_state_dict, save_hf
 from srt.records import Feedback, FeedbackRecord
 from srt.sft_module import SFTModule, fp32_master_weights_, needs_uniform_dtype
+from srt.training.export import cast_state_dict, save_hf
 
 SFT_LR, DPO_LR = 1e-5, 5e-7  # the paper's peak learning rates (Hu et al. 2024)
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -320,8 +320,8 @@ def test_fsdp1_needs_one_dtype_per_unit(one_process_group, tiny_model_dir):
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    from srt.distributed import fsdp2_strategy, fsdp_strategy
     from srt.sft_module import apply_lora
+    from srt.training.distributed import fsdp2_strategy, fsdp_strategy
 
     assert needs_uniform_dtype(fsdp_strategy({"precision": "bf16"}))
     assert not needs_uniform_dtype(fsdp2_strategy({"precision": "bf16"})) and not needs_uniform_dtype(None)
@@ -369,9 +369,9 @@ def test_fsdp2_sharded_export_in_the_load_dtype(one_process_group, tiny_model_di
     """FSDP2 shards per parameter (a bf16 base next to fp32 adapters is fine); the gathered export is cast."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    from srt.distributed import shard_model_fsdp2
-    from srt.export import merged_lora_state_dict
     from srt.sft_module import apply_lora, load_dtype_of
+    from srt.training.distributed import shard_model_fsdp2
+    from srt.training.export import merged_lora_state_dict
 
     mesh = init_device_mesh("cpu", (1,))
     for lora in (False, True):
@@ -428,7 +428,7 @@ def test_export_in_the_load_dtype(tiny_model_dir, tiny_tokenizer, tmp_path):
 
 
 def test_lora_exports_bf16_merged_and_fp32_adapter(tiny_model_dir, tiny_tokenizer, tmp_path):
-    from srt.export import merged_lora_state_dict
+    from srt.training.export import merged_lora_state_dict
 
     module, watch = sft(tiny_model_dir, tiny_tokenizer, lora=LORA), Watch()
     fit(module, datamodule(tiny_tokenizer, "sft"), watch)

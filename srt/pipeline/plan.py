@@ -160,7 +160,7 @@ def check_trainer(cfg: RunConfig) -> None:
 
     check_loggers(t)
     if t.strategy in ("fsdp", "fsdp2"):
-        from srt.distributed import FSDPOptions
+        from srt.training.distributed import FSDPOptions
 
         FSDPOptions.parse(t.fsdp)
     elif t.fsdp:

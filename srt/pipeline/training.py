@@ -51,11 +51,11 @@ def build_strategy(tcfg: TrainerConfig):
     """'auto' | 'ddp' | 'ddp_spawn' | 'fsdp' (FSDP1, decoder-layer auto-wrap) | 'fsdp2' (ModelParallelStrategy)."""
     name = tcfg.strategy
     if name == "fsdp":
-        from srt.distributed import fsdp_strategy
+        from srt.training.distributed import fsdp_strategy
 
         return fsdp_strategy(tcfg.fsdp)
     if name == "fsdp2":
-        from srt.distributed import fsdp2_strategy
+        from srt.training.distributed import fsdp2_strategy
 
         return fsdp2_strategy(tcfg.fsdp)
     if name in ("ddp", "ddp_spawn") and tcfg.accelerator in ("cpu",):

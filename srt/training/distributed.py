@@ -21,7 +21,7 @@ Both read the ``trainer.fsdp`` section of the run config (every key optional)::
   the optimizer is created. Without ``wrap_layers`` the model's own ``_no_split_modules`` are used.
   It also runs on CPU (gloo), which is how the tests exercise the sharded path.
 
-Exporting a sharded model (``srt.export.save_hf``) gathers the full weights on every rank and
+Exporting a sharded model (``srt.training.export.save_hf``) gathers the full weights on every rank and
 writes from rank 0.
 """
 

@@ -1,0 +1,1 @@
+"""Training: the policy modules, the DPO objective, reference log-probs, export and sharding."""
