@@ -22,9 +22,11 @@ def run_cli(group: click.Group) -> None:
     Nothing printed or logged can hold a registered secret (:func:`srt.secrets.install_log_filter`).
     """
     from srt import interrupt
+    from srt.quiet import quiet_known_noise
     from srt.secrets import install_log_filter, scrub_text
 
     install_log_filter()
+    quiet_known_noise()  # SRT_VERBOSE=1 shows Lightning's, transformers' and lm-eval's notices again
     # Only srt's own logger gets a handler: Lightning and transformers keep theirs (no duplicates).
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -50,15 +52,20 @@ def run_cli(group: click.Group) -> None:
         sys.exit(2)
 
 
-def echo_plugins(groups: list[str]) -> None:
+def echo_plugins(groups: list[str], check: bool = False) -> None:
+    """Installed plugins from their entry points; nothing is imported unless ``check`` (then each plugin
+    is imported and a broken one is reported with its error)."""
     for group in groups:
         click.echo(f"{group}:")
-        infos = list_plugins(group)
+        infos = list_plugins(group, check=check)
         if not infos:
             click.echo("  (none installed)")
         for info in infos:
-            status = "ok" if info.ok else f"FAILED: {info.error}"
-            click.echo(f"  {info.name:<18} {info.distribution} {info.version:<10} {info.value}  [{status}]")
+            status = ("  [ok]" if info.ok else f"  [FAILED: {info.error}]") if check else ""
+            click.echo(f"  {info.name:<18} {info.distribution} {info.version:<10} {info.value}{status}")
+
+
+check_plugins_option = click.option("--check", is_flag=True, help="Import each plugin and report the ones that fail.")
 
 
 config_option = click.option(

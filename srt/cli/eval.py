@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from srt.cli.common import echo_plugins, run_cli
+from srt.cli.common import check_plugins_option, echo_plugins, run_cli
 from srt.registry import BENCHMARKS, CRITICS
 
 
@@ -15,9 +15,10 @@ def cli() -> None:
 
 
 @cli.command()
-def plugins() -> None:
+@check_plugins_option
+def plugins(check: bool) -> None:
     """List installed benchmark and critic (judge) plugins and where they come from."""
-    echo_plugins([BENCHMARKS, CRITICS])
+    echo_plugins([BENCHMARKS, CRITICS], check=check)
 
 
 def run_options(f):

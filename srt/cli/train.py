@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from srt.cli.common import config_option, echo_plugins, restart_option, run_cli, set_option
+from srt.cli.common import check_plugins_option, config_option, echo_plugins, restart_option, run_cli, set_option
 from srt.config import load_config
 from srt.registry import BENCHMARKS, CRITICS
 
@@ -23,9 +23,10 @@ def cli() -> None:
 
 
 @cli.command()
-def plugins() -> None:
+@check_plugins_option
+def plugins(check: bool) -> None:
     """List installed critic and benchmark plugins and where they come from."""
-    echo_plugins([CRITICS, BENCHMARKS])
+    echo_plugins([CRITICS, BENCHMARKS], check=check)
 
 
 @cli.command()

@@ -91,6 +91,7 @@ def generate_responses(
                 sampling,
                 system_prompt=system_prompt,
                 keys=[f"response\x00{ins.id}" for ins in chunk],
+                desc=f"responses ({path.parent.relative_to(path.parent.parent.parent) if stage == 2 else 'stage1'})",
             )
             for ins, out in zip(chunk, outs):
                 text = ct.strip_partial_separator(out.text) if out.finish_reason == "length" else out.text
