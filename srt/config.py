@@ -54,8 +54,10 @@ class InstructionSource(_Strict):
     name: str | None = _f(None, "Hub dataset configuration name.")
     fields: dict[str, str] = _f(
         default_factory=lambda: {"instruction": "instruction"},
-        description="Field mapping, srt's name -> the source's column: `instruction` (required), `id`, "
-        "`reference` (gold answer, for critics that need one) and `input` (appended to the instruction).",
+        description="Field mapping, srt's name -> the source's column: `instruction`, `id`, `reference` (gold "
+        "answer, for critics that need one), `input` (appended to the instruction), or `messages` instead of "
+        "`instruction`: a conversation (TRL's conversational format, `[{role, content}, ...]`) whose last user "
+        "turn is the instruction and whose earlier turns (a system message too) are kept as context.",
     )
     limit: int | None = _f(None, "Read at most this many instructions (after `offset`).", ge=1)
     offset: int = _f(0, "Skip this many rows first (stage-2 rounds take fresh slices of one file).", ge=0)
@@ -63,10 +65,17 @@ class InstructionSource(_Strict):
     @field_validator("fields")
     @classmethod
     def _needs_instruction(cls, v: dict[str, str]) -> dict[str, str]:
-        unknown = set(v) - {"instruction", "id", "reference", "input"}
+        unknown = set(v) - {"instruction", "messages", "id", "reference", "input"}
         if unknown:
-            raise ValueError(f"unknown field mapping keys {sorted(unknown)}; use instruction, id, reference, input")
-        v.setdefault("instruction", "instruction")
+            raise ValueError(
+                f"unknown field mapping keys {sorted(unknown)}; use instruction (or messages), id, reference, input"
+            )
+        if "messages" in v and "instruction" in v:
+            raise ValueError(
+                "map either instruction or messages (a conversation whose last user turn is the instruction)"
+            )
+        if "messages" not in v:
+            v.setdefault("instruction", "instruction")
         return v
 
 

@@ -36,6 +36,9 @@ class CritiqueRequest:
     response: str
     # Gold answer or solution, for data that has one (used by the ``reference`` critic).
     reference: str | None = None
+    # A conversation's earlier turns ({"role", "content"} dicts; a system message too), empty for a
+    # single instruction; render_critic_prompt(instruction, response, context) shows them to the critic.
+    context: list[dict[str, str]] = field(default_factory=list)
     # "critique": feedback + improved response. "score": re-score a refinement placed in the
     # response slot; only the feedback and its score are needed (kept separate from the critique
     # call on purpose: a critic that sees its own feedback inflates the score).

@@ -89,8 +89,15 @@ REFINEMENT_SEPARATOR = f"\n\n{REFINEMENT_HEADER}\n"
 SCORE_MIN, SCORE_MAX = 1, 10
 
 
-def render_critic_prompt(instruction: str, response: str) -> str:
-    """The critic prompt; it ends right after the ``### Feedback`` header line."""
+def render_critic_prompt(instruction: str, response: str, context=()) -> str:
+    """The critic prompt; it ends right after the ``### Feedback`` header line. ``context``: the turns
+    before the instruction in a conversation (``{role, content}``), shown above the last user turn."""
+    if context:
+        turns = "\n".join(
+            f"{m['role'] if isinstance(m, dict) else m.role}: {m['content'] if isinstance(m, dict) else m.content}"
+            for m in context
+        )
+        instruction = f"(The conversation so far)\n{turns}\n\n(The user's last message, to be answered)\n{instruction}"
     return CRITIC_TEMPLATE.format(instruction=instruction, response=response)
 
 

@@ -82,13 +82,22 @@ class CriticInfo(_Record):
     settings: dict[str, Any] = {}
 
 
+class Message(_Record):
+    """One turn of a conversation (TRL's conversational format)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class InstructionRecord(_Record):
-    """Input to generation."""
+    """Input to generation. ``context``: the conversation before the instruction (a system message and
+    earlier turns, as TRL's conversational data has them); the instruction is the last user turn."""
 
     unique_ids: ClassVar[bool] = True  # JsonlReader's default: a file holds each id once
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
     id: str
     instruction: str
+    context: list[Message] = []
     reference: str | None = None  # gold answer, when the data has one
     meta: dict[str, Any] = {}
 
@@ -100,6 +109,7 @@ class FeedbackRecord(_Record):
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
     id: str
     instruction: str
+    context: list[Message] = []  # the conversation before the instruction (see InstructionRecord)
     response: str
     reference: str | None = None
     feedback: Feedback | None = None
@@ -118,6 +128,7 @@ class PreferencePair(_Record):
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
     id: str
     prompt: str
+    context: list[Message] = []  # the conversation before the prompt (see InstructionRecord)
     chosen: str
     rejected: str
     chosen_score: Score | None = None

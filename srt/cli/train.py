@@ -73,6 +73,25 @@ def estimate(config_path: str, overrides: tuple[str, ...]) -> None:
     click.echo(render_estimate(estimate_run(load_config(config_path, overrides))))
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["sft-messages", "prompt-completion", "preference"]),
+    required=True,
+    help="sft-messages / prompt-completion: stage-1 examples for TRL's SFTTrainer; preference: stage-2 "
+    "pairs for DPOTrainer.",
+)
+@click.option("--output", "output_dir", default=None, help="Output folder (default: RUN_DIR/export).")
+def export(run_dir: str, fmt: str, output_dir: str | None) -> None:
+    """A run's training data in TRL's formats: JSONL and a datasets.save_to_disk folder."""
+    from srt.pipeline.export_data import export_dataset
+
+    info = export_dataset(run_dir, fmt, output_dir)
+    click.echo(f"{info['rows']} rows: {info['jsonl']} and {info['dataset']} (datasets.load_from_disk)")
+
+
 @cli.command("config-reference")
 @click.option("--output", "output", type=click.Path(dir_okay=False), default=None, help="Write here (default: stdout).")
 def config_reference_cmd(output: str | None) -> None:

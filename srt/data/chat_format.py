@@ -56,12 +56,18 @@ class ChatFormat:
         )  # not simply a BOS rendered twice at the start
         self.bos_per_conversation = ids.count(tokenizer.bos_token_id) + int(self.prepend_bos) if turn_marker else 1
 
-    def _messages(self, user_text: str) -> list[dict[str, str]]:
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return messages + [{"role": "user", "content": user_text}]
+    def _messages(self, user_text: str, context=()) -> list[dict[str, str]]:
+        history = [m if isinstance(m, dict) else m.model_dump() for m in context]
+        has_system = any(m["role"] == "system" for m in history)
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt and not has_system else []
+        return messages + history + [{"role": "user", "content": user_text}]
 
-    def prompt(self, user_text: str) -> str:
-        return self.tokenizer.apply_chat_template(self._messages(user_text), add_generation_prompt=True, tokenize=False)
+    def prompt(self, user_text: str, context=()) -> str:
+        """The rendered prompt: system prompt (unless the context has its own), the earlier turns,
+        the user's instruction and the generation prompt."""
+        return self.tokenizer.apply_chat_template(
+            self._messages(user_text, context), add_generation_prompt=True, tokenize=False
+        )
 
     def _find_end_of_turn(self) -> str:
         prefix = self.prompt(self._PROBE_USER)

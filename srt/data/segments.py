@@ -34,7 +34,7 @@ def sft_segments(record: FeedbackRecord, config: SFTConfig, chat: ChatFormat) ->
     ablation = config.ablation
     if not record.refinement or not record.refinement.strip():
         raise Unusable("no refinement")
-    prompt = ("prompt", chat.prompt(record.instruction), False)
+    prompt = ("prompt", chat.prompt(record.instruction, record.context), False)
     end = ("eos", chat.end_of_turn, True)
     if ablation == "refinement_only":  # plain SFT on the refined answer
         return [prompt, ("refinement", record.refinement, True), end]
@@ -82,7 +82,7 @@ def dpo_segments(pair: PreferencePair, config: DPOConfig, chat: ChatFormat) -> t
     }
     end = ends[config.completion_end]
     return (
-        chat.prompt(pair.prompt),
+        chat.prompt(pair.prompt, pair.context),
         [("completion", pair.chosen, True), *end],
         [("completion", pair.rejected, True), *end],
     )

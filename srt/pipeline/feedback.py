@@ -87,7 +87,7 @@ def generate_responses(
             # response is what comes before its feedback header (stage 2 critiques it separately).
             sampling = SamplingConfig(**sampling_kwargs, seed=seed, stop=[ct.FEEDBACK_SEPARATOR.rstrip("\n")])
             outs = generator.chat(
-                [ins.instruction for ins in chunk],
+                [conversation_of(ins) for ins in chunk],
                 sampling,
                 system_prompt=system_prompt,
                 keys=[f"response\x00{ins.id}" for ins in chunk],
@@ -98,6 +98,7 @@ def generate_responses(
                 rec = FeedbackRecord(
                     id=ins.id,
                     instruction=ins.instruction,
+                    context=ins.context,
                     reference=ins.reference,
                     response=text.strip(),
                     stage=stage,
@@ -107,6 +108,13 @@ def generate_responses(
                 writer.write(rec)
                 done[ins.id] = rec
     return [done[ins.id] for ins in instructions]
+
+
+def conversation_of(record) -> str | list[dict[str, str]]:
+    """What the policy is asked: the instruction, or the conversation ending with it."""
+    if not record.context:
+        return record.instruction
+    return [*(m.model_dump() for m in record.context), {"role": "user", "content": record.instruction}]
 
 
 def check_replies(critic, replies: Any, expected: int) -> list[CritiqueReply]:
@@ -171,6 +179,7 @@ def run_critic(
                         instruction=by_id[i].instruction,
                         response=text_of(i),
                         reference=by_id[i].reference,
+                        context=[m.model_dump() for m in by_id[i].context],
                         mode=mode,
                     )
                     for i in chunk

@@ -20,7 +20,7 @@ from typing import Any
 from srt.config import InstructionSource
 from srt.errors import ConfigError, RecordError
 from srt.io import text_sha256
-from srt.records import InstructionRecord, JsonLines, RowRejects, json_text_problem
+from srt.records import InstructionRecord, JsonLines, Message, RowRejects, json_text_problem
 
 
 def _format(src: InstructionSource) -> str:
@@ -90,6 +90,21 @@ def _rows(src: InstructionSource, rejects: RowRejects) -> Iterator[tuple[int, in
             yield n, n, row, _row_text(row) if rejects.lenient else ""
 
 
+def conversation(value: Any) -> tuple[str, list[Message]] | str:
+    """(the last user turn, the turns before it) of a TRL-style ``[{role, content}, ...]`` list, or why
+    it is not one. Turns after the last user turn (an answer in SFT data) are not kept: srt answers itself."""
+    if not isinstance(value, list) or not value:
+        return "expected a non-empty list of {role, content} messages"
+    try:
+        turns = [Message.model_validate(t) for t in value]
+    except Exception as exc:  # noqa: BLE001 - pydantic's message, in one line
+        return f"not a list of {{role, content}} messages ({str(exc).splitlines()[-1].strip()})"
+    last = max((i for i, t in enumerate(turns) if t.role == "user"), default=None)
+    if last is None:
+        return "the conversation has no user turn"
+    return turns[last].content, turns[:last]
+
+
 def load_instructions(
     src: InstructionSource, *, lenient: bool = False, rejects_path: str | os.PathLike | None = None
 ) -> list[InstructionRecord]:
@@ -116,10 +131,20 @@ def load_instructions(
         if not isinstance(row, dict):
             rejects.bad(n, raw, f"expected an object, got {type(row).__name__}")
             continue
-        if m["instruction"] not in row:
-            rejects.bad(n, raw, f"missing field {m['instruction']!r} (mapped to instruction; see data.*.fields)")
+        key = m.get("instruction") or m["messages"]
+        if key not in row:
+            what = "instruction" if "instruction" in m else "messages"
+            rejects.bad(n, raw, f"missing field {key!r} (mapped to {what}; see data.*.fields)")
             continue
-        instruction = row[m["instruction"]]
+        context: list[Message] = []
+        if "messages" in m:
+            turns = conversation(row[key])
+            if isinstance(turns, str):
+                rejects.bad(n, raw, f"field {key!r}: {turns}")
+                continue
+            instruction, context = turns
+        else:
+            instruction = row[key]
         if not isinstance(instruction, str) or not instruction.strip():
             rejects.bad(n, raw, "instruction must be a non-empty string")
             continue
@@ -131,7 +156,7 @@ def load_instructions(
         reference = row.get(m["reference"]) if "reference" in m else None
         meta = {"source": str(src.path), "row": n}
         reference = None if reference is None else str(reference)
-        out.append(InstructionRecord(id=rid, instruction=instruction, reference=reference, meta=meta))
+        out.append(InstructionRecord(id=rid, instruction=instruction, context=context, reference=reference, meta=meta))
     if not out:
         if isinstance(rejects, JsonLines) and rows == 0:
             raise rejects.no_records_error()

@@ -49,6 +49,7 @@ def pairs_from(records, r: int) -> list[PreferencePair]:
         PreferencePair(
             id=f"{rec.id}-r{r}",
             prompt=rec.instruction,
+            context=rec.context,
             chosen=rec.refinement,
             rejected=rec.response,
             chosen_score=rec.refinement_score,

@@ -228,5 +228,5 @@ class HFCritic:
             self.generator,
             self.settings,
             requests,
-            user_message=lambda r: render_critic_prompt(r.instruction, r.response),
+            user_message=lambda r: render_critic_prompt(r.instruction, r.response, r.context),
         )

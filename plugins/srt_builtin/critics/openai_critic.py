@@ -263,7 +263,7 @@ class OpenAICritic:
 
     def critique(self, requests: Sequence[CritiqueRequest]) -> list[CritiqueReply]:
         # mode="score" uses the same prompt: the refinement sits in the response slot.
-        prompts = [render_critic_prompt(r.instruction, r.response) for r in requests]
+        prompts = [render_critic_prompt(r.instruction, r.response, r.context) for r in requests]
         replies: list[CritiqueReply | None] = [None] * len(prompts)
         pending: dict[str, list[int]] = {}  # cache key -> request indices (identical prompts sent once)
         for i, prompt in enumerate(prompts):

@@ -86,6 +86,9 @@ class SelfCritic:
             self.generator,
             self.settings,
             requests,
-            user_message=lambda r: r.instruction,
+            # The conversation as it was trained: the earlier turns, then the instruction.
+            user_message=lambda r: (
+                [*r.context, {"role": "user", "content": r.instruction}] if r.context else r.instruction
+            ),
             assistant_prefix=lambda r: self_critique_prefix(r.response),
         )
