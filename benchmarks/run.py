@@ -346,13 +346,13 @@ def run_sft(config: str, s: dict, model_path: str, data: dict) -> dict:
     if config.startswith("srt"):
         from srt import config as srt_config
         from srt.data import SFTDataModule
-        from srt.sft_module import SFTModule
+        from srt.training.sft import SFTModule
 
         sft = srt_config.SFTConfig(
             micro_batch_size=s["batch_size"], max_length=s["max_length"], packing=config == "srt_packed"
         )
         datamodule = SFTDataModule(tokenizer, sft, train_files=data["sft"])
-        module = SFTModule(model, tokenizer, lr=1e-5)
+        module = SFTModule(model, tokenizer, config=sft)  # optim.lr 1e-5 (the default)
         timer = lightning_timer(sft_tokens)
         lightning_trainer(total_steps, timer).fit(module, datamodule=datamodule)
         return step_stats(timer.ends, timer.counts, s["warmup"])
@@ -390,7 +390,8 @@ def run_dpo(config: str, s: dict, model_path: str, data: dict) -> dict:
     if config.startswith("srt"):
         from srt import config as srt_config
         from srt.data import DPODataModule
-        from srt.dpo_module import DPOModule, compute_reference_logps
+        from srt.training.dpo import DPOModule
+        from srt.training.reference import compute_reference_logps
 
         # completion_end="eos": the same sequences as TRL's (its completions end with the end of turn).
         dpo = srt_config.DPOConfig(
@@ -405,7 +406,7 @@ def run_dpo(config: str, s: dict, model_path: str, data: dict) -> dict:
         # The starting policy is the reference: compute its log-probs once, then hold one model.
         datamodule.set_reference_logps(compute_reference_logps(model, datamodule.predict_dataloader()))
         precompute_s = time.perf_counter() - start
-        module = DPOModule(model, tokenizer, beta=0.01, lr=5e-7, reference="precomputed")
+        module = DPOModule(model, tokenizer, config=dpo)  # beta 0.01, optim.lr 5e-7, reference precomputed
         timer = lightning_timer(pairs_of_batch)
         lightning_trainer(total_steps, timer).fit(module, datamodule=datamodule)
         return {**step_stats(timer.ends, timer.counts, s["warmup"]), "precompute_s": precompute_s}
@@ -464,13 +465,15 @@ def run_grid(s: dict, model_path: str, data: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from srt.sft_module import SFTModule, build_optimizer
+    from srt.config import OptimConfig
+    from srt.training.policy import build_optimizer
+    from srt.training.sft import SFTModule
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     module = SFTModule(model)
     module.configure_model()
     module.model.train()
-    optimizer = build_optimizer(module.model.parameters(), lr=1e-5, weight_decay=0.0, betas=(0.9, 0.999))
+    optimizer = build_optimizer(module.model.parameters(), OptimConfig(lr=1e-5, weight_decay=0.0, betas=(0.9, 0.999)))
     vocab = model.config.vocab_size
     out = {}
     for length in s["grid_lengths"]:
@@ -498,7 +501,7 @@ def worker(spec: dict) -> None:
     import trl  # noqa: F401
 
     import srt.data  # noqa: F401
-    import srt.dpo_module  # noqa: F401
+    import srt.training  # noqa: F401
 
     torch.set_num_threads(spec["settings"]["threads"])
     torch.manual_seed(0)

@@ -18,10 +18,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from srt.config import SFTConfig
+from srt.config import ModelConfig, OptimConfig, SFTConfig
 from srt.data import SFTDataModule
 from srt.records import Feedback, FeedbackRecord
-from srt.sft_module import SFTModule
+from srt.training.sft import SFTModule
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}
 LR = 1e-2
@@ -86,6 +86,13 @@ class SeededSFTModule(SFTModule):
         super().configure_model()
 
 
+def seeded_sft_module(model_dir, tokenizer, *, lora=None, lr: float = LR) -> SeededSFTModule:
+    """A SeededSFTModule on ``model_dir`` loaded in fp32: ``lora`` (a mapping) or full fine-tuning, AdamW at
+    ``lr`` with no warmup."""
+    config = SFTConfig(lora=lora, optim=OptimConfig(lr=lr, warmup_ratio=0.0))
+    return SeededSFTModule(str(model_dir), tokenizer, config=config, model_config=ModelConfig(dtype="float32"))
+
+
 class LossRecorder(Callback):
     """Writes this rank's per-step training losses to ``<out_dir>/losses_rank<r>.json``."""
 
@@ -132,7 +139,7 @@ def train(
         train_records=records,
         seed=7,
     )
-    module = SeededSFTModule(str(model_dir), tokenizer, lora=lora, lr=LR, warmup_ratio=0.0, dtype="float32")
+    module = seeded_sft_module(model_dir, tokenizer, lora=lora, lr=LR)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,

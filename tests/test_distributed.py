@@ -146,9 +146,9 @@ def test_shard_model_fsdp2_wraps_decoder_layers_and_keeps_outputs(
     from torch.distributed.tensor import DTensor
     from transformers import AutoModelForCausalLM
 
-    from srt.sft_module import apply_lora
     from srt.training.distributed import decoder_layers, shard_model_fsdp2
     from srt.training.export import save_hf
+    from srt.training.policy import apply_lora
 
     model = apply_lora(tiny_model, LORA)
     for name, param in model.named_parameters():  # make the adapter non-trivial
@@ -296,7 +296,7 @@ def test_fsdp_options_are_checked():
 )
 def test_fsdp_gpu_lora_training_and_adapter_export(tiny_model_dir, tiny_tokenizer, records, single, tmp_path):
     import lightning as L
-    from _dist_helpers import LossRecorder, SeededSFTModule
+    from _dist_helpers import LossRecorder, seeded_sft_module
 
     from srt.config import SFTConfig
     from srt.data import SFTDataModule
@@ -308,7 +308,7 @@ def test_fsdp_gpu_lora_training_and_adapter_export(tiny_model_dir, tiny_tokenize
         train_records=records,
         seed=7,
     )
-    module = SeededSFTModule(str(tiny_model_dir), tiny_tokenizer, lora=LORA, lr=1e-2, warmup_ratio=0.0, dtype="float32")
+    module = seeded_sft_module(tiny_model_dir, tiny_tokenizer, lora=LORA, lr=1e-2)
     trainer = L.Trainer(
         accelerator="gpu",
         devices=1,

@@ -5,10 +5,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from srt.config import DPOConfig
+from srt.config import DPOConfig, LoraConfig, OptimConfig
 from srt.data import DPODataModule
-from srt.dpo_module import DPOModule, ReferenceLogpsCache, compute_reference_logps, concatenated_forward
 from srt.errors import ConfigError
+from srt.training.dpo import DPOModule
+from srt.training.dpo_objective import concatenated_forward
+from srt.training.reference import ReferenceLogpsCache, compute_reference_logps
 
 PAIRS = [
     {
@@ -81,7 +83,8 @@ def perturbed(model, scale=0.05, seed=1):
 def test_dpo_precomputed_raises_margins_and_accuracy(tiny_model, tiny_tokenizer):
     dm = data_module(tiny_tokenizer)
     dm.set_reference_logps(compute_reference_logps(tiny_model, dm.predict_dataloader()))
-    module = DPOModule(tiny_model, tiny_tokenizer, beta=0.1, lr=2e-3, warmup_ratio=0.0, reference="precomputed")
+    config = DPOConfig(beta=0.1, optim=OptimConfig(lr=2e-3, warmup_ratio=0.0), reference="precomputed")
+    module = DPOModule(tiny_model, tiny_tokenizer, config=config)
     module.configure_model()
     margin_before, acc_before = pair_metrics(module, dm)
     assert abs(margin_before) < 1e-5 and acc_before == 0.0  # policy == reference at the start
@@ -108,16 +111,14 @@ def test_dpo_precomputed_raises_margins_and_accuracy(tiny_model, tiny_tokenizer)
 def test_dpo_lora_adapter_disabled_trains(tiny_model, tiny_tokenizer):
     dm = data_module(tiny_tokenizer)
     torch.manual_seed(0)  # LoRA A matrices are initialized from the global RNG
-    module = DPOModule(
-        tiny_model,
-        tiny_tokenizer,
+    config = DPOConfig(
         beta=0.1,
-        lr=1e-2,
-        warmup_ratio=0.0,
+        optim=OptimConfig(lr=1e-2, warmup_ratio=0.0),
         reference="adapter_disabled",
         reference_is_base=True,
-        lora={"r": 8, "alpha": 16, "dropout": 0.0},
+        lora=LoraConfig(r=8, alpha=16, dropout=0.0),
     )
+    module = DPOModule(tiny_model, tiny_tokenizer, config=config)
     module.configure_model()
     fit(module, dm, max_steps=12)
     assert module._reference_checked  # a fresh adapter (B = 0) leaves the base == the policy at step 0
@@ -133,10 +134,12 @@ def test_precomputed_and_frozen_copy_give_the_same_loss(tiny_model_dir, tiny_tok
     dm.set_reference_logps(ref)
     batch = next(iter(dm.predict_dataloader()))
 
-    frozen = DPOModule(start, tiny_tokenizer, reference="frozen_copy")
+    frozen = DPOModule(start, tiny_tokenizer, config=DPOConfig(reference="frozen_copy"))
     frozen.configure_model()
     perturbed(frozen.model, seed=4)  # the policy moves; the frozen copy must not
-    pre = DPOModule(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), reference="precomputed")
+    pre = DPOModule(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    )  # precomputed: the default
     pre.configure_model()
     pre.model.load_state_dict(frozen.model.state_dict())
     for m in (frozen, pre):
@@ -153,15 +156,14 @@ def test_step0_check_catches_precomputed_from_another_model(tiny_model, tiny_mod
     dm = data_module(tiny_tokenizer)
     other = perturbed(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), scale=0.05)
     dm.set_reference_logps(compute_reference_logps(other, dm.predict_dataloader()))
-    module = DPOModule(tiny_model, tiny_tokenizer, reference="precomputed")
+    module = DPOModule(tiny_model, tiny_tokenizer, config=DPOConfig(reference="precomputed"))
     with pytest.raises(ConfigError, match="precomputed reference log-probs do not come from the starting policy"):
         fit(module, dm, max_steps=1)
     # With the check switched off, training runs (the user asked for it).
     module = DPOModule(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir),
         tiny_tokenizer,
-        reference="precomputed",
-        check_reference_at_start=False,
+        config=DPOConfig(reference="precomputed", check_reference_at_start=False),
     )
     fit(module, dm, max_steps=1)
 
@@ -178,19 +180,21 @@ def test_step0_check_catches_unmerged_stage1_adapter(tiny_model, tiny_tokenizer)
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
     dm = data_module(tiny_tokenizer)
     with pytest.raises(ConfigError, match="reference_is_base"):
-        DPOModule(stage1, tiny_tokenizer, reference="adapter_disabled")
+        DPOModule(stage1, tiny_tokenizer, config=DPOConfig(reference="adapter_disabled"))
     # A user who claims the base is the stage-1 model is caught by the step-0 check.
-    module = DPOModule(stage1, tiny_tokenizer, reference="adapter_disabled", reference_is_base=True)
+    module = DPOModule(stage1, tiny_tokenizer, config=DPOConfig(reference="adapter_disabled", reference_is_base=True))
     with pytest.raises(ConfigError, match="pre-SFT base"):
         fit(module, dm, max_steps=1)
 
 
 def test_adapter_disabled_needs_lora_and_precomputed_needs_logps(tiny_model, tiny_tokenizer):
     with pytest.raises(ConfigError, match="needs a LoRA policy"):
-        DPOModule(tiny_model, tiny_tokenizer, reference="adapter_disabled", reference_is_base=True)
-    with pytest.raises(ConfigError, match="reference must be one of"):
-        DPOModule(tiny_model, tiny_tokenizer, reference="base")
-    module = DPOModule(tiny_model, tiny_tokenizer, reference="precomputed")
+        DPOModule(tiny_model, tiny_tokenizer, config=DPOConfig(reference="adapter_disabled", reference_is_base=True))
+    with pytest.raises(
+        ConfigError, match="dpo settings: reference: .*'precomputed', 'frozen_copy' or 'adapter_disabled'"
+    ):
+        DPOModule(tiny_model, tiny_tokenizer, config={"reference": "base"})
+    module = DPOModule(tiny_model, tiny_tokenizer, config=DPOConfig(reference="precomputed"))
     module.configure_model()
     batch = next(iter(data_module(tiny_tokenizer).predict_dataloader()))
     with pytest.raises(ConfigError, match="no ref_chosen_logps"):
@@ -202,7 +206,7 @@ def test_ipo_uses_length_averaged_logps_and_nll_weight(tiny_model, tiny_tokenize
     batch = next(iter(dm.predict_dataloader()))
     batch["ref_chosen_logps"] = torch.tensor([-30.0, -40.0])
     batch["ref_rejected_logps"] = torch.tensor([-35.0, -20.0])
-    module = DPOModule(tiny_model, tiny_tokenizer, loss_type="ipo", beta=0.1, nll_weight=0.5)
+    module = DPOModule(tiny_model, tiny_tokenizer, config=DPOConfig(loss_type="ipo", beta=0.1, nll_weight=0.5))
     module.configure_model()
     module.model.eval()
     with torch.no_grad():
@@ -260,3 +264,24 @@ def test_predict_step_matches_compute_reference_logps(tiny_model, tiny_tokenizer
     assert got.keys() == expected.keys()
     for i in got:
         assert abs(got[i][0] - expected[i][0]) < 1e-4 and abs(got[i][1] - expected[i][1]) < 1e-4
+
+
+def test_reference_cache_key_names_the_autocast(tiny_tokenizer):
+    fields = dict(data_hash="abc", model="tiny@1", chat_template="t", max_length=128, dtype="auto")
+    # No autocast (32-true): the key is the one computed before the field existed.
+    assert ReferenceLogpsCache.key(**fields) == ReferenceLogpsCache.key(**fields, autocast=None)
+    assert "autocast" not in ReferenceLogpsCache.key_fields(**fields)
+    bf16 = ReferenceLogpsCache.key(**fields, autocast=torch.bfloat16)
+    assert bf16 != ReferenceLogpsCache.key(**fields) and bf16 == ReferenceLogpsCache.key(**fields, autocast="bfloat16")
+
+
+def test_dpo_hyperparameters_are_plain_dicts(tiny_model, tiny_tokenizer, tmp_path):
+    dm = data_module(tiny_tokenizer)
+    dm.set_reference_logps(compute_reference_logps(tiny_model, dm.predict_dataloader()))
+    config = DPOConfig(beta=0.2, nll_weight=0.1, optim=OptimConfig(lr=1e-4))
+    module = DPOModule(tiny_model, tiny_tokenizer, config=config, reference_check_tolerance=1e-2)
+    assert (module.objective.beta, module.objective.nll_weight, module._tolerance()) == (0.2, 0.1, 1e-2)
+    trainer = fit(module, dm, max_steps=1)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert saved["config"] == config.model_dump(mode="json") and saved["reference_check_tolerance"] == 1e-2

@@ -15,8 +15,8 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
 
 def _model(lora: bool):
-    from srt.sft_module import apply_lora
     from srt.tiny import build_tiny_model, build_tiny_tokenizer
+    from srt.training.policy import apply_lora
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer)

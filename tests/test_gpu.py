@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _dist_helpers import LORA, LossRecorder, SeededSFTModule, equal_count_records, read_losses
+from _dist_helpers import LORA, LossRecorder, equal_count_records, read_losses, seeded_sft_module
 from safetensors.torch import load_file
 
 CUDA = torch.cuda.is_available()
@@ -96,7 +96,7 @@ def fit(
         train_records=records,
         seed=7,
     )
-    module = SeededSFTModule(str(model_dir), tokenizer, lora=lora, lr=1e-2, warmup_ratio=0.0, dtype="float32")
+    module = seeded_sft_module(model_dir, tokenizer, lora=lora, lr=1e-2)
     trainer = L.Trainer(
         accelerator=ACCELERATOR,
         devices=1,
@@ -205,8 +205,8 @@ def _dpo_setup(tiny_model_dir, tiny_tokenizer, records, shift: float = 0.0):
 
     from srt.config import DPOConfig
     from srt.data import DPODataModule
-    from srt.dpo_module import compute_reference_logps
     from srt.records import PreferencePair
+    from srt.training.reference import compute_reference_logps
 
     pairs = [
         PreferencePair(id=f"p{i}", prompt=r.instruction, chosen=r.refinement, rejected=r.response)
@@ -234,10 +234,11 @@ def _dpo_setup(tiny_model_dir, tiny_tokenizer, records, shift: float = 0.0):
 def test_bf16_mixed_dpo_precomputed_reference_passes_the_step0_check(tiny_model_dir, tiny_tokenizer, records, tmp_path):
     import lightning as L
 
-    from srt.dpo_module import DPOModule
+    from srt.config import DPOConfig, OptimConfig
+    from srt.training.dpo import DPOModule
 
     model, datamodule = _dpo_setup(tiny_model_dir, tiny_tokenizer, records)
-    module = DPOModule(model, tiny_tokenizer, beta=0.1, lr=1e-4, reference="precomputed")
+    module = DPOModule(model, tiny_tokenizer, config=DPOConfig(beta=0.1, optim=OptimConfig(lr=1e-4)))
     losses = LossRecorder(tmp_path)
     trainer = L.Trainer(
         accelerator=ACCELERATOR,
@@ -259,11 +260,12 @@ def test_bf16_mixed_dpo_precomputed_reference_passes_the_step0_check(tiny_model_
 def test_bf16_mixed_dpo_step0_check_still_catches_a_wrong_reference(tiny_model_dir, tiny_tokenizer, records):
     import lightning as L
 
-    from srt.dpo_module import DPOModule
+    from srt.config import DPOConfig, OptimConfig
     from srt.errors import ConfigError
+    from srt.training.dpo import DPOModule
 
     model, datamodule = _dpo_setup(tiny_model_dir, tiny_tokenizer, records, shift=0.25)  # 5x the bf16 tolerance
-    module = DPOModule(model, tiny_tokenizer, beta=0.1, lr=1e-4, reference="precomputed")
+    module = DPOModule(model, tiny_tokenizer, config=DPOConfig(beta=0.1, optim=OptimConfig(lr=1e-4)))
     trainer = L.Trainer(
         accelerator=ACCELERATOR,
         devices=1,
@@ -307,8 +309,8 @@ def test_packed_rows_score_like_padded_batches(attn, tiny_model_dir, tiny_tokeni
 
     from srt.config import DPOConfig
     from srt.data import DPODataModule
-    from srt.dpo_module import concatenated_forward
     from srt.records import PreferencePair
+    from srt.training.dpo_objective import concatenated_forward
 
     dtype = torch.bfloat16 if attn == "flash_attention_2" else torch.float32  # flash-attention is half precision only
     model = (

@@ -16,11 +16,11 @@ pytestmark = pytest.mark.slow
 def _fit(tmp_path: Path, tiny_model_dir, tiny_tokenizer, tcfg: TrainerConfig, max_steps: int):
     import lightning as L
 
-    from srt.config import SFTConfig
+    from srt.config import OptimConfig, SFTConfig
     from srt.data import SFTDataModule
     from srt.pipeline.training import build_trainer, fit_resumable
     from srt.records import Feedback, FeedbackRecord
-    from srt.sft_module import SFTModule
+    from srt.training.sft import SFTModule
 
     records = [
         FeedbackRecord(
@@ -35,9 +35,9 @@ def _fit(tmp_path: Path, tiny_model_dir, tiny_tokenizer, tcfg: TrainerConfig, ma
         for i in range(4)
     ]
     L.seed_everything(0)
-    sft = SFTConfig(micro_batch_size=2, global_batch_size=2, max_length=256, epochs=2)
+    sft = SFTConfig(micro_batch_size=2, global_batch_size=2, max_length=256, epochs=2, optim=OptimConfig(lr=1e-3))
     datamodule = SFTDataModule(tiny_tokenizer, sft, train_records=records)
-    module = SFTModule(str(tiny_model_dir), tiny_tokenizer, lr=1e-3)
+    module = SFTModule(str(tiny_model_dir), tiny_tokenizer, config=sft)
     trainer = build_trainer(tcfg, tmp_path, max_epochs=2, max_steps=max_steps, accumulate=1, run_name="loggers-test")
     fit_resumable(trainer, module, datamodule, tmp_path)
     return trainer

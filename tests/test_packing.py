@@ -8,14 +8,16 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import full_logits_sequence_logps
 
-from srt.config import DPOConfig, SFTConfig
+from srt.config import DPOConfig, OptimConfig, SFTConfig
 from srt.data import IGNORE_INDEX, DPODataModule, SFTDataModule, pack_by_length
-from srt.dpo_module import DPOModule, compute_reference_logps, concatenated_forward
 from srt.errors import ConfigError
-from srt.losses import sequence_logps
 from srt.records import Feedback, FeedbackRecord
-from srt.sft_module import SFTModule
+from srt.training.dpo import DPOModule
+from srt.training.dpo_objective import concatenated_forward
+from srt.training.reference import compute_reference_logps
+from srt.training.sft import SFTModule
 
 WORDS = "the quick brown fox jumps over a lazy dog while Paris is the capital of France and 72 clips".split()
 
@@ -159,14 +161,14 @@ def test_packed_sft_loss_is_the_token_weighted_unpacked_loss(tiny_model, tiny_to
 def test_packed_rows_flattened_for_flash_attention_score_the_same(tiny_model, tiny_tokenizer, monkeypatch):
     """flash-attention separates packed sequences only within one row, so scored_logits feeds it the
     rows as a single row; on CPU (sdpa) check that this flattening scores the same tokens identically."""
-    import srt.sft_module as sft_module
+    import srt.training.policy as policy
 
     packed, _ = sft_modules(tiny_tokenizer)
     batch = packed.collator([packed.datasets["train"][r] for r in range(3)])
     args = (tiny_model, batch["input_ids"], batch["labels"], None, batch["position_ids"])
-    logits, labels, scored = sft_module.scored_logits(*args)
-    monkeypatch.setattr(sft_module, "_flash_attention", lambda model: True)
-    flat_logits, flat_labels, flat_scored = sft_module.scored_logits(*args)
+    logits, labels, scored = policy.scored_logits(*args)
+    monkeypatch.setattr(policy, "_flash_attention", lambda model: True)
+    flat_logits, flat_labels, flat_scored = policy.scored_logits(*args)
     assert torch.equal(labels, flat_labels) and torch.equal(scored, flat_scored)
     torch.testing.assert_close(flat_logits, logits, atol=1e-5, rtol=0)
 
@@ -193,14 +195,14 @@ def test_packed_dpo_logps_equal_unpacked(tiny_model, tiny_tokenizer):
     for pair_id, (chosen, rejected) in plain_logps.items():
         assert packed_logps[pair_id][0] == pytest.approx(chosen, abs=1e-4)
         assert packed_logps[pair_id][1] == pytest.approx(rejected, abs=1e-4)
-    # ... and both equal the textbook computation on full logits (srt.losses.sequence_logps)
+    # ... and both equal the textbook computation on full logits (the oracle in tests/oracles.py)
     plain_batch = next(iter(plain.predict_dataloader()))
     ours = concatenated_forward(tiny_model, plain_batch)
     for side in ("chosen", "rejected"):
         logits = tiny_model(
             input_ids=plain_batch[f"{side}_input_ids"], attention_mask=plain_batch[f"{side}_attention_mask"]
         ).logits
-        expected, tokens = sequence_logps(logits, plain_batch[f"{side}_labels"])
+        expected, tokens = full_logits_sequence_logps(logits, plain_batch[f"{side}_labels"])
         torch.testing.assert_close(ours[f"{side}_logps"], expected, atol=1e-4, rtol=1e-6)
         assert torch.equal(ours[f"{side}_tokens"], tokens)
     # token counts match too
@@ -225,7 +227,7 @@ def test_packed_training_runs_for_sft_and_dpo(tiny_model_dir, tiny_tokenizer):
         enable_model_summary=False,
     )
     packed, _ = sft_modules(tiny_tokenizer)
-    sft = SFTModule(str(tiny_model_dir), tiny_tokenizer, lr=1e-2)
+    sft = SFTModule(str(tiny_model_dir), tiny_tokenizer, config=SFTConfig(optim=OptimConfig(lr=1e-2)))
     trainer = L.Trainer(**trainer_kwargs)
     trainer.fit(sft, datamodule=packed)
     assert trainer.global_step == 3
@@ -236,7 +238,9 @@ def test_packed_training_runs_for_sft_and_dpo(tiny_model_dir, tiny_tokenizer):
 
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype="float32")
     dpo_dm.set_reference_logps(compute_reference_logps(start, dpo_dm.predict_dataloader()))
-    dpo = DPOModule(start, tiny_tokenizer, reference="precomputed", beta=0.5, lr=1e-2)
+    dpo = DPOModule(
+        start, tiny_tokenizer, config=DPOConfig(reference="precomputed", beta=0.5, optim=OptimConfig(lr=1e-2))
+    )
     trainer = L.Trainer(**trainer_kwargs)
     trainer.fit(dpo, datamodule=dpo_dm)
     assert dpo._reference_checked and trainer.global_step == 3

@@ -18,13 +18,14 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from srt.config import DPOConfig, SFTConfig
+from srt.config import DPOConfig, ModelConfig, OptimConfig, SFTConfig
 from srt.data import DPODataModule, SFTDataModule
-from srt.dpo_module import DPOModule
 from srt.errors import ConfigError
 from srt.records import Feedback, FeedbackRecord
-from srt.sft_module import SFTModule, fp32_master_weights_, needs_uniform_dtype
+from srt.training.dpo import DPOModule
 from srt.training.export import cast_state_dict, save_hf
+from srt.training.policy import fp32_master_weights_, needs_uniform_dtype
+from srt.training.sft import SFTModule
 
 SFT_LR, DPO_LR = 1e-5, 5e-7  # the paper's peak learning rates (Hu et al. 2024)
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -155,14 +156,17 @@ class DPOWithoutMasterWeights(_NoMasterWeights, DPOModule):
     pass
 
 
-def sft(tiny_model_dir, tokenizer, cls=SFTModule, **kwargs):
-    return cls(str(tiny_model_dir), tokenizer, dtype="bfloat16", lr=SFT_LR, warmup_ratio=0.0, **kwargs)
+BF16 = ModelConfig(dtype="bfloat16")
 
 
-def dpo(tiny_model_dir, tokenizer, cls=DPOModule, **kwargs):
-    return cls(
-        str(tiny_model_dir), tokenizer, dtype="bfloat16", lr=DPO_LR, warmup_ratio=0.0, reference="frozen_copy", **kwargs
-    )
+def sft(tiny_model_dir, tokenizer, cls=SFTModule, lora=None):
+    config = SFTConfig(optim=OptimConfig(lr=SFT_LR, warmup_ratio=0.0), lora=lora)
+    return cls(str(tiny_model_dir), tokenizer, config=config, model_config=BF16)
+
+
+def dpo(tiny_model_dir, tokenizer, cls=DPOModule):
+    config = DPOConfig(optim=OptimConfig(lr=DPO_LR, warmup_ratio=0.0), reference="frozen_copy")
+    return cls(str(tiny_model_dir), tokenizer, config=config, model_config=BF16)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -170,7 +174,7 @@ def dpo(tiny_model_dir, tokenizer, cls=DPOModule, **kwargs):
 
 def test_bf16_loaded_sft_full_finetune_trains_fp32_masters(tiny_model_dir, tiny_tokenizer, caplog):
     module, watch = sft(tiny_model_dir, tiny_tokenizer), Watch()
-    with caplog.at_level(logging.INFO, logger="srt.sft_module"):
+    with caplog.at_level(logging.INFO, logger="srt.training.policy"):
         fit(module, datamodule(tiny_tokenizer, "sft"), watch)
     assert module.load_dtype == torch.bfloat16
     assert watch.trainable == {torch.float32} and not watch.frozen
@@ -266,7 +270,7 @@ def test_half_true_precision_is_refused_for_training(tiny_model_dir, tiny_tokeni
 
 
 def test_check_training_precision_from_config_values():
-    from srt.sft_module import check_training_precision
+    from srt.training.policy import check_training_precision
 
     for precision in ("bf16-mixed", "16-mixed", "32-true", "32"):
         check_training_precision(precision, "fsdp")
@@ -279,7 +283,9 @@ def test_half_true_precision_still_predicts(tiny_model_dir, tiny_tokenizer):
     """Only training is refused: a prediction pass (reference log-probs) in bf16-true is fine."""
     dm = datamodule(tiny_tokenizer, "dpo")
     dm.setup()
-    module = DPOModule(str(tiny_model_dir), tiny_tokenizer, dtype="bfloat16", reference="frozen_copy")
+    module = DPOModule(
+        str(tiny_model_dir), tiny_tokenizer, config=DPOConfig(reference="frozen_copy"), model_config=BF16
+    )
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-true", logger=False, enable_progress_bar=False)
     out = trainer.predict(module, dataloaders=dm.predict_dataloader())
     assert sum(len(o["ids"]) for o in out) == len(PAIRS)
@@ -320,8 +326,8 @@ def test_fsdp1_needs_one_dtype_per_unit(one_process_group, tiny_model_dir):
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    from srt.sft_module import apply_lora
     from srt.training.distributed import fsdp2_strategy, fsdp_strategy
+    from srt.training.policy import apply_lora
 
     assert needs_uniform_dtype(fsdp_strategy({"precision": "bf16"}))
     assert not needs_uniform_dtype(fsdp2_strategy({"precision": "bf16"})) and not needs_uniform_dtype(None)
@@ -369,9 +375,9 @@ def test_fsdp2_sharded_export_in_the_load_dtype(one_process_group, tiny_model_di
     """FSDP2 shards per parameter (a bf16 base next to fp32 adapters is fine); the gathered export is cast."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    from srt.sft_module import apply_lora, load_dtype_of
     from srt.training.distributed import shard_model_fsdp2
     from srt.training.export import merged_lora_state_dict
+    from srt.training.policy import apply_lora, load_dtype_of
 
     mesh = init_device_mesh("cpu", (1,))
     for lora in (False, True):

@@ -6,11 +6,12 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
-from srt.config import SFTConfig
+from srt.config import LoraConfig, ModelConfig, OptimConfig, SFTConfig
 from srt.data import SFTDataModule
 from srt.errors import ConfigError
 from srt.records import Feedback, FeedbackRecord
-from srt.sft_module import SFTModule, accumulation_for_global_batch
+from srt.training.policy import accumulation_for_global_batch
+from srt.training.sft import SFTModule
 
 EXAMPLES = [
     (
@@ -109,7 +110,7 @@ def test_accumulation_for_global_batch():
 
 def test_full_finetune_lowers_loss_and_exports(tiny_model, tiny_tokenizer, tmp_path):
     batches = sft_batches(tiny_tokenizer)
-    module = SFTModule(tiny_model, tiny_tokenizer, lr=5e-3, warmup_ratio=0.1)
+    module = SFTModule(tiny_model, tiny_tokenizer, config=SFTConfig(optim=OptimConfig(lr=5e-3, warmup_ratio=0.1)))
     module.configure_model()
     before = eval_loss(module, batches)
     trainer(30).fit(module, loader(batches))
@@ -130,9 +131,8 @@ def test_lora_lowers_loss_and_exports_adapter_and_merged(tiny_model, tiny_tokeni
 
     batches = sft_batches(tiny_tokenizer)
     torch.manual_seed(0)  # LoRA A matrices are initialized from the global RNG
-    module = SFTModule(
-        tiny_model, tiny_tokenizer, lora={"r": 16, "alpha": 64, "dropout": 0.0}, lr=5e-3, warmup_ratio=0.0
-    )
+    config = SFTConfig(lora=LoraConfig(r=16, alpha=64, dropout=0.0), optim=OptimConfig(lr=5e-3, warmup_ratio=0.0))
+    module = SFTModule(tiny_model, tiny_tokenizer, config=config)
     module.configure_model()
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     assert 0 < trainable < 0.5 * sum(p.numel() for p in module.model.parameters())
@@ -167,7 +167,7 @@ def test_builds_from_path_in_configure_model_and_logs(tiny_model_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     batches = sft_batches(tok)
-    module = SFTModule(str(tiny_model_dir), lr=1e-3, gradient_checkpointing=True)
+    module = SFTModule(str(tiny_model_dir), config=SFTConfig(optim=OptimConfig(lr=1e-3), gradient_checkpointing=True))
     assert module.model is None  # loading waits for configure_model (strategies wrap it there)
     t = trainer(3, limit_val_batches=2)
     t.fit(module, loader(batches), loader(batches))
@@ -192,3 +192,26 @@ def test_merge_requires_lora(tiny_model, tiny_tokenizer, tmp_path):
     module.configure_model()
     with pytest.raises(ConfigError, match="merge_lora"):
         module.save_hf(tmp_path / "x", merge_lora=True)
+
+
+def test_settings_come_from_the_run_config_sections(tiny_model, tiny_tokenizer, tmp_path):
+    """The sft and model sections are the module's only settings: a section object or a mapping of its
+    fields (validated as one); kept in checkpoints as plain dicts, which load with weights_only=True."""
+    config = SFTConfig(optim=OptimConfig(lr=2e-3, weight_decay=0.1, warmup_ratio=0.0), lora=LoraConfig(r=4))
+    module = SFTModule(tiny_model, tiny_tokenizer, config=config, model_config=ModelConfig(dtype="float32"))
+    assert module.config is config and module.model_config.dtype == "float32"
+    assert module.has_adapter and module.merges_lora  # sft.merge_lora defaults to true
+    assert not SFTModule(tiny_model, config={"lora": {"r": 4}, "merge_lora": False}).merges_lora
+    assert not SFTModule(tiny_model).has_adapter  # no sections: the sections' defaults (full fine-tuning)
+    with pytest.raises(ConfigError, match="sft settings: optim.lr"):
+        SFTModule(tiny_model, config={"optim": {"lr": -1}})
+    with pytest.raises(ConfigError, match="sft settings: lr: unknown key"):
+        SFTModule(tiny_model, config={"lr": 1e-3})  # settings live in their section (optim.lr)
+
+    trainer(2).fit(module, loader(sft_batches(tiny_tokenizer)))
+    assert module.trainer.optimizers[0].param_groups[0]["initial_lr"] == 2e-3  # optim.lr (the schedule peak)
+    assert module.trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.1
+    module.trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert saved["config"] == config.model_dump(mode="json") and saved["model_config"]["dtype"] == "float32"
+    assert SFTModule(tiny_model, **saved).config == config  # the saved hyperparameters rebuild the module

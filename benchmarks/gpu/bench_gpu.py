@@ -161,11 +161,12 @@ def srt_api():
     import srt
     from srt.config import DPOConfig, SFTConfig
     from srt.data import DPODataModule, SFTDataModule
-    from srt.dpo_module import DPOModule, compute_reference_logps
     from srt.generation import Generator, SamplingConfig
     from srt.models import load_tokenizer
-    from srt.sft_module import SFTModule
     from srt.tiny import build_tiny_tokenizer
+    from srt.training.dpo import DPOModule
+    from srt.training.reference import compute_reference_logps
+    from srt.training.sft import SFTModule
 
     return SimpleNamespace(
         srt=srt,
@@ -451,7 +452,7 @@ def run_sft(cfg: dict, ctx: dict) -> dict:
             micro_batch_size=s["batch_size"], max_length=s["max_length"], packing=cfg["config"] == "srt_packed"
         )
         datamodule = api.SFTDataModule(tokenizer, sft, train_files=data["sft"])
-        module = api.SFTModule(model, tokenizer, lr=1e-5)
+        module = api.SFTModule(model, tokenizer, config=sft)  # optim.lr 1e-5 (the default)
         timer = lightning_timer(ctx["device"], sft_units, pad_id, c)
         trainer = lightning_trainer(ctx, total, timer)
         trainer.fit(module, datamodule=datamodule)
@@ -522,7 +523,7 @@ def run_dpo(cfg: dict, ctx: dict) -> dict:
         synchronize(ctx["device"])
         precompute_s = time.perf_counter() - start
         datamodule.set_reference_logps(reference)
-        module = api.DPOModule(model, tokenizer, beta=0.01, lr=5e-7, reference="precomputed")
+        module = api.DPOModule(model, tokenizer, config=dpo)  # beta 0.01, optim.lr 5e-7, reference precomputed
         timer = lightning_timer(ctx["device"], pairs_of, pad_id, c)
         trainer = lightning_trainer(ctx, total, timer)
         trainer.fit(module, datamodule=datamodule)

@@ -3,7 +3,7 @@
 A packed row concatenates examples; ``position_ids`` restart at 0 for each one, and there is no
 ``attention_mask``. From that, transformers (``masking_utils.find_packed_sequence_indices``, used
 for sdpa, eager and flex attention; flash-attention reads the same position_ids as varlen
-boundaries, within a single row: ``srt.sft_module.scored_logits`` passes it the rows as one)
+boundaries, within a single row: ``srt.training.policy.scored_logits`` passes it the rows as one)
 builds a block-diagonal causal mask: a token attends only to earlier tokens of its own example,
 and RoPE sees the same positions as for the example alone. The first label of every example is
 -100, so no token is predicted from the previous example. Rows are right-padded; a pad run gets

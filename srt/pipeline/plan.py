@@ -131,7 +131,7 @@ def check_trainer(cfg: RunConfig) -> None:
             f"{', '.join(sorted(p for p in precisions if not p.isdigit()))}"
         )
     from srt.pipeline.training import resolve_precision
-    from srt.sft_module import check_training_precision
+    from srt.training.policy import check_training_precision
 
     check_training_precision(resolve_precision(t), t.strategy)  # bf16-true would not train (fp32 masters)
     gpu_wanted = t.accelerator in ("gpu", "cuda")

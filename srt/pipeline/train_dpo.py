@@ -20,13 +20,15 @@ from srt.pipeline.training import build_trainer, check_divisible, export_model, 
 log = logging.getLogger(__name__)
 
 
-def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_path: Path, step_dir: Path):
-    from srt.dpo_module import ReferenceLogpsCache, compute_reference_logps
+def precompute_reference(cfg: RunConfig, datamodule, module, start_model: str, pairs_path: Path, step_dir: Path):
+    """Reference log-probs of the model DPO starts from, loaded the way the policy is
+    (``module.load_base_model``); cached in ``step_dir/reference_logps``."""
     from srt.io import file_sha256
-    from srt.models import load_model_and_tokenizer, model_revision
+    from srt.models import model_revision
+    from srt.training.reference import ReferenceLogpsCache, compute_reference_logps
 
     def compute():
-        model, _ = load_model_and_tokenizer(start_model, dtype=cfg.model.dtype)
+        model = module.load_base_model()
         try:
             return compute_reference_logps(model, datamodule.predict_dataloader())
         finally:
@@ -49,9 +51,9 @@ def precompute_reference(cfg: RunConfig, datamodule, start_model: str, pairs_pat
 
 def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: Path) -> Path:
     from srt.data import DPODataModule
-    from srt.dpo_module import DPOModule
     from srt.models import load_tokenizer
     from srt.tokenizer_check import check_tokenizer
+    from srt.training.dpo import DPOModule
 
     d = cfg.dpo
     L.seed_everything(cfg.seed, workers=True)
@@ -67,26 +69,11 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
         seed=cfg.seed,
     )
     datamodule.setup("fit")
+    # The revision in cfg.model belongs to model.path; DPO starts from another model (stage 1's, or --start-model).
+    module = DPOModule(start_model, tokenizer, config=d, model_config=cfg.model.model_copy(update={"revision": None}))
     if d.reference == "precomputed":
-        datamodule.set_reference_logps(precompute_reference(cfg, datamodule, start_model, pairs_path, step_dir))
-    module = DPOModule(
-        start_model,
-        tokenizer,
-        beta=d.beta,
-        loss_type=d.loss_type,
-        label_smoothing=d.label_smoothing,
-        nll_weight=d.nll_weight,
-        reference=d.reference,
-        reference_is_base=d.reference_is_base,
-        check_reference_at_start=d.check_reference_at_start,
-        lora=d.lora.model_dump() if d.lora else None,
-        gradient_checkpointing=d.gradient_checkpointing,
-        lr=d.optim.lr,
-        weight_decay=d.optim.weight_decay,
-        betas=d.optim.betas,
-        warmup_ratio=d.optim.warmup_ratio,
-        dtype=cfg.model.dtype,
-    )
+        reference = precompute_reference(cfg, datamodule, module, start_model, pairs_path, step_dir)
+        datamodule.set_reference_logps(reference)
     accumulate = check_divisible(d.global_batch_size, d.micro_batch_size, world_size(cfg.trainer))
     where = f"stage-2 DPO ({step_dir.name})"
     trainer = build_trainer(
@@ -107,7 +94,6 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
         "data_stats": {k: v.as_dict() for k, v in datamodule.stats.items()},
         "global_step": trainer.global_step,
     }
-    merge = d.lora is not None and d.merge_lora
-    if merge:
+    if module.merges_lora:
         module.save_hf(step_dir / "adapter", merge_lora=False)
-    return export_model(module, trainer, step_dir / "model", merge_lora=merge, info=info)
+    return export_model(module, trainer, step_dir / "model", merge_lora=module.merges_lora, info=info)

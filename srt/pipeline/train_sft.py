@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: Path) -> Path:
     from srt.data import SFTDataModule
     from srt.models import load_tokenizer
-    from srt.sft_module import SFTModule
     from srt.tokenizer_check import check_tokenizer
+    from srt.training.sft import SFTModule
 
     s = cfg.sft
     L.seed_everything(cfg.seed, workers=True)
@@ -32,19 +32,7 @@ def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: 
         val_fraction=cfg.trainer.val_fraction,
         seed=cfg.seed,
     )
-    module = SFTModule(
-        base_model,
-        tokenizer,
-        lora=s.lora.model_dump() if s.lora else None,
-        gradient_checkpointing=s.gradient_checkpointing,
-        lr=s.optim.lr,
-        weight_decay=s.optim.weight_decay,
-        betas=s.optim.betas,
-        warmup_ratio=s.optim.warmup_ratio,
-        dtype=cfg.model.dtype,
-        revision=cfg.model.revision,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+    module = SFTModule(base_model, tokenizer, config=s, model_config=cfg.model)
     accumulate = check_divisible(s.global_batch_size, s.micro_batch_size, world_size(cfg.trainer))
     trainer = build_trainer(
         cfg.trainer,
@@ -65,8 +53,4 @@ def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: 
     }
     if s.lora is not None:
         module.save_hf(step_dir / "adapter", merge_lora=False)
-    return (
-        export_model(module, trainer, step_dir / "model", merge_lora=s.lora is not None and s.merge_lora, info=info)
-        if s.lora is None or s.merge_lora
-        else export_model(module, trainer, step_dir / "model", merge_lora=False, info=info)
-    )
+    return export_model(module, trainer, step_dir / "model", merge_lora=module.merges_lora, info=info)

@@ -249,7 +249,7 @@ def export_model(module, trainer: L.Trainer, model_dir: Path, *, merge_lora: boo
 
 
 def check_divisible(global_batch: int, micro: int, world: int) -> int:
-    from srt.sft_module import accumulation_for_global_batch
+    from srt.training.policy import accumulation_for_global_batch
 
     try:
         return accumulation_for_global_batch(global_batch, micro, world)

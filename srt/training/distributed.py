@@ -15,8 +15,8 @@ Both read the ``trainer.fsdp`` section of the run config (every key optional)::
   The model does not exist when the strategy is built, so the wrap classes are resolved from
   transformers by name; without ``wrap_layers`` a list of common decoder layers is used.
 * ``fsdp2`` is Lightning's :class:`~lightning.pytorch.strategies.ModelParallelStrategy` (data parallel
-  over all devices, no tensor parallelism): :meth:`CausalLMModule.configure_model
-  <srt.sft_module.CausalLMModule.configure_model>` calls :func:`shard_model_fsdp2`, which applies
+  over all devices, no tensor parallelism): :meth:`PolicyModule.configure_model
+  <srt.training.policy.PolicyModule.configure_model>` calls :func:`shard_model_fsdp2`, which applies
   ``torch.distributed.fsdp.fully_shard`` to every decoder layer and then to the whole model, before
   the optimizer is created. Without ``wrap_layers`` the model's own ``_no_split_modules`` are used.
   It also runs on CPU (gloo), which is how the tests exercise the sharded path.

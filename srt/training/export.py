@@ -8,7 +8,7 @@
   live PeftModel is left untouched (training can continue after an export).
 
 ``dtype`` (e.g. ``torch.bfloat16``): the dtype of the merged or full weights written, and the
-``dtype`` in their ``config.json``; :meth:`srt.sft_module.CausalLMModule.save_hf` passes the dtype
+``dtype`` in their ``config.json``; :meth:`srt.training.policy.PolicyModule.save_hf` passes the dtype
 the weights were loaded in, so a bf16 model trained with fp32 master weights is exported in bf16.
 An adapter-only export keeps the adapter's own dtype.
 

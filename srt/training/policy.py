@@ -1,8 +1,11 @@
-"""Stage 1: supervised fine-tuning on ``instruction -> response -> feedback -> refinement``.
+"""The policy both stages train: :class:`PolicyModule`, the Lightning base of SFT and DPO.
 
-``CausalLMModule`` holds what SFT and DPO share: building the policy (full fine-tuning or LoRA),
-gradient checkpointing, AdamW + cosine-with-warmup, HF export. ``SFTModule`` adds the masked
-next-token loss. Gradient accumulation is the Trainer's ``accumulate_grad_batches`` (see
+It builds the policy (full fine-tuning or LoRA), keeps fp32 master weights, switches on gradient
+checkpointing, and owns AdamW + cosine-with-warmup, gradient clipping (FSDP1 included), the
+precision checks and the Hugging Face export. Every setting comes from the run config: the stage's
+section (``srt.config.SFTConfig`` / ``DPOConfig``: ``optim``, ``lora``, ``gradient_checkpointing``,
+``merge_lora``) and ``srt.config.ModelConfig`` (``dtype``, ``revision``, ``trust_remote_code``).
+Gradient accumulation is the Trainer's ``accumulate_grad_batches`` (see
 :func:`accumulation_for_global_batch`).
 
 Precision: **fp32 master weights, bf16 compute.** Whatever dtype the weights are loaded in, every
@@ -14,7 +17,7 @@ rounds away), so trainable bf16 weights barely change; for that reason ``bf16-tr
 (which cast the module back to half precision) are refused for training. Frozen weights (LoRA's
 base, DPO's frozen reference) keep their load dtype, except under FSDP1, whose flat parameters
 need one dtype per unit. Exports are written in the dtype the weights were loaded in
-(:attr:`CausalLMModule.load_dtype`), not in fp32.
+(:attr:`PolicyModule.load_dtype`), not in fp32.
 """
 
 from __future__ import annotations
@@ -24,14 +27,18 @@ import math
 import os
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 
+from srt.config import LoraConfig, ModelConfig, OptimConfig
+from srt.data.base import as_section
+from srt.data.tokenization import IGNORE_INDEX
 from srt.errors import ConfigError
-from srt.losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +58,18 @@ def accumulation_for_global_batch(global_batch: int, micro_batch: int, world_siz
     return global_batch // per_step
 
 
-def build_optimizer(params, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-    """AdamW; as in HF Trainer, 1-D tensors (biases, norm scales) get no weight decay."""
+def build_optimizer(params, optim: OptimConfig | Mapping[str, Any]) -> torch.optim.AdamW:
+    """AdamW from the ``optim`` section; as in HF Trainer, 1-D tensors (biases, norm scales) get no
+    weight decay."""
+    optim = as_section(optim, OptimConfig, "optim")
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError("no trainable parameters (is the model frozen, or is the LoRA target list empty?)")
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas))
 
 
 def cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float) -> dict[str, Any]:
@@ -81,6 +90,7 @@ def scored_logits(
     row-major order. transformers projects only these hidden states through the LM head
     (``logits_to_keep`` as a boolean mask), so the [B, T, V] logits of masked prompts and padding
     (large for a 50k-150k vocabulary) are never built. Packed rows: pass ``position_ids`` and no mask.
+    Both losses use it: SFT's masked cross-entropy and DPO's sequence log-probs.
     """
     scored = labels[:, 1:] != IGNORE_INDEX
     keep = F.pad(scored, (0, 1), value=False)  # the last position predicts nothing
@@ -108,18 +118,18 @@ def _flash_attention(model) -> bool:
     return "flash" in str(getattr(model.config, "_attn_implementation", ""))
 
 
-def apply_lora(model, lora: dict[str, Any]):
-    """Wrap ``model`` with fresh LoRA adapters: ``{r, alpha, dropout, target_modules}``."""
-    from peft import LoraConfig, get_peft_model
+def apply_lora(model, lora: LoraConfig | Mapping[str, Any]):
+    """Wrap ``model`` with fresh LoRA adapters from the ``lora`` section (``r``, ``alpha``, ``dropout``,
+    ``target_modules``; or a mapping of those fields)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
-    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
-    if unknown:
-        raise ConfigError(f"unknown lora option(s) {sorted(unknown)}; use r, alpha, dropout, target_modules")
-    config = LoraConfig(
-        r=int(lora.get("r", 16)),
-        lora_alpha=lora.get("alpha", 32),
-        lora_dropout=float(lora.get("dropout", 0.05)),
-        target_modules=lora.get("target_modules", "all-linear"),
+    lora = as_section(lora, LoraConfig, "lora")
+    config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
@@ -187,42 +197,47 @@ def check_training_precision(precision: str, strategy=None) -> None:
         )
 
 
-class CausalLMModule(L.LightningModule):
-    """Shared base: a causal LM policy (full or LoRA) + optimizer/scheduler + HF export.
+class PolicyModule(L.LightningModule):
+    """Shared base of :class:`~srt.training.sft.SFTModule` and :class:`~srt.training.dpo.DPOModule`:
+    a causal LM policy (full or LoRA) + optimizer/scheduler + HF export.
 
-    ``model`` is a name/path or an already-loaded ``PreTrainedModel``; either way the policy is
-    built in :meth:`configure_model` (so sharding strategies can wrap it). A ``PeftModel`` passed in keeps training its own
-    adapter (``lora`` must then be None).
+    ``model`` is a name/path or an already-loaded ``PreTrainedModel``; either way the policy is built
+    in :meth:`configure_model` (so sharding strategies can wrap it). A ``PeftModel`` passed in keeps
+    training its own adapter (``config.lora`` must then be unset).
+
+    ``config``: the run config's section for this stage (a subclass's :attr:`config_schema`, or a
+    mapping of its fields; unset: the section's defaults); the module reads ``optim``, ``lora``,
+    ``gradient_checkpointing`` and ``merge_lora`` from it. ``model_config``: the run config's ``model``
+    section (or a mapping), for how ``model`` is loaded: ``dtype``, ``revision``, ``trust_remote_code``
+    (its ``path`` is not read: ``model`` says what to load). Both are kept in the checkpoint's
+    hyperparameters as plain dicts (Lightning loads checkpoints with ``weights_only=True``).
     """
+
+    config_schema: ClassVar[type[BaseModel]]
+    section: ClassVar[str]  # the run config's key of config_schema, for messages
 
     def __init__(
         self,
         model: str | os.PathLike | torch.nn.Module,
         tokenizer=None,
         *,
-        lora: dict[str, Any] | None = None,
-        gradient_checkpointing: bool = False,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_ratio: float = 0.1,
-        dtype: str = "auto",
-        revision: str | None = None,
-        trust_remote_code: bool = False,
+        config: BaseModel | Mapping[str, Any] | None = None,
+        model_config: ModelConfig | Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "tokenizer"])
-        if lora is not None and not isinstance(lora, dict):
-            lora = dict(lora)  # a pydantic model's .model_dump() or any mapping
-        self.lora = lora
+        self.config = as_section({} if config is None else config, self.config_schema, self.section)
+        self.model_config = as_section({} if model_config is None else model_config, ModelConfig, "model")
+        self.save_hyperparameters(
+            {"config": self.config.model_dump(mode="json"), "model_config": self.model_config.model_dump(mode="json")}
+        )
         self.tokenizer = tokenizer
         self.model: torch.nn.Module | None = None
         self.model_name_or_path: str | None = None
         # A given model is kept in a tuple (not registered as a submodule) until configure_model.
         self._given_model: tuple[torch.nn.Module, ...] = ()
         if isinstance(model, torch.nn.Module):
-            if lora is not None and is_peft_model(model):
-                raise ConfigError("model is already a PeftModel: its adapter is trained; set lora to None")
+            if self.config.lora is not None and is_peft_model(model):
+                raise ConfigError(f"model is already a PeftModel: its adapter is trained; unset {self.section}.lora")
             self._given_model = (model,)
         else:
             self.model_name_or_path = str(model)
@@ -230,14 +245,26 @@ class CausalLMModule(L.LightningModule):
         self.load_dtype: torch.dtype | None = None
         self._batch_start = 0.0
 
+    @property
+    def has_adapter(self) -> bool:
+        """The policy trains a LoRA adapter: a fresh one (``config.lora``) or that of a PeftModel passed in."""
+        model = self.model if self.model is not None else (self._given_model[0] if self._given_model else None)
+        return self.config.lora is not None or (model is not None and is_peft_model(model))
+
+    @property
+    def merges_lora(self) -> bool:
+        """The final export merges the adapter into full weights (``config.merge_lora`` with a LoRA policy)."""
+        return self.has_adapter and self.config.merge_lora
+
     # -- model building -------------------------------------------------------------------
     def load_base_model(self) -> torch.nn.Module:
-        """Load the starting weights (a stage-1 adapter folder is merged by load_model_and_tokenizer)."""
+        """Load the starting weights as ``model_config`` says (a stage-1 adapter folder is merged by
+        load_model_and_tokenizer); on the CPU, in eval mode."""
         from srt.models import load_model_and_tokenizer
 
-        hp = self.hparams
+        mc = self.model_config
         model, tokenizer = load_model_and_tokenizer(
-            self.model_name_or_path, dtype=hp.dtype, revision=hp.revision, trust_remote_code=hp.trust_remote_code
+            self.model_name_or_path, dtype=mc.dtype, revision=mc.revision, trust_remote_code=mc.trust_remote_code
         )
         if self.tokenizer is None:
             self.tokenizer = tokenizer
@@ -255,14 +282,14 @@ class CausalLMModule(L.LightningModule):
         self.load_dtype = load_dtype_of(model)
         self.on_base_model(model)
         model.train()  # loaders return eval-mode models; dropout (e.g. LoRA's) must be on in training
-        if self.lora is not None:
-            model = apply_lora(model, self.lora)  # peft creates the adapters in fp32 (autocast_adapter_dtype)
+        if self.config.lora is not None:
+            model = apply_lora(model, self.config.lora)  # peft creates the adapters in fp32 (autocast_adapter_dtype)
         elif is_peft_model(model):
             for name, param in model.named_parameters():  # continue training the loaded adapter
                 param.requires_grad_(".lora_" in name)
         self.model = model
         self._use_fp32_master_weights()
-        if self.hparams.gradient_checkpointing:
+        if self.config.gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -310,12 +337,12 @@ class CausalLMModule(L.LightningModule):
 
     # -- optimization ---------------------------------------------------------------------
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = build_optimizer(self.model.parameters(), hp.lr, hp.weight_decay, hp.betas)
+        optim = self.config.optim
+        optimizer = build_optimizer(self.model.parameters(), optim)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ConfigError("cannot size the LR schedule: set max_steps or max_epochs on the Trainer")
-        return {"optimizer": optimizer, "lr_scheduler": cosine_with_warmup(optimizer, total, hp.warmup_ratio)}
+        return {"optimizer": optimizer, "lr_scheduler": cosine_with_warmup(optimizer, total, optim.warmup_ratio)}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # Lightning's FSDP1 precision plugin refuses clipping by norm (the norm spans every shard);
@@ -354,7 +381,9 @@ class CausalLMModule(L.LightningModule):
     def save_hf(
         self, output_dir: str | os.PathLike, merge_lora: bool = False, dtype: str | torch.dtype | None = "auto"
     ):
-        """Export as a HF folder (adapter, merged or full weights + tokenizer); rank 0 writes.
+        """Export as a HF folder (adapter, merged or full weights + tokenizer); rank 0 writes
+        (:func:`srt.training.export.save_hf`). ``merge_lora``: write merged full weights of a LoRA policy
+        (the pipeline passes :attr:`merges_lora`); by default a LoRA policy exports its adapter.
 
         ``dtype``: of merged or full weights; "auto" (default) is :attr:`load_dtype`, the dtype the starting
         weights were loaded in (so fp32 master weights do not double the export of a bf16 model), None
@@ -376,47 +405,3 @@ class CausalLMModule(L.LightningModule):
             fsdp_root=root,
             dtype=dtype,
         )
-
-
-class SFTModule(CausalLMModule):
-    """Masked next-token loss over the labelled tokens (labels != -100).
-
-    The loss is the token mean over a micro-batch: sum of CE over labelled tokens / number of
-    labelled tokens. With the data module masking the instruction (and padding) this is TRL's
-    ``completion_only_loss`` semantics. Under gradient accumulation each micro-batch mean is
-    averaged with equal weight (the HF Trainer convention).
-
-    Logs ``train/loss``, ``train/lr``, ``train/tokens_per_s`` (all non-pad tokens / s on this device),
-    ``train/trained_tokens_per_s`` (labelled tokens / s on this device) and ``val/loss``.
-    """
-
-    def masked_lm_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        # Logits only where a label is (see scored_logits); packed batches carry position_ids, no mask.
-        logits, labels, _ = scored_logits(
-            self.model, batch["input_ids"], batch["labels"], batch.get("attention_mask"), batch.get("position_ids")
-        )
-        num_tokens = torch.tensor(labels.numel(), device=labels.device)
-        if num_tokens == 0:
-            raise ConfigError("an SFT batch has no labelled tokens (all -100): check max_length/truncation")
-        # float() as HF does for its own loss: CE in bf16 loses precision over a large vocabulary.
-        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
-        return loss_sum / num_tokens, num_tokens
-
-    def training_step(self, batch, batch_idx):
-        loss, num_tokens = self.masked_lm_loss(batch)
-        total = batch["attention_mask"].sum() if "attention_mask" in batch else batch["num_tokens"]  # packed: no mask
-        self._step_tokens = (int(num_tokens), int(total))
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log_lr()
-        return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        elapsed = max(time.perf_counter() - self._batch_start, 1e-9)
-        trained, total = self._step_tokens
-        self.log("train/tokens_per_s", total / elapsed, on_step=True, on_epoch=False)
-        self.log("train/trained_tokens_per_s", trained / elapsed, on_step=True, on_epoch=False)
-
-    def validation_step(self, batch, batch_idx):
-        loss, num_tokens = self.masked_lm_loss(batch)
-        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(num_tokens), prog_bar=True)
-        return loss

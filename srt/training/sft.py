@@ -1,0 +1,67 @@
+"""Stage 1: supervised fine-tuning on ``instruction -> response -> feedback -> refinement``.
+
+:class:`SFTModule` is the policy (:class:`~srt.training.policy.PolicyModule`) with the masked
+next-token loss; its settings are the run config's ``sft`` section::
+
+    SFTModule(base_model, tokenizer, config=cfg.sft, model_config=cfg.model)
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from srt.config import SFTConfig
+from srt.errors import ConfigError
+from srt.training.policy import PolicyModule, scored_logits
+
+
+class SFTModule(PolicyModule):
+    """Masked next-token loss over the labelled tokens (labels != -100).
+
+    The loss is the token mean over a micro-batch: sum of CE over labelled tokens / number of
+    labelled tokens. With the data module masking the instruction (and padding) this is TRL's
+    ``completion_only_loss`` semantics. Under gradient accumulation each micro-batch mean is
+    averaged with equal weight (the HF Trainer convention). Logits are computed only at the
+    labelled positions (:func:`~srt.training.policy.scored_logits`).
+
+    Logs ``train/loss``, ``train/lr``, ``train/tokens_per_s`` (all non-pad tokens / s on this device),
+    ``train/trained_tokens_per_s`` (labelled tokens / s on this device) and ``val/loss``.
+    """
+
+    config_schema = SFTConfig
+    section = "sft"
+    config: SFTConfig
+
+    def masked_lm_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        # Logits only where a label is (see scored_logits); packed batches carry position_ids, no mask.
+        logits, labels, _ = scored_logits(
+            self.model, batch["input_ids"], batch["labels"], batch.get("attention_mask"), batch.get("position_ids")
+        )
+        num_tokens = torch.tensor(labels.numel(), device=labels.device)
+        if num_tokens == 0:
+            raise ConfigError("an SFT batch has no labelled tokens (all -100): check max_length/truncation")
+        # float() as HF does for its own loss: CE in bf16 loses precision over a large vocabulary.
+        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+        return loss_sum / num_tokens, num_tokens
+
+    def training_step(self, batch, batch_idx):
+        loss, num_tokens = self.masked_lm_loss(batch)
+        total = batch["attention_mask"].sum() if "attention_mask" in batch else batch["num_tokens"]  # packed: no mask
+        self._step_tokens = (int(num_tokens), int(total))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_lr()
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        elapsed = max(time.perf_counter() - self._batch_start, 1e-9)
+        trained, total = self._step_tokens
+        self.log("train/tokens_per_s", total / elapsed, on_step=True, on_epoch=False)
+        self.log("train/trained_tokens_per_s", trained / elapsed, on_step=True, on_epoch=False)
+
+    def validation_step(self, batch, batch_idx):
+        loss, num_tokens = self.masked_lm_loss(batch)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(num_tokens), prog_bar=True)
+        return loss
