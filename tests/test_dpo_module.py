@@ -1,3 +1,4 @@
+import json
 import math
 
 import lightning as L
@@ -273,6 +274,68 @@ def test_reference_cache_key_names_the_autocast(tiny_tokenizer):
     assert "autocast" not in ReferenceLogpsCache.key_fields(**fields)
     bf16 = ReferenceLogpsCache.key(**fields, autocast=torch.bfloat16)
     assert bf16 != ReferenceLogpsCache.key(**fields) and bf16 == ReferenceLogpsCache.key(**fields, autocast="bfloat16")
+
+
+def test_reference_pass_on_the_trainers_device_and_autocast_passes_the_bf16_step0_check(
+    tiny_model_dir, tiny_tokenizer, tmp_path
+):
+    """The pipeline's reference pass (srt.pipeline.train_dpo.precompute_reference) loads the start model the
+    way the policy does and runs it on the trainer's device under the training precision's autocast; a
+    bf16-mixed DPO run then passes the step-0 check against it. (On the CPU here; test_gpu runs on CUDA.)"""
+    from srt.config import RunConfig
+    from srt.pipeline.train_dpo import precompute_reference, reference_device
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    cfg = RunConfig.model_validate(
+        {
+            "dpo": {"micro_batch_size": 2, "max_length": 128},
+            "trainer": {"accelerator": "cpu", "precision": "bf16-mixed"},
+        }
+    )
+    assert reference_device(cfg.trainer) == torch.device("cpu")
+    dm = DPODataModule(tiny_tokenizer, cfg.dpo, train_files=[pairs])
+    dm.setup("fit")
+    module = DPOModule(str(tiny_model_dir), tiny_tokenizer, config=cfg.dpo, model_config=cfg.model)
+    reference = precompute_reference(cfg, dm, module, str(tiny_model_dir), pairs, tmp_path)
+    assert module.model is None  # the reference pass loaded its own copy; the policy is built by the Trainer
+    (entry,) = (tmp_path / "reference_logps").glob("ref-logps-*.pt")
+    assert torch.load(entry, weights_only=True)["key_fields"]["autocast"] == "bfloat16"
+
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    fp32 = compute_reference_logps(start, dm.predict_dataloader())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = compute_reference_logps(start, dm.predict_dataloader())
+    assert reference == bf16 and reference != fp32  # it really ran under bf16 autocast
+    assert all(abs(reference[k][0] - fp32[k][0]) < 1.0 for k in fp32)
+
+    dm.set_reference_logps(reference)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=1,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    assert module._reference_checked
+
+
+def test_reference_device_follows_the_trainer(monkeypatch):
+    from srt.config import TrainerConfig
+    from srt.pipeline.train_dpo import reference_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert reference_device(TrainerConfig()) == torch.device("cpu")  # auto, no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine (no tensor is made)
+    assert reference_device(TrainerConfig()) == torch.device("cuda", 0)
+    assert reference_device(TrainerConfig(accelerator="gpu", devices=2)) == torch.device("cuda", 0)
+    assert reference_device(TrainerConfig(accelerator="cuda", devices="2,3")) == torch.device("cuda", 2)
+    assert reference_device(TrainerConfig(accelerator="cpu")) == torch.device("cpu")  # the config's accelerator
 
 
 def test_dpo_hyperparameters_are_plain_dicts(tiny_model, tiny_tokenizer, tmp_path):

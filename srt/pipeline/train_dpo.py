@@ -1,8 +1,9 @@
 """Stage-2 training step: DPODataModule + DPOModule + Trainer, resumable.
 
 With ``dpo.reference: precomputed`` (default) the reference log-probs of the starting model are
-computed once in a prediction pass and cached on disk (keyed by data, model, chat template, max
-length and dtype), so training holds a single model.
+computed once, on the trainer's device and under its precision's autocast, and cached on disk
+(keyed by data, model, chat template, max length, dtype, data settings and autocast), so training
+holds a single model.
 """
 
 from __future__ import annotations
@@ -12,28 +13,50 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 
-from srt.config import RunConfig
+from srt.config import RunConfig, TrainerConfig
 from srt.pipeline.ranks import is_rank_zero, wait_for
 from srt.pipeline.training import build_trainer, check_divisible, export_model, fit_resumable, world_size
 
 log = logging.getLogger(__name__)
 
 
+def reference_device(tcfg: TrainerConfig) -> torch.device:
+    """Where training runs on this machine, for the reference pass (computed by rank 0): the first
+    GPU the trainer uses when the accelerator and the machine give one (the first of ``devices``
+    when it lists them), else the CPU."""
+    accelerator = tcfg.accelerator
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        devices = tcfg.devices
+        first = devices.split(",")[0].strip() if isinstance(devices, str) and "," in devices else "0"
+        return torch.device("cuda", int(first or 0))
+    if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def precompute_reference(cfg: RunConfig, datamodule, module, start_model: str, pairs_path: Path, step_dir: Path):
     """Reference log-probs of the model DPO starts from, loaded the way the policy is
-    (``module.load_base_model``); cached in ``step_dir/reference_logps``."""
+    (``module.load_base_model``), on the trainer's device and under its precision's autocast (the
+    step-0 check then compares like with like); cached in ``step_dir/reference_logps``."""
     from srt.io import file_sha256
     from srt.models import model_revision
-    from srt.training.reference import ReferenceLogpsCache, compute_reference_logps
+    from srt.pipeline.training import resolve_precision
+    from srt.training.reference import ReferenceLogpsCache, autocast_dtype, compute_reference_logps
+
+    device = reference_device(cfg.trainer)
+    autocast = autocast_dtype(resolve_precision(cfg.trainer))
 
     def compute():
         model = module.load_base_model()
         try:
-            return compute_reference_logps(model, datamodule.predict_dataloader())
+            return compute_reference_logps(model, datamodule.predict_dataloader(), device=device, autocast=autocast)
         finally:
             del model
             gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
     cache = ReferenceLogpsCache(step_dir / "reference_logps")
     key = dict(
@@ -43,6 +66,7 @@ def precompute_reference(cfg: RunConfig, datamodule, module, start_model: str, p
         max_length=cfg.dpo.max_length,
         dtype=cfg.model.dtype,
         data_config=datamodule.data_settings(),
+        autocast=autocast,  # None (32-true): not part of the key, so earlier caches keep theirs
     )
     if not is_rank_zero():  # computed once, by rank 0 (torchrun/SLURM start every rank at once)
         wait_for(cache.path(cache.key(**key)), "reference log-probs")
