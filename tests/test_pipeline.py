@@ -220,3 +220,36 @@ def test_run_both_stages_resumes_after_kill_in_stage2(tmp_path, tiny_model_dir):
     assert len(ids) == len(set(ids)) == 8
     assert json.loads((run_dir / "stage2" / "round1" / "model" / "srt_done.json").read_text())["stage"] == 2
     assert json.loads((run_dir / "manifest.json").read_text())["srt_command"] == "run"
+
+
+def test_exported_models_carry_model_cards(tmp_path, tiny_model_dir):
+    """Each exported folder gets a README.md card; an adapter names its base model, not a cache path."""
+    import json as _json
+
+    from srt.pipeline.run import execute
+
+    cfg = RunConfig.model_validate(tiny_config(tmp_path, tiny_model_dir, **{"sft.lora": {"r": 4, "alpha": 8}}))
+    model_dir = execute(cfg, "stage1")
+    adapter_dir = model_dir.parent / "adapter"
+    for folder in (model_dir, adapter_dir):
+        card = (folder / "README.md").read_text()
+        assert card.startswith("---\nbase_model: ") and f"`{tiny_model_dir}`" in card
+        assert "| critic | `reference` |" in card and "parse_srt_output(text).answer" in card
+        assert "arXiv:2406.07168" in card and "| `sft.lora` |" in card and "8 critic-feedback examples" in card
+    assert "library_name: peft" in (adapter_dir / "README.md").read_text()
+    assert _json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_model_dir
+    )
+
+
+def test_original_model_id_names_what_the_user_configured(tmp_path):
+    from srt.model_card import original_model_id, set_adapter_base
+
+    assert original_model_id("smollm2-135m-instruct", "/root/.cache/srt/models/x") == "smollm2-135m-instruct"
+    assert original_model_id(str(tmp_path), str(tmp_path)) == str(tmp_path)
+    (tmp_path / "adapter_config.json").write_text('{"base_model_name_or_path": "/cache/x", "r": 4}')
+    set_adapter_base(tmp_path, "org/model")
+    assert json.loads((tmp_path / "adapter_config.json").read_text()) == {
+        "base_model_name_or_path": "org/model",
+        "r": 4,
+    }

@@ -17,7 +17,15 @@ import torch
 
 from srt.config import RunConfig, TrainerConfig
 from srt.pipeline.ranks import is_rank_zero, wait_for
-from srt.pipeline.training import build_trainer, check_divisible, export_model, fit_resumable, world_size
+from srt.pipeline.training import (
+    build_trainer,
+    check_divisible,
+    export_model,
+    fit_resumable,
+    world_size,
+    write_model_cards,
+)
+from srt.records import PreferencePair, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -120,4 +128,21 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
     }
     if module.merges_lora:
         module.save_hf(step_dir / "adapter", merge_lora=False)
-    return export_model(module, trainer, step_dir / "model", merge_lora=module.merges_lora, info=info)
+    model_dir = export_model(module, trainer, step_dir / "model", merge_lora=module.merges_lora, info=info)
+    pairs = datamodule.stats["train"].examples
+    critic = next((p.critic.model_dump() for p in read_jsonl(pairs_path, PreferencePair) if p.critic), None)
+    write_model_cards(
+        step_dir,
+        trainer,
+        stage=2,
+        base_model=start_model,
+        run_name=cfg.name,
+        data={"pairs": f"{pairs} self-feedback preference pairs ({pairs_path.parent.name})"},
+        critic=critic,
+        settings={
+            f"dpo.{k}": v
+            for k, v in d.model_dump(mode="json").items()
+            if k in ("beta", "loss_type", "nll_weight", "reference", "completion_end", "epochs", "optim", "lora")
+        },
+    )
+    return model_dir

@@ -8,7 +8,15 @@ from pathlib import Path
 import lightning as L
 
 from srt.config import RunConfig
-from srt.pipeline.training import build_trainer, check_divisible, export_model, fit_resumable, world_size
+from srt.model_card import original_model_id
+from srt.pipeline.training import (
+    build_trainer,
+    check_divisible,
+    export_model,
+    fit_resumable,
+    world_size,
+    write_model_cards,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,4 +61,27 @@ def train_sft(cfg: RunConfig, *, base_model: str, records_path: Path, step_dir: 
     }
     if s.lora is not None:
         module.save_hf(step_dir / "adapter", merge_lora=False)
-    return export_model(module, trainer, step_dir / "model", merge_lora=module.merges_lora, info=info)
+    model_dir = export_model(module, trainer, step_dir / "model", merge_lora=module.merges_lora, info=info)
+    write_model_cards(
+        step_dir,
+        trainer,
+        stage=1,
+        base_model=original_model_id(cfg.model.path, base_model),
+        run_name=cfg.name,
+        data={"records": f"{datamodule.stats['train'].examples} critic-feedback examples ({records_path.name})"},
+        critic=_critic_of(records_path),
+        settings={
+            f"sft.{k}": v
+            for k, v in s.model_dump(mode="json").items()
+            if k in ("epochs", "global_batch_size", "max_length", "optim", "lora", "ablation", "mask_response")
+        },
+    )
+    return model_dir
+
+
+def _critic_of(records_path: Path) -> dict | None:
+    from srt.records import FeedbackRecord, read_jsonl
+
+    for record in read_jsonl(records_path, FeedbackRecord):
+        return record.critic.model_dump() if record.critic else None
+    return None

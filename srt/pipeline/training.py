@@ -248,6 +248,47 @@ def export_model(module, trainer: L.Trainer, model_dir: Path, *, merge_lora: boo
     return model_dir
 
 
+def write_model_cards(
+    step_dir: Path,
+    trainer: L.Trainer,
+    *,
+    stage: int,
+    base_model: str,
+    run_name: str,
+    data: dict[str, Any],
+    critic: dict[str, Any] | None,
+    settings: dict[str, Any],
+) -> None:
+    """A README.md model card in ``model/`` and ``adapter/`` (rank 0); an adapter's
+    ``base_model_name_or_path`` names ``base_model``, not the cache folder it was loaded from."""
+    from srt.model_card import set_adapter_base, write_model_card
+
+    if not trainer.is_global_zero:
+        return
+    model_dir, adapter_dir = step_dir / "model", step_dir / "adapter"
+    merged = (model_dir / "config.json").is_file()
+    for folder, kind in ((model_dir, "model" if merged else "adapter"), (adapter_dir, "adapter")):
+        if not folder.is_dir():
+            continue
+        if kind == "adapter":
+            set_adapter_base(folder, base_model)
+        weights = {
+            "model": "full weights (LoRA merged in)" if adapter_dir.is_dir() else "full weights",
+            "adapter": "a LoRA adapter (load it on the base model with peft)",
+        }[kind]
+        write_model_card(
+            folder,
+            kind=kind,
+            stage=stage,
+            base_model=base_model,
+            run_name=run_name,
+            data=data,
+            critic=critic,
+            settings=settings,
+            weights=weights,
+        )
+
+
 def check_divisible(global_batch: int, micro: int, world: int) -> int:
     from srt.training.policy import accumulation_for_global_batch
 
