@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test lint docs wheel-check demo tiny bench clean
+.PHONY: install test test-fast lint docs wheel-check demo tiny bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/srt-train config-reference --output docs/config.md
+
+# The unit tier (no pipelines, subprocesses or multi-process runs): under two minutes on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -n 2 -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -34,3 +34,45 @@ def tiny_model(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype="float32").eval()
+
+
+# The slow tier: whole pipelines, subprocesses, several processes, many training steps. `make test-fast`
+# (pytest -m "not slow") runs the rest in under two minutes; `make test` (CI) runs everything.
+SLOW_MODULES = {
+    "test_guarantees.py",
+    "test_pipeline.py",
+    "test_stage2.py",
+    "test_distributed.py",
+    "test_eval_readme.py",
+    "test_eval_runner.py",
+    "test_plugin_guide.py",
+    "test_loggers.py",
+    "test_export_data.py",
+    "test_demo.py",
+    "test_gpu.py",
+    "test_cli.py",
+    "test_precision.py",
+    "test_word_problems_benchmark.py",
+    "test_eval_lm_eval.py",
+}
+SLOW_TESTS = {
+    "test_ddp_spawn_shards_train_data_disjointly",
+    "test_a_second_run_on_a_locked_output_dir_stops_before_generating",
+    "test_check_records_strict_errors_are_one_line",
+    "test_check_records_lenient_counts_and_rejects_file",
+    "test_context_reaches_generation_critic_and_training",
+    "test_self_critic_continues_after_the_feedback_header",
+    "test_sharded_export_full_adapter_and_merged",
+    "test_smollm2_converts_from_gguf_and_answers",
+}
+# The plan checks of test_guarantees are quick and say the most about a change: kept in the fast tier.
+FAST_IN_SLOW = {"test_validate_names_each_mistake_in_one_line"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.originalname if hasattr(item, "originalname") else item.name
+        if name in FAST_IN_SLOW:
+            continue
+        if item.path.name in SLOW_MODULES or name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
