@@ -1,4 +1,12 @@
-"""User-facing errors. The CLI prints these as one clear line and exits non-zero (no traceback)."""
+"""User-facing errors. The CLI prints these as one ``Error:`` line and exits with status 2; anything
+else (a bug in srt) keeps its traceback.
+
+* :class:`ConfigError`: the run or eval config (found while loading or planning it);
+* :class:`RecordError` (alias :data:`DataError`): input data (``file:line`` in the message);
+* :class:`PluginError`: a plugin that is missing, fails to load, or breaks its contract;
+* :class:`TrainingError`: a training step that cannot go on as configured (e.g. no usable checkpoint);
+* :class:`TemplateError`, :class:`CriticError`: a chat template or a critic that cannot be used.
+"""
 
 
 class SrtError(Exception):
@@ -13,8 +21,15 @@ class RecordError(SrtError):
     """A JSONL record that cannot be read or validated; the message names file and line."""
 
 
+DataError = RecordError  # the name for input-data errors in general
+
+
 class PluginError(SrtError):
-    """Unknown plugin name, or a plugin that failed to load."""
+    """Unknown plugin name, a plugin that failed to load, or one that broke its contract."""
+
+
+class TrainingError(SrtError):
+    """A training step that cannot continue as configured (a damaged checkpoint with no fallback...)."""
 
 
 class TemplateError(SrtError):

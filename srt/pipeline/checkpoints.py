@@ -29,7 +29,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from srt import interrupt
-from srt.errors import SrtError
+from srt.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ PREVIOUS = "last.prev.ckpt"
 _FULL_CRC_LIMIT = 4 << 30  # verify every CRC up to this size; bigger files: structure + metadata CRCs
 
 
-class CheckpointError(SrtError):
+class CheckpointError(TrainingError):
     """No usable checkpoint where one is needed."""
 
 
