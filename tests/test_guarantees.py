@@ -439,6 +439,9 @@ def test_sigkill_mid_epoch_in_sft_resumes_to_the_same_weights(tmp_path, tiny_mod
     cfg_path = write_config(tmp_path, cfg)
     step_dir = Path(cfg["output_dir"]) / "stage1"
     killed_at = _kill_mid_epoch(cfg_path, step_dir, tmp_path / "first.log", steps_per_epoch=4)
+    # A LoRA checkpoint holds what is trained (and the optimizer state), not the frozen base.
+    ckpt = torch.load(step_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["srt_trainable_only"] and all(".lora_" in k for k in ckpt["state_dict"])
     rows_before = list(csv.DictReader((step_dir / "logs" / "metrics.csv").open()))
     res = run_cli("stage1", cfg_path)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -323,7 +323,39 @@ class PolicyModule(L.LightningModule):
         # ddp_spawn hands the trained weights back to the main process, whose policy was never built
         # (and Lightning loads them non-strictly there, so they would otherwise be dropped silently).
         self.configure_model()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if not self._trainable_only_checkpoint:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = {n for n, p in self.named_parameters() if not p.requires_grad}
+        frozen |= {n for n, _ in self.named_buffers()}
+        missing = [k for k in result.missing_keys if k not in frozen]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(
+                f"checkpoint does not fit this policy: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+            )
+        return result
+
+    # -- checkpoints: with LoRA, only what is trained --------------------------------------------
+    _trainable_only_checkpoint = False
+
+    def _frozen_weights_reload(self) -> bool:
+        """Checkpoints may leave the frozen weights out when they come back from the base model on
+        resume: a LoRA policy, on a strategy that saves one full state dict (not sharded)."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        sharded = self._trainer is not None and isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+        return self.has_adapter and not sharded
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The frozen base of a LoRA run is most of the state dict (all of SmolLM2-135M's 568 MB in
+        # fp32) and never changes: resume reloads it from the base model, as the first attempt did.
+        if self._frozen_weights_reload():
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+            checkpoint["srt_trainable_only"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._trainable_only_checkpoint = bool(checkpoint.get("srt_trainable_only"))
 
     def on_base_model(self, model: torch.nn.Module) -> None:
         """Hook: sees the starting weights before LoRA wrapping (DPO keeps a frozen copy here)."""
