@@ -70,13 +70,15 @@ class Timings:
 
 
 def pipeline_step_times(output_dir: Path) -> dict[str, float]:
-    """Seconds from start to finish of each finished pipeline step (``steps.json``, 1 s resolution)."""
+    """Seconds from start to finish of each finished pipeline step (``steps.json``)."""
     path = output_dir / "steps.json"
     steps = json.loads(path.read_text()).get("steps", {}) if path.is_file() else {}
     out = {}
     for name, entry in steps.items():
         if entry.get("status") == "done" and entry.get("started_ts") and entry.get("finished"):
-            finished = datetime.strptime(entry["finished"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            finished = (
+                entry.get("finished_ts") or datetime.strptime(entry["finished"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            )
             out[name] = round(max(0.0, finished - entry["started_ts"]))
     return out
 

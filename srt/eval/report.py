@@ -112,20 +112,16 @@ def comparisons(
             if (model, bench) not in samples or (baseline, bench) not in samples:
                 continue
             mine, theirs = samples[(model, bench)], samples[(baseline, bench)]
-            base_answer = _by_id(theirs, "correct")
-            if base_answer is None or _by_id(mine, "correct") is None:
+            answer, base_answer = _by_id(mine, "correct"), _by_id(theirs, "correct")
+            if answer is None or base_answer is None:
                 continue
-            base_response = _by_id(theirs, "response_correct")
-            pairs = [("answer", _by_id(mine, "correct"), "answer", base_answer)]
-            mine_response = _by_id(mine, "response_correct")
-            if mine_response is not None:
-                pairs.append(
-                    (
-                        "response",
-                        mine_response,
-                        *(("response", base_response) if base_response else ("answer", base_answer)),
-                    )
-                )
+            pairs = [("answer", answer, "answer", base_answer)]
+            response, base_response = _by_id(mine, "response_correct"), _by_id(theirs, "response_correct")
+            if response is not None:
+                if base_response is not None:
+                    pairs.append(("response", response, "response", base_response))
+                else:
+                    pairs.append(("response", response, "answer", base_answer))
             for kind, values, base_kind, base_values in pairs:
                 rows.append(
                     {
