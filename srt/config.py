@@ -146,6 +146,9 @@ class OptimConfig(_Strict):
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas.")
 
 
+# The trained segments of an SFT sequence (srt.data.segments) and their default loss weights.
+_SEGMENT_WEIGHTS = {"response": 1.0, "feedback": 1.0, "refinement": 1.0, "eos": 1.0}
+
 _ABLATIONS = Literal["no_weaknesses", "no_suggestions", "no_score", "no_feedback", "refinement_only"]
 
 
@@ -171,6 +174,13 @@ class SFTConfig(_Strict):
         "Leave parts of the feedback out of training: `no_weaknesses`, `no_suggestions`, `no_score`, "
         "`no_feedback` (response -> refinement), `refinement_only` (plain SFT on the refinement, answered plainly).",
     )
+    segment_weights: dict[str, float] = _f(
+        default_factory=lambda: dict(_SEGMENT_WEIGHTS),
+        description="Loss weight of each trained segment, `{response, feedback, refinement, eos}` (unset keys: 1.0): "
+        "loss = sum over trained tokens of weight x cross-entropy / number of trained tokens, so all 1.0 is the plain "
+        "token-mean loss exactly, and `{feedback: 2.0, refinement: 2.0}` trains the critique and the fix twice as "
+        "hard as the response (critique fine-tuning style). A masked segment stays masked whatever its weight.",
+    )
     truncation: Literal["drop", "truncate_right", "truncate_left_response"] = _f(
         "drop",
         "Sequences over max_length: leave out; cut the end; or cut the start of the response, keeping "
@@ -180,6 +190,21 @@ class SFTConfig(_Strict):
     packing: bool = _f(False, "Pack several sequences into each row (no padding; attention stays per sequence).")
     merge_lora: bool = _f(True, "Export merged weights too (model/), so stage 2 starts from a plain model.")
 
+    @field_validator("segment_weights")
+    @classmethod
+    def _known_segments(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(_SEGMENT_WEIGHTS))
+        if unknown:
+            raise ValueError(f"unknown segments {unknown}; weight any of {', '.join(_SEGMENT_WEIGHTS)}")
+        negative = sorted(k for k, w in v.items() if not w >= 0)
+        if negative:
+            raise ValueError(f"segment weights must be >= 0, got {', '.join(f'{k}={v[k]}' for k in negative)}")
+        return {**_SEGMENT_WEIGHTS, **{k: float(w) for k, w in v.items()}}
+
+    def weighted_segments(self) -> dict[str, float] | None:
+        """The segment weights when any differs from 1.0, else None (the plain token-mean loss)."""
+        return None if all(w == 1.0 for w in self.segment_weights.values()) else dict(self.segment_weights)
+
 
 class DPOConfig(_Strict):
     """Stage-2 DPO on self-feedback pairs (chosen = refinement, rejected = response)."""
@@ -187,8 +212,12 @@ class DPOConfig(_Strict):
     beta: float = _f(0.01, "DPO beta: strength of the pull towards the reference (paper: 0.01).", gt=0)
     loss_type: Literal["sigmoid", "ipo", "hinge"] = _f("sigmoid", "`sigmoid` (DPO), `ipo` or `hinge` (SLiC).")
     label_smoothing: float = _f(0.0, "Conservative DPO's label smoothing (sigmoid loss only).", ge=0, lt=0.5)
-    nll_weight: float = _f(
-        0.0, "Weight of an NLL term on the chosen completion (RPO); counters likelihood displacement.", ge=0
+    rpo_alpha: float = _f(
+        0.0,
+        "Weight alpha of an NLL term on the chosen side (RPO; TRL's `rpo_alpha`): loss = DPO loss + alpha x the "
+        "chosen completions' token-mean NLL, logged as `nll_loss`; counters likelihood displacement (0: plain "
+        "DPO; the old name `nll_weight` is still read).",
+        ge=0,
     )
     reference: Literal["precomputed", "frozen_copy", "adapter_disabled"] = _f(
         "precomputed",
@@ -229,6 +258,16 @@ class DPOConfig(_Strict):
         False, "Pack each batch's chosen and rejected sequences into rows (no padding, same pairs per step)."
     )
     merge_lora: bool = _f(True, "Export merged weights too (model/), so the next round starts from a plain model.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "nll_weight" in data:  # the name before TRL's
+            data = dict(data)
+            if "rpo_alpha" in data:
+                raise ValueError("set dpo.rpo_alpha only (nll_weight is its old name)")
+            data["rpo_alpha"] = data.pop("nll_weight")
+        return data
 
 
 class Stage2Config(_Strict):

@@ -101,7 +101,7 @@ def test_dpo_precomputed_raises_margins_and_accuracy(tiny_model, tiny_tokenizer)
         "rewards/accuracies",
         "logps/chosen",
         "logps/rejected",
-        "nll/chosen",
+        "nll_loss",
         "train/loss",
         "train/lr",
         "train/pairs_per_s",
@@ -202,12 +202,12 @@ def test_adapter_disabled_needs_lora_and_precomputed_needs_logps(tiny_model, tin
         module.compute_batch(batch)
 
 
-def test_ipo_uses_length_averaged_logps_and_nll_weight(tiny_model, tiny_tokenizer):
+def test_ipo_uses_length_averaged_logps_and_rpo_alpha(tiny_model, tiny_tokenizer):
     dm = data_module(tiny_tokenizer)
     batch = next(iter(dm.predict_dataloader()))
     batch["ref_chosen_logps"] = torch.tensor([-30.0, -40.0])
     batch["ref_rejected_logps"] = torch.tensor([-35.0, -20.0])
-    module = DPOModule(tiny_model, tiny_tokenizer, config=DPOConfig(loss_type="ipo", beta=0.1, nll_weight=0.5))
+    module = DPOModule(tiny_model, tiny_tokenizer, config=DPOConfig(loss_type="ipo", beta=0.1, rpo_alpha=0.5))
     module.configure_model()
     module.model.eval()
     with torch.no_grad():
@@ -341,9 +341,9 @@ def test_reference_device_follows_the_trainer(monkeypatch):
 def test_dpo_hyperparameters_are_plain_dicts(tiny_model, tiny_tokenizer, tmp_path):
     dm = data_module(tiny_tokenizer)
     dm.set_reference_logps(compute_reference_logps(tiny_model, dm.predict_dataloader()))
-    config = DPOConfig(beta=0.2, nll_weight=0.1, optim=OptimConfig(lr=1e-4))
+    config = DPOConfig(beta=0.2, rpo_alpha=0.1, optim=OptimConfig(lr=1e-4))
     module = DPOModule(tiny_model, tiny_tokenizer, config=config, reference_check_tolerance=1e-2)
-    assert (module.objective.beta, module.objective.nll_weight, module._tolerance()) == (0.2, 0.1, 1e-2)
+    assert (module.objective.beta, module.objective.rpo_alpha, module._tolerance()) == (0.2, 0.1, 1e-2)
     trainer = fit(module, dm, max_steps=1)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]

@@ -68,7 +68,7 @@ def _policy(n=4, seed=0):
 def test_objective_is_the_textbook_loss_plus_the_nll_term(loss_type):
     policy = _policy()
     rc, rr = policy["chosen_logps"] + 3.0, policy["rejected_logps"] - 2.0
-    objective = DPOObjective(DPOConfig(beta=0.1, loss_type=loss_type, nll_weight=0.5, label_smoothing=0.1))
+    objective = DPOObjective(DPOConfig(beta=0.1, loss_type=loss_type, rpo_alpha=0.5, label_smoothing=0.1))
     out = objective(policy, rc, rr)
     nc, nr = policy["chosen_tokens"].double(), policy["rejected_tokens"].double()
     for i in range(4):
@@ -101,7 +101,7 @@ def test_metrics_have_trl_names_and_values():
             "rewards/accuracies",
             "logps/chosen",
             "logps/rejected",
-            "nll/chosen",
+            "nll_loss",
         )
     )
     assert metrics["rewards/chosen"].item() == pytest.approx(0.5)

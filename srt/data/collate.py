@@ -37,6 +37,14 @@ def pad_right(seqs: Sequence[torch.Tensor], value: int, multiple: int | None) ->
     return out
 
 
+def pad_weights(seqs: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """[len(seqs), width] float tensor of per-token loss weights, 0 after each sequence."""
+    out = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for row, s in zip(out, seqs):
+        row[: len(s)] = s
+    return out
+
+
 def _pad_side(
     items: Sequence[Mapping[str, Any]], prefix: str, pad_id: int, multiple: int | None
 ) -> dict[str, torch.Tensor]:
@@ -64,7 +72,8 @@ def reference_columns(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Ten
 
 class SFTCollator:
     """Right-pads SFT items into ``input_ids``, ``attention_mask``, ``labels`` [B, T] (long) and
-    ``num_trained_tokens`` (scalar long: labels != -100). Usable without Lightning."""
+    ``num_trained_tokens`` (scalar long: labels != -100), and ``loss_weights`` [B, T] float when the
+    items carry them (``sft.segment_weights``). Usable without Lightning."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_token_id = pad_token_id
@@ -73,6 +82,8 @@ class SFTCollator:
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         batch = _pad_side(items, "", self.pad_token_id, self.pad_to_multiple_of)
         batch["num_trained_tokens"] = (batch["labels"] != IGNORE_INDEX).sum()
+        if "loss_weights" in items[0]:  # sft.segment_weights; padding weighs 0
+            batch["loss_weights"] = pad_weights([it["loss_weights"] for it in items], batch["labels"].shape[1])
         return batch
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from srt.data.collate import pad_right, reference_columns
+from srt.data.collate import pad_right, pad_weights, reference_columns
 from srt.data.tokenization import IGNORE_INDEX
 from srt.errors import ConfigError
 
@@ -87,6 +87,8 @@ def _pad_packed_rows(
         for key in batch:
             batch[key][k, :n] = r[key]
         batch["position_ids"][k, n:] = torch.arange(longest - n)  # the pad run is its own block
+    if "loss_weights" in rows[0]:  # padding weighs 0
+        batch["loss_weights"] = pad_weights([r["loss_weights"] for r in rows], longest)
     batch["num_tokens"] = torch.tensor(sum(len(r["input_ids"]) for r in rows))
     batch["num_trained_tokens"] = (batch["labels"] != IGNORE_INDEX).sum()
     return batch
@@ -109,7 +111,10 @@ class PackedSFTDataset(Dataset):
 
     def __getitem__(self, r: int) -> dict[str, Any]:
         items = [self.dataset[i] for i in self.rows[r]]
-        return {"ids": [it["id"] for it in items], **_packed_row([(it["input_ids"], it["labels"]) for it in items])}
+        row = {"ids": [it["id"] for it in items], **_packed_row([(it["input_ids"], it["labels"]) for it in items])}
+        if "loss_weights" in items[0]:  # sft.segment_weights
+            row["loss_weights"] = torch.cat([it["loss_weights"] for it in items])
+        return row
 
     def lengths(self) -> list[int]:
         example_lengths = self.dataset.lengths()

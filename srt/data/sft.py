@@ -43,7 +43,8 @@ def build_sft_examples(
     stats: DataStats | None = None,
     desc: str = "tokenize sft",
 ) -> list[dict[str, Any]]:
-    """Tokenize records into stored SFT examples ``{"id", "input_ids" int32, "train_mask" bool}``.
+    """Tokenize records into stored SFT examples ``{"id", "input_ids" int32, "train_mask" bool}``, plus
+    ``loss_weights`` float32 per token (its segment's ``segment_weights`` entry) when a weight is not 1.0.
 
     ``config``: the run config's ``sft`` section (or a mapping of its fields): max_length,
     truncation, mask_response, ablation. ``system_prompt`` (``model.system_prompt``) or a ready
@@ -64,6 +65,7 @@ def build_sft_examples(
     stats.rejected = sum(reasons.values())
     stats.rejected_reasons = dict(reasons)
 
+    weights = config.weighted_segments()  # None: the plain token mean (no weights stored)
     examples = []
     for rid, pieces in zip(ids_kept, tokenize_segment_lists(tokenizer, segment_lists, desc)):
         if chat.prepend_bos:
@@ -73,17 +75,23 @@ def build_sft_examples(
             continue
         ids = [i for _, seg, _ in pieces for i in seg]
         train = [flag for _, seg, flag in pieces for _ in seg]
+        loss_weights = (
+            None
+            if weights is None
+            else [weights.get(name, 0.0) if flag else 0.0 for name, seg, flag in pieces for _ in seg]
+        )
         check_ids(tokenizer, ids, f"record {rid!r}", chat.bos_per_conversation)
         stats.examples += 1
         stats.tokens += len(ids)
         stats.trained_tokens += sum(train)
         stats.max_tokens = max(stats.max_tokens, len(ids))
-        examples.append({"id": rid, **stored(ids, train)})
+        examples.append({"id": rid, **stored(ids, train, loss_weights)})
     return examples
 
 
 class SFTDataset(Dataset):
-    """Items: ``{"id", "input_ids" [T] long, "labels" [T] long}`` (labels -100 where not trained)."""
+    """Items: ``{"id", "input_ids" [T] long, "labels" [T] long}`` (labels -100 where not trained), and
+    ``loss_weights`` [T] float when the examples carry segment weights."""
 
     def __init__(self, examples: list[dict[str, Any]]):
         self.examples = examples
@@ -94,7 +102,10 @@ class SFTDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
         input_ids, labels = labels_of(ex)
-        return {"id": ex["id"], "input_ids": input_ids, "labels": labels}
+        item = {"id": ex["id"], "input_ids": input_ids, "labels": labels}
+        if "loss_weights" in ex:
+            item["loss_weights"] = ex["loss_weights"]
+        return item
 
     def lengths(self) -> list[int]:
         return [len(ex["input_ids"]) for ex in self.examples]
@@ -122,6 +133,7 @@ class SFTDataModule(BaseDataModule):
             "mask_response": c.mask_response,
             "ablation": c.ablation,
             "system_prompt": self.system_prompt,
+            **({"segment_weights": c.weighted_segments()} if c.weighted_segments() else {}),
         }
 
     def build_dataset(self, records: list, chat: ChatFormat, stats: DataStats, split: str) -> Dataset:

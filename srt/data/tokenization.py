@@ -183,12 +183,15 @@ def fit_dpo(
 # Stored examples
 
 
-def stored(ids: list[int], train: list[bool]) -> dict[str, torch.Tensor]:
+def stored(ids: list[int], train: list[bool], weights: list[float] | None = None) -> dict[str, torch.Tensor]:
     # int32 ids + bool mask: 5 bytes a token in memory instead of 16 for two int64 tensors.
-    return {
+    out = {
         "input_ids": torch.tensor(ids, dtype=torch.int32),
         "train_mask": torch.tensor(train, dtype=torch.bool),
     }
+    if weights is not None:  # sft.segment_weights: each token's loss weight (only when one is not 1.0)
+        out["loss_weights"] = torch.tensor(weights, dtype=torch.float32)
+    return out
 
 
 def labels_of(example: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

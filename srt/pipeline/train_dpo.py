@@ -142,7 +142,7 @@ def train_dpo(cfg: RunConfig, *, start_model: str, pairs_path: Path, step_dir: P
         settings={
             f"dpo.{k}": v
             for k, v in d.model_dump(mode="json").items()
-            if k in ("beta", "loss_type", "nll_weight", "reference", "completion_end", "epochs", "optim", "lora")
+            if k in ("beta", "loss_type", "rpo_alpha", "reference", "completion_end", "epochs", "optim", "lora")
         },
     )
     return model_dir

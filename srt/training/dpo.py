@@ -50,7 +50,7 @@ class DPOModule(PolicyModule):
 
     Logs TRL's names (:data:`~srt.training.dpo_objective.METRICS`): ``rewards/chosen``,
     ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
-    ``logps/rejected`` (summed log-probs), ``nll/chosen`` (token-mean NLL of chosen), plus
+    ``logps/rejected`` (summed log-probs), ``nll_loss`` (token-mean NLL of chosen, TRL's name), plus
     ``train/loss``, ``train/lr``, ``train/pairs_per_s`` (this device) and the same pair metrics under
     ``val/`` in validation.
 

@@ -4,7 +4,7 @@ Training (:class:`~srt.training.dpo.DPOModule`) and the reference pass
 (:mod:`srt.training.reference`) both score sequences with :func:`concatenated_forward`; the loss
 is :class:`DPOObjective` over those log-probs. Written out here (a few lines each) so that TRL is not
 a dependency; the names follow TRL's ``DPOTrainer`` (``loss_type``, ``beta``, ``label_smoothing``,
-the logged ``rewards/*``, ``logps/*``, ``nll/chosen``), and ``tests/`` check every variant against
+the logged ``rewards/*``, ``logps/*``, ``nll_loss``), and ``tests/`` check every variant against
 the textbook formula.
 
 Losses (``h`` = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected), summed log-probs):
@@ -21,9 +21,10 @@ Losses (``h`` = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected),
   Human Feedback", 2023, https://arxiv.org/abs/2305.10425), in the form RSO uses (Liu et al.,
   "Statistical Rejection Sampling Improves Preference Optimization", ICLR 2024,
   https://arxiv.org/abs/2309.06657): ``relu(1 - beta * h)``.
-- ``nll_weight`` alpha adds alpha times the token-mean NLL of the chosen completions (RPO: Pang et
-  al., "Iterative Reasoning Preference Optimization", NeurIPS 2024, https://arxiv.org/abs/2404.19733;
-  TRL's ``rpo_alpha``); it counters likelihood displacement.
+- ``rpo_alpha`` alpha (TRL's name) adds alpha times the token-mean NLL of the chosen completions
+  (RPO: Pang et al., "Iterative Reasoning Preference Optimization", NeurIPS 2024,
+  https://arxiv.org/abs/2404.19733), logged as ``nll_loss`` (TRL's metric); it counters likelihood
+  displacement.
 
 Implicit rewards are ``beta * (policy - reference)`` summed log-probs, detached. The SRT paper
 (Hu et al. 2024, https://arxiv.org/abs/2406.07168) trains stage 2 with the sigmoid loss, beta 0.01.
@@ -52,7 +53,7 @@ METRICS = (
     "rewards/accuracies",
     "logps/chosen",
     "logps/rejected",
-    "nll/chosen",
+    "nll_loss",
 )
 
 
@@ -161,7 +162,7 @@ def dpo_loss(
 
 class DPOObjective:
     """The training objective from the ``dpo`` section (``beta``, ``loss_type``, ``label_smoothing``,
-    ``nll_weight``): ``loss = mean(dpo_loss) + nll_weight * NLL(chosen)``.
+    ``rpo_alpha``): ``loss = mean(dpo_loss) + rpo_alpha * NLL(chosen)``.
 
     ``objective(policy, ref_chosen_logps, ref_rejected_logps)`` takes the policy's
     :func:`concatenated_forward` result and the reference's summed log-probs, and returns ``loss``,
@@ -173,11 +174,11 @@ class DPOObjective:
 
     def __init__(self, config: DPOConfig | Mapping[str, Any] | None = None):
         c = as_section({} if config is None else config, DPOConfig, "dpo")
-        self.beta, self.loss_type, self.label_smoothing, self.nll_weight = (
+        self.beta, self.loss_type, self.label_smoothing, self.rpo_alpha = (
             c.beta,
             c.loss_type,
             c.label_smoothing,
-            c.nll_weight,
+            c.rpo_alpha,
         )
 
     def __call__(
@@ -193,7 +194,7 @@ class DPOObjective:
                 pc, pr, ref_chosen, ref_rejected, self.beta, self.loss_type, self.label_smoothing
             )
         nll = -pc.sum() / policy["chosen_tokens"].sum().clamp(min=1)  # token mean over the batch's chosen
-        loss = losses.mean() + self.nll_weight * nll if self.nll_weight else losses.mean()
+        loss = losses.mean() + self.rpo_alpha * nll if self.rpo_alpha else losses.mean()
         return {
             "loss": loss,
             "losses": losses,
@@ -211,7 +212,8 @@ class DPOObjective:
     @staticmethod
     def metrics(out: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """TRL's per-batch metrics (:data:`METRICS`): mean rewards, margin, accuracy (chosen reward >
-        rejected), mean summed log-probs and the chosen NLL."""
+        rejected), mean summed log-probs and the chosen token-mean NLL (``nll_loss``, logged whatever
+        ``rpo_alpha`` is)."""
         c, r = out["chosen_rewards"], out["rejected_rewards"]
         return {
             "rewards/chosen": c.mean(),
@@ -220,5 +222,5 @@ class DPOObjective:
             "rewards/accuracies": (c > r).float().mean(),
             "logps/chosen": out["policy_chosen_logps"].mean(),
             "logps/rejected": out["policy_rejected_logps"].mean(),
-            "nll/chosen": out["nll"],
+            "nll_loss": out["nll"],
         }

@@ -25,7 +25,9 @@ class SFTModule(PolicyModule):
     labelled tokens. With the data module masking the instruction (and padding) this is TRL's
     ``completion_only_loss`` semantics. Under gradient accumulation each micro-batch mean is
     averaged with equal weight (the HF Trainer convention). Logits are computed only at the
-    labelled positions (:func:`~srt.training.policy.scored_logits`).
+    labelled positions (:func:`~srt.training.policy.scored_logits`). With ``sft.segment_weights``
+    (batches carry ``loss_weights``) each token's CE is multiplied by its segment's weight before the
+    sum; the divisor stays the number of labelled tokens, so weights of 1.0 give the same loss.
 
     Logs ``train/loss``, ``train/lr``, ``train/tokens_per_s`` (all non-pad tokens / s on this device),
     ``train/trained_tokens_per_s`` (labelled tokens / s on this device) and ``val/loss``.
@@ -37,14 +39,18 @@ class SFTModule(PolicyModule):
 
     def masked_lm_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         # Logits only where a label is (see scored_logits); packed batches carry position_ids, no mask.
-        logits, labels, _ = scored_logits(
+        logits, labels, scored = scored_logits(
             self.model, batch["input_ids"], batch["labels"], batch.get("attention_mask"), batch.get("position_ids")
         )
         num_tokens = torch.tensor(labels.numel(), device=labels.device)
         if num_tokens == 0:
             raise ConfigError("an SFT batch has no labelled tokens (all -100): check max_length/truncation")
         # float() as HF does for its own loss: CE in bf16 loses precision over a large vocabulary.
-        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+        if "loss_weights" in batch:  # sft.segment_weights: each token's CE times its segment's weight
+            weights = batch["loss_weights"][:, 1:][scored].to(logits.device)
+            loss_sum = (F.cross_entropy(logits.float(), labels, reduction="none") * weights).sum()
+        else:
+            loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
         return loss_sum / num_tokens, num_tokens
 
     def training_step(self, batch, batch_idx):
