@@ -106,3 +106,90 @@ def same_number(a: Fraction | None, b: Fraction | None, rel_tolerance: float = 0
     if a is None or b is None:
         return False
     return abs(a - b) <= Fraction(rel_tolerance) * max(1, abs(b))
+
+
+# ------------------------------------------------------------------------------------- worked steps
+
+# One operand of a written calculation: optional sign, ``$``, thousands commas, decimals.
+_STEP_NUMBER = r"[-\u2212]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_STEP_OP = r"[-+*/×÷xX\u2212]"
+# ``a op b [op c ...] = r``: operands not glued to a word or another number (``4x - 7`` is no step).
+STEP_RE = re.compile(
+    rf"(?<![\w.$])(?P<lhs>{_STEP_NUMBER}(?:\s*{_STEP_OP}\s*{_STEP_NUMBER})+)\s*=\s*(?P<rhs>{_STEP_NUMBER})(?![\d/])"
+)
+_STEP_TOKEN_RE = re.compile(rf"(?P<num>{_STEP_NUMBER})|(?P<op>{_STEP_OP})")
+_OPS = {"+": "+", "-": "-", "\u2212": "-", "*": "*", "x": "*", "X": "*", "×": "*", "/": "/", "÷": "/"}
+
+
+@dataclass
+class Step:
+    """One written calculation ``a op b = r`` of a text (``ops`` normalized to ``+ - * /``)."""
+
+    text: str  # as written, e.g. "26 + 17 = 43"
+    operands: list[Fraction]
+    ops: list[str]
+    result: Fraction  # the value the text claims
+    value: Fraction | None  # the true value of the left side (None: division by zero)
+
+    @property
+    def correct(self) -> bool:
+        return self.value is not None and self.value == self.result
+
+
+def _step_number(token: str) -> Fraction:
+    sign = token[0] in "-\u2212"
+    value = Fraction(token.lstrip("-\u2212").lstrip("$").replace(",", ""))
+    return -value if sign else value
+
+
+def evaluate(operands: list[Fraction], ops: list[str]) -> Fraction | None:
+    """The value of ``operands[0] ops[0] operands[1] ...`` with ``*`` and ``/`` before ``+`` and ``-``."""
+    terms, signs = [operands[0]], []
+    for op, x in zip(ops, operands[1:]):
+        if op in "*/":
+            if op == "/" and x == 0:
+                return None
+            terms[-1] = terms[-1] * x if op == "*" else terms[-1] / x
+        else:
+            terms.append(x)
+            signs.append(op)
+    total = terms[0]
+    for op, x in zip(signs, terms[1:]):
+        total = total + x if op == "+" else total - x
+    return total
+
+
+def calculation_steps(text: str) -> list[Step]:
+    """The written calculations ``a op b = r`` of ``text`` in order; a chain ``a + b = c - d = e``
+    gives two steps (``c - d = e`` starts at the first result). GSM8K ``<<...>>`` annotations are ignored."""
+    text = re.sub(r"<<[^<>]*>>", "", text or "")
+    steps, pos = [], 0
+    while (m := STEP_RE.search(text, pos)) is not None:
+        operands, ops, expect_number = [], [], True
+        for t in _STEP_TOKEN_RE.finditer(m.group("lhs")):
+            if expect_number and t.group("num"):
+                operands.append(_step_number(t.group("num")))
+                expect_number = False
+            elif t.group("op"):
+                ops.append(_OPS[t.group("op")])
+                expect_number = True
+            elif t.group("num"):  # "5 -3": a signed number right after a number is "- 3"
+                ops.append("-" if t.group("num")[0] in "-\u2212" else "+")
+                operands.append(abs(_step_number(t.group("num"))))
+        if len(operands) == len(ops) + 1:
+            steps.append(
+                Step(
+                    text=re.sub(r"\s+", " ", m.group(0)).strip(),
+                    operands=operands,
+                    ops=ops,
+                    result=_step_number(m.group("rhs")),
+                    value=evaluate(operands, ops),
+                )
+            )
+        pos = m.start("rhs")  # the result may start the next link of a chain
+    return steps
+
+
+def numbers_in(text: str) -> list[Fraction]:
+    """Every number of ``text`` (``NUMBER_RE``), in order."""
+    return [_value(m) for m in NUMBER_RE.finditer(text or "")]
