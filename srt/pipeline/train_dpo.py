@@ -51,7 +51,7 @@ def precompute_reference(cfg: RunConfig, datamodule, module, start_model: str, p
     from srt.io import file_sha256
     from srt.models import model_revision
     from srt.pipeline.training import resolve_precision
-    from srt.training.reference import ReferenceLogpsCache, autocast_dtype, compute_reference_logps
+    from srt.training.reference import ReferenceLogpsCache, autocast_dtype, precompute_reference_logps
 
     device = reference_device(cfg.trainer)
     autocast = autocast_dtype(resolve_precision(cfg.trainer))
@@ -59,7 +59,7 @@ def precompute_reference(cfg: RunConfig, datamodule, module, start_model: str, p
     def compute():
         model = module.load_base_model()
         try:
-            return compute_reference_logps(model, datamodule.predict_dataloader(), device=device, autocast=autocast)
+            return precompute_reference_logps(model, datamodule, device=device, autocast=autocast)
         finally:
             del model
             gc.collect()

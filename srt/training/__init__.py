@@ -15,7 +15,8 @@ Both modules take the run config's sections as the only source of their settings
                    step-0 reference check, the Lightning hooks
 ``dpo_objective``  the one DPO objective: sequence log-probs of padded and packed batches,
                    ``dpo_loss`` (sigmoid / IPO / hinge, papers cited), the NLL term, TRL's metric names
-``reference``      precomputed reference log-probs: :func:`compute_reference_logps`, the on-disk
+``reference``      precomputed reference log-probs: :func:`precompute_reference_logps` (own, larger,
+                   length-sorted batches), :func:`compute_reference_logps`, the on-disk
                    :class:`ReferenceLogpsCache`
 ``export``         the Hugging Face folder (adapter, merged or full weights), gathered under FSDP
 ``distributed``    the FSDP1 / FSDP2 strategies from ``trainer.fsdp``
@@ -25,7 +26,7 @@ Both modules take the run config's sections as the only source of their settings
 from srt.training.dpo import DPOModule
 from srt.training.dpo_objective import LOSS_TYPES, METRICS, DPOObjective, concatenated_forward, dpo_loss
 from srt.training.policy import PolicyModule, accumulation_for_global_batch, check_training_precision
-from srt.training.reference import ReferenceLogpsCache, compute_reference_logps
+from srt.training.reference import ReferenceLogpsCache, compute_reference_logps, precompute_reference_logps
 from srt.training.sft import SFTModule
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "compute_reference_logps",
     "concatenated_forward",
     "dpo_loss",
+    "precompute_reference_logps",
 ]

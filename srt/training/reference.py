@@ -1,11 +1,17 @@
 """Precomputed reference log-probs (``dpo.reference: precomputed``): computed once, cached on disk.
 
-:func:`compute_reference_logps` scores every pair of a DPO data module's predict loader with the
-starting model (eval mode, no grad, on the device and under the autocast that training uses, see
-:func:`autocast_dtype`); :class:`ReferenceLogpsCache` keeps the result, one file per (data, model,
-chat template, max length, dtype, data settings, autocast), so a resumed or repeated run never
-recomputes it. ``DPODataModule.set_reference_logps`` attaches the numbers to the batches, and
-training holds a single model.
+:func:`precompute_reference_logps` scores every pair of a DPO data module with the starting model
+(eval mode, no grad, on the device and under the autocast that training uses, see
+:func:`autocast_dtype`) in its own batches (:func:`reference_dataloader`): ``dpo.reference_batch_size``
+pairs (default :data:`REFERENCE_BATCH_MULTIPLE` x ``micro_batch_size``: no activations are kept for a
+backward, so a batch costs a fraction of a training micro-batch's memory), sorted by length so a
+batch holds pairs of about one length (little padding); the result comes back in dataset order.
+:func:`compute_reference_logps` does the same over any loader of DPO batches.
+:class:`ReferenceLogpsCache` keeps the result, one file per (data, model, chat template, max
+length, dtype, data settings, autocast), so a resumed or repeated run never recomputes it (the batch
+size and order are not in the key: they change the numbers only at float rounding level).
+``DPODataModule.set_reference_logps`` attaches the numbers to the batches, and training holds a
+single model.
 """
 
 from __future__ import annotations
@@ -13,18 +19,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
 from srt.errors import ConfigError
 from srt.training.dpo_objective import concatenated_forward
 
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+# Default reference batch: this many training micro-batches. A no-grad forward keeps one layer's
+# activations at a time instead of every layer's for the backward (about L x 30 hidden-sized floats
+# per token in training against a few MLP-sized ones plus the scored logits here), so 4x the pairs
+# stays well under a training step's peak memory (benchmarks/RESULTS.md measures it).
+REFERENCE_BATCH_MULTIPLE = 4
 
 
 def autocast_dtype(precision: str | None) -> torch.dtype | None:
@@ -35,6 +47,60 @@ def autocast_dtype(precision: str | None) -> torch.dtype | None:
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def reference_batch_size(config) -> int:
+    """Pairs per reference forward: ``config.reference_batch_size``, or
+    :data:`REFERENCE_BATCH_MULTIPLE` x ``config.micro_batch_size`` when that is unset."""
+    return getattr(config, "reference_batch_size", None) or REFERENCE_BATCH_MULTIPLE * config.micro_batch_size
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices ``0..len(lengths)-1`` sorted by length, longest first (ties in index order), cut into
+    batches of ``batch_size`` (the last one may be smaller): the longest batch, the peak memory,
+    comes first, and each batch pads to about its own length."""
+    if batch_size < 1:
+        raise ConfigError(f"reference batch size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _splits(datamodule) -> list:
+    if not datamodule.datasets:
+        datamodule.setup()
+    return list(datamodule.datasets.values())
+
+
+def reference_dataloader(datamodule, batch_size: int | None = None) -> DataLoader:
+    """Every pair of every split of a DPO data module (what ``predict_dataloader`` yields) in
+    length-sorted batches of ``batch_size`` pairs (default :func:`reference_batch_size` of the data
+    module's config), collated as training collates them (padded or packed)."""
+    splits = _splits(datamodule)
+    lengths = [n for dataset in splits for n in dataset.lengths()]
+    return DataLoader(
+        ConcatDataset(splits),
+        batch_sampler=length_sorted_batches(lengths, batch_size or reference_batch_size(datamodule.config)),
+        collate_fn=datamodule.collator,
+        num_workers=datamodule.num_workers,
+    )
+
+
+def precompute_reference_logps(
+    model,
+    datamodule,
+    *,
+    batch_size: int | None = None,
+    desc: str = "reference log-probs",
+    device: str | torch.device | None = None,
+    autocast: torch.dtype | None = None,
+) -> dict[str, tuple[float, float]]:
+    """:func:`compute_reference_logps` of every pair of ``datamodule`` over :func:`reference_dataloader`
+    (its own, larger, length-sorted batches), returned in dataset order (train then val, each in
+    file order: the order of ``predict_dataloader``)."""
+    logps = compute_reference_logps(
+        model, reference_dataloader(datamodule, batch_size), desc, device=device, autocast=autocast
+    )
+    return {pair_id: logps[pair_id] for dataset in _splits(datamodule) for pair_id in dataset.ids()}
 
 
 @torch.no_grad()
