@@ -123,7 +123,11 @@ def test_report_shows_accuracy_with_its_error_and_the_paired_table():
         ),
     }
     text = render_markdown(summary)
-    assert "| wp | accuracy | 25.00 ± 21.65 | 50.00 ± 25.00 |" in text
+    assert (
+        "| model | answer mode | accuracy (%) | n_correct | n_samples | srt_parse_rate (%) | srt_fallback_rate (%) |"
+        in text
+    )
+    assert "| base | n/a | 25.0 ± 21.7 | 1 | 4 | – | – |" in text and "| srt | n/a | 50.0 ± 25.0 | 2 | 4 |" in text
     assert "accuracy_stderr" not in text  # folded into its metric
     assert "| wp | srt | base | 1 | 0 | 1 |" in text
 

@@ -54,12 +54,16 @@ def test_two_models_side_by_side_report_and_resume(tiny_model_dir, second_model_
     assert on_disk["results"]["tiny-a"]["alpaca_eval"]["task_config_hash"]
 
     report = (out / "report.md").read_text()
-    header = next(line for line in report.splitlines() if line.startswith("| benchmark | metric"))
-    assert header == "| benchmark | metric | tiny-a | tiny-b |"
+    header = next(line for line in report.splitlines() if line.startswith("| model | answer mode | win_rate"))
+    assert header.startswith("| model | answer mode | win_rate (%) |")
+    assert header.endswith("| srt_parse_rate (%) | srt_fallback_rate (%) |")
     win_a = summary["results"]["tiny-a"]["alpaca_eval"]["metrics"]["win_rate"]
-    row = next(line for line in report.splitlines() if line.startswith("| alpaca_eval | win_rate |"))
-    assert f"{win_a:.2f} ±" in row
-    assert "| judge_agreement | agreement |" in report and "| refine_vs_rerank | win_rate |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| tiny-a | plain |"))
+    assert f"| {win_a:.1f} ±" in row and row.endswith("| – | – |")  # plain answers: no SRT rates
+    assert "## judge_agreement" in report and "| agreement (%) |" in report and "## refine_vs_rerank" in report
+    assert summary["results"]["tiny-a"]["alpaca_eval"]["units"]["win_rate"] == "percent"
+    # refine_vs_rerank answers in srt mode whatever the model's mode: its rates are shown.
+    assert summary["results"]["tiny-a"]["refine_vs_rerank"]["metrics"]["srt_fallback_rate"] == 100
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert "win_rates.png" in pngs and "judge_agreement__self_scores_chosen.png" in pngs
     assert all((out / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

@@ -41,12 +41,49 @@ def run_options(f):
             type=click.Choice(["plain", "srt"]),
             default=None,
             help="For every model: plain (the model's answer) or srt (response -> feedback -> refinement, "
-            "the refinement is the answer). Per-model modes: `answer_mode` in the config's models.",
+            "the refinement is the answer). One model: --mode.",
+        ),
+        click.option(
+            "--mode",
+            "modes",
+            multiple=True,
+            metavar="NAME=MODE",
+            help="One model's answer mode, plain or srt (repeatable; after --answer-mode), e.g. "
+            "--model base=PATH --model srt=PATH2 --mode srt=srt. Config: models[].answer_mode.",
+        ),
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Every benchmark on its first N samples (per language for tydiqa/mgsm), replacing "
+            "benchmarks.*.limit: a smoke test.",
+        ),
+        click.option(
+            "--device",
+            default=None,
+            metavar="DEVICE",
+            help="Every model's device: cpu, cuda, cuda:N or auto (cuda when a GPU is visible). Config: models[].device.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Every model's prompts per generate call. Config: models[].batch_size.",
+        ),
+        click.option(
+            "--max-new-tokens",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Budget of every generation: models[].sampling/candidate_sampling/score_sampling.max_new_tokens "
+            "(default 1024 for answers, the whole SRT turn; 512 for self-scores) and lm-eval's max_gen_toks.",
         ),
         click.option(
             "--judge",
             default=None,
-            help="Critic plugin used as judge (replaces the config's judge; its settings: --set judge.KEY=VALUE).",
+            help="Critic plugin used as judge (replaces the config's judge). Judge settings: --set judge.KEY=VALUE.",
         ),
         click.option("--seed", type=int, default=None),
         click.option(
@@ -54,8 +91,9 @@ def run_options(f):
             "overrides",
             multiple=True,
             metavar="KEY=VALUE",
-            help="Dotted override of the config, e.g. --set judge.model=gpt-4o, "
-            "--set benchmarks.gsm8k.limit=4 (repeatable; values are YAML).",
+            help="Dotted override of the config (repeatable; values are YAML), applied before the other flags: "
+            "judge settings --set judge.KEY=VALUE (e.g. --set judge.model=gpt-4o, --set judge.max_new_tokens=64), "
+            "--set benchmarks.gsm8k.num_fewshot=4.",
         ),
     ]
     for option in reversed(options):
@@ -65,7 +103,7 @@ def run_options(f):
 
 @cli.command()
 @run_options
-def run(models, benchmarks, config_path, output_dir, answer_mode, judge, seed, overrides) -> None:
+def run(models, benchmarks, config_path, output_dir, answer_mode, judge, seed, overrides, **flags) -> None:
     """Run benchmarks on one or more models; writes per-sample JSONL, summary.json, report.md and plots.
 
     Everything is checked first (the plan of `srt-eval validate`); then the output directory is
@@ -85,6 +123,7 @@ def run(models, benchmarks, config_path, output_dir, answer_mode, judge, seed, o
         judge=judge,
         answer_mode=answer_mode,
         overrides=overrides,
+        **flags,
     )
     out = Path(summary["run"]["output_dir"])
     if (out / "report.md").is_file():
@@ -94,7 +133,7 @@ def run(models, benchmarks, config_path, output_dir, answer_mode, judge, seed, o
 
 @cli.command()
 @run_options
-def validate(models, benchmarks, config_path, output_dir, answer_mode, judge, seed, overrides) -> None:
+def validate(models, benchmarks, config_path, output_dir, answer_mode, judge, seed, overrides, **flags) -> None:
     """Check an evaluation without running it: models found, benchmark settings and data files, the judge's
     settings and API key variable, the output directory. Loads no model, writes nothing; exit status 2 on
     the first problem."""
@@ -110,6 +149,7 @@ def validate(models, benchmarks, config_path, output_dir, answer_mode, judge, se
         judge=judge,
         answer_mode=answer_mode,
         overrides=overrides,
+        **flags,
     )
     click.echo(plan.describe())
     click.echo("ok: nothing to fix")

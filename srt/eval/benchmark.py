@@ -39,6 +39,9 @@ class BenchmarkResult:
     meta: dict[str, Any] = field(default_factory=dict)  # task config hash, data hash, notes, warnings
     # Optional histogram-like data for plots, e.g. {"self_scores": [7, 8, ...]}
     plots: dict[str, list[float]] = field(default_factory=dict)
+    # Optional metric -> unit ("percent", "fraction", "count", "characters", "tokens", "score") where
+    # the name does not tell (srt.eval.report.metric_unit); the report shows rates in percent.
+    units: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

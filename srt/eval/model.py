@@ -41,6 +41,15 @@ def sampling_config(value: SamplingConfig | dict[str, Any] | None, **defaults: A
     return SamplingConfig(**merged)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other value as given."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def _hash(obj: Any) -> str:
     return json_sha256(obj, 16)
 
@@ -57,7 +66,9 @@ class EvalModel:
     own response -> feedback -> refinement pass). ``sampling``: decoding of answers (default:
     greedy, 1024 new tokens). ``candidate_sampling``: the ``rerank`` candidates (default T=0.7,
     same length and seed). ``score_sampling``: self-scores (default greedy, 512 new tokens).
-    ``cache_dir``: where generations are cached (the runner sets it).
+    ``device``: a torch device, or ``auto`` (``cuda`` when a GPU is visible, else ``cpu``; resolved
+    here, so the plan and the run record name the device used). ``cache_dir``: where generations are
+    cached (the runner sets it).
     """
 
     def __init__(
@@ -99,7 +110,7 @@ class EvalModel:
             raise ConfigError(f"model {name!r}: {exc}") from None
         self.system_prompt = system_prompt
         self.revision = revision
-        self.device = device
+        self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._generator: Generator | None = None
         self._tokenizer = None

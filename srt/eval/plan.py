@@ -62,11 +62,15 @@ class EvalPlan:
     def describe(self) -> str:
         lines = [f"plan for srt-eval run: output_dir {self.output_dir} (cache {self.cache_dir}), seed {self.seed}"]
         for m in self.models:
-            lines.append(f"  model {m.name:<20} {m.path}  (answer_mode {m.answer_mode}, dtype {m.dtype}, {m.device})")
+            lines.append(
+                f"  model {m.name:<20} {m.path}  (answer_mode {m.answer_mode}, dtype {m.dtype}, {m.device}, "
+                f"batch_size {m.batch_size}, max_new_tokens {m.sampling.max_new_tokens})"
+            )
         for b in self.benchmarks:
             plugin = f" (plugin {b.plugin})" if b.plugin != b.name else ""
             judge = f", judge {b.judge}" if b.judge else ""
-            lines.append(f"  benchmark {b.name}{plugin}{judge}")
+            limit = f", limit {b.settings['limit']}" if b.settings.get("limit") is not None else ""
+            lines.append(f"  benchmark {b.name}{plugin}{judge}{limit}")
         for model, baseline in self.compare:
             lines.append(f"  compare {model} with {baseline}")
         return "\n".join(lines)
@@ -79,10 +83,12 @@ def check_device(device: str, what: str) -> None:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"{what}: device {device!r} is not a torch device (use cpu, cuda or cuda:N)") from None
+        raise ConfigError(f"{what}: device {device!r} is not a torch device (use cpu, cuda, cuda:N or auto)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"{what}: device {device!r} needs a CUDA GPU, and none is available here (use cpu)")
+            raise ConfigError(
+                f"{what}: device {device!r} needs a CUDA GPU, and none is available here (use cpu, or auto)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"{what}: device {device!r}, but only {torch.cuda.device_count()} GPU(s) are visible")
     elif dev.type == "mps" and not torch.backends.mps.is_available():

@@ -10,6 +10,18 @@ first response scored alone) add ``response_accuracy`` and ``fixed_by_refinement
 add ``srt_parse_rate`` and ``srt_fallbacks``. The eval config's ``compare: [[model, baseline], ...]``
 pairs models on the same sample ids (:func:`comparisons`): problems gained and lost, and an exact
 two-sided sign test on them (:func:`sign_test`).
+
+SRT answers, for any benchmark: :func:`srt_answer_metrics` adds ``srt_parse_rate`` and
+``srt_fallback_rate`` (percent of the benchmark's SRT answers whose output parsed / fell back to the
+first response) from whatever the samples record: ``parsed`` / ``fallback`` flags, ``srt_parsed`` /
+``srt_fallback`` (the lm-eval bridge), or an answer trace (a nested mapping with ``mode: srt``).
+
+Units: every metric has one (:func:`metric_unit`: what the plugin declares in
+:attr:`srt.eval.benchmark.BenchmarkResult.units`, else by its name); ``summary.json`` keeps the
+values as the plugins give them (lm-eval's are fractions, win rates and accuracies percentages) and
+names each one's unit under ``units``. The report gives each benchmark a section whose table has
+one row per model and one unit per column, rates and accuracies in percent, a standard error as
+``56.2 ± 7.2`` next to its value (lm-eval's way), and the SRT parse / fallback rates last.
 """
 
 from __future__ import annotations
@@ -24,6 +36,20 @@ from typing import Any
 WIN_RATE_ERROR_BARS = {"win_rate": "standard_error", "length_controlled_winrate": "lc_standard_error"}
 ACCURACY_ERROR_BARS = {"accuracy": "accuracy_stderr", "response_accuracy": "response_accuracy_stderr"}
 ERROR_BARS = {**WIN_RATE_ERROR_BARS, **ACCURACY_ERROR_BARS}
+
+# The SRT parse / fallback rates under their harness names, and the plugins' own names for them.
+SRT_RATES = ("srt_parse_rate", "srt_fallback_rate")
+SRT_ALIASES = {
+    "srt_parse_rate": ("srt_parsed_rate", "refine_parsed_rate"),
+    "srt_fallback_rate": ("refine_fallback_rate",),
+}
+_SRT_HIDDEN = {alias for names in SRT_ALIASES.values() for alias in names} | {"srt_fallbacks", "srt_answers"}
+
+PERCENT, FRACTION = "percent", "fraction"
+UNITS = (PERCENT, FRACTION, "count", "characters", "tokens", "score")
+_HEADER_UNIT = {PERCENT: " (%)", FRACTION: " (%)", "characters": " (chars)", "tokens": " (tokens)"}
+_PERCENT_NAMES = {"win_rate", "length_controlled_winrate", "discrete_win_rate", "accuracy", "agreement"}
+_COUNT_NAMES = {"ties", "parse_failures", "judge_failures", "truncated", "fixed_by_refinement", "broken_by_refinement"}
 
 
 # -- per-sample correctness ------------------------------------------------------------------
@@ -69,6 +95,75 @@ def correctness_metrics(samples: Sequence[Mapping[str, Any]]) -> dict[str, float
     if fallback is not None:
         out["srt_fallbacks"] = sum(fallback)
     return out
+
+
+def _srt_flags(sample: Mapping[str, Any]) -> tuple[bool | None, bool] | None:
+    """(parsed, fallback) of one sample's SRT answer, or None when it records none."""
+    parsed, fallback = sample.get("parsed"), sample.get("fallback")
+    if isinstance(parsed, bool) and isinstance(fallback, bool):
+        return parsed, fallback
+    parsed, fallback = sample.get("srt_parsed"), sample.get("srt_fallback")
+    if isinstance(fallback, bool):
+        return (parsed if isinstance(parsed, bool) else None), fallback
+    for value in sample.values():  # an answer trace, e.g. {"mode": "srt", "parsed": ..., "fallback": ...}
+        if isinstance(value, Mapping) and value.get("mode") == "srt" and isinstance(value.get("fallback"), bool):
+            parsed = value.get("parsed")
+            return (parsed if isinstance(parsed, bool) else None), value["fallback"]
+    return None
+
+
+def srt_answer_metrics(samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``srt_parse_rate`` and ``srt_fallback_rate`` (percent) over the samples' SRT answers (module doc),
+    with their number ``srt_answers``; empty when no sample records an SRT answer."""
+    flags = [f for f in (_srt_flags(s) for s in samples) if f is not None]
+    if not flags:
+        return {}
+    n = len(flags)
+    out: dict[str, float] = {"srt_answers": n}
+    if all(parsed is not None for parsed, _ in flags):
+        out["srt_parse_rate"] = 100 * sum(bool(parsed) for parsed, _ in flags) / n
+    out["srt_fallback_rate"] = 100 * sum(fallback for _, fallback in flags) / n
+    return out
+
+
+def metric_unit(metric: str, declared: Mapping[str, str] | None = None) -> str | None:
+    """A metric's unit: ``declared`` (the plugin's) first, then by name (``<lang>/`` prefixes ignored):
+    rates, accuracies, win rates and agreement are percent; ``n_*`` and known tallies counts;
+    lengths characters; ``new_tokens*`` tokens; scores and rubrics scores; standard errors their
+    metric's. None: unknown (shown as given)."""
+    if declared and metric in declared:
+        return declared[metric]
+    of = error_bar_of(metric)
+    if of is not None:
+        return metric_unit(of, declared)
+    base = metric.rsplit("/", 1)[-1]
+    if base in _PERCENT_NAMES or base.endswith(("_rate", "_winrate", "_accuracy", "_agreement")):
+        return PERCENT
+    if base.startswith("n_") or base in _COUNT_NAMES or base in ("srt_fallbacks", "srt_answers"):
+        return "count"
+    if "length" in base:
+        return "characters"
+    if base.startswith("new_tokens"):
+        return "tokens"
+    if "score" in base or "rubric" in base:
+        return "score"
+    return None
+
+
+def error_bar_of(metric: str) -> str | None:
+    """The metric a standard-error name belongs to (``standard_error`` -> ``win_rate``,
+    ``<name>_stderr`` -> ``<name>``), else None."""
+    for value, error in ERROR_BARS.items():
+        if metric == error:
+            return value
+    if metric.endswith("_stderr"):
+        return metric[: -len("_stderr")]
+    return None
+
+
+def metric_units(metrics: Mapping[str, Any], declared: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Every metric's unit (:func:`metric_unit`), for ``summary.json``."""
+    return {name: metric_unit(name, declared) for name in metrics}
 
 
 def sign_test(gained: int, lost: int) -> float:
@@ -140,13 +235,26 @@ def comparisons(
 
 
 def write_report(summary: dict[str, Any], output_dir: str | Path) -> Path:
-    """Write ``report.md`` and ``plots/*.png`` for a run summary (see :func:`srt.eval.runner.run_eval`)."""
+    """Write ``report.md`` and ``plots/*.png`` for a run summary (see :func:`srt.eval.runner.run_eval`):
+    every benchmark gets its own plot (accuracies, or its percent metrics, with standard-error bars)
+    and its histograms; the win rates of all benchmarks share one chart."""
     output_dir = Path(output_dir)
     plot_dir = output_dir / "plots"
-    plots = plot_win_rates(summary, plot_dir) + plot_accuracy(summary, plot_dir) + plot_histograms(summary, plot_dir)
+    per_bench: dict[str, list[Path]] = {}
+    for bench in benchmarks_of(summary):
+        paths = plot_accuracy(summary, plot_dir, only=bench) or plot_metrics(summary, bench, plot_dir)
+        per_bench[bench] = paths + plot_histograms(summary, plot_dir, only=bench)
+    shared = plot_win_rates(summary, plot_dir)
+    relative = {b: [p.relative_to(output_dir) for p in ps] for b, ps in per_bench.items()}
     path = output_dir / "report.md"
-    path.write_text(render_markdown(summary, [p.relative_to(output_dir) for p in plots]), encoding="utf-8")
+    text = render_markdown(summary, [p.relative_to(output_dir) for p in shared], per_benchmark_plots=relative)
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+def benchmarks_of(summary: Mapping[str, Any]) -> list[str]:
+    """The run's benchmarks in first-seen order."""
+    return list(dict.fromkeys(bench for per_bench in summary["results"].values() for bench in per_bench))
 
 
 def _fmt(value: Any) -> str:
@@ -161,40 +269,163 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """(benchmark, metric) rows in first-seen order; standard errors are folded into their metric."""
-    rows: list[tuple[str, str]] = []
-    folded = set(ERROR_BARS.values())
+def format_value(value: Any, unit: str | None, stderr: Any = None) -> str:
+    """One cell: percent with one decimal (fractions times 100), counts whole, ``value ± stderr``."""
+    if value is None or isinstance(value, (bool, str)) or (isinstance(value, float) and math.isnan(value)):
+        return _fmt(value)
+
+    def one(v: float) -> str:
+        if unit == FRACTION:
+            return f"{100 * v:.1f}"
+        if unit == PERCENT or unit in ("characters", "tokens"):
+            return f"{v:.1f}"
+        if unit == "count" and float(v).is_integer():
+            return str(int(v))
+        return _fmt(v)
+
+    text = one(value)
+    if isinstance(stderr, (int, float)) and not isinstance(stderr, bool) and math.isfinite(stderr):
+        text += f" ± {one(stderr)}"
+    return text
+
+
+def as_percent(value: Any, unit: str | None) -> float | None:
+    """A rate in percent (a fraction times 100), or None for other units and missing values."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or unit not in (PERCENT, FRACTION):
+        return None
+    return 100 * value if unit == FRACTION else float(value)
+
+
+def _units(entry: Mapping[str, Any]) -> dict[str, str | None]:
+    return {**metric_units(entry.get("metrics", {})), **(entry.get("units") or {})}
+
+
+def _error_key(metric: str, metrics: Mapping[str, Any]) -> str | None:
+    for key in (ERROR_BARS.get(metric), f"{metric}_stderr"):
+        if key and key in metrics:
+            return key
+    return None
+
+
+def srt_rate(metrics: Mapping[str, Any], name: str) -> float | None:
+    """``srt_parse_rate`` / ``srt_fallback_rate`` (percent), or the plugin's own name for it."""
+    for key in (name, *SRT_ALIASES[name]):
+        if isinstance(metrics.get(key), (int, float)):
+            return float(metrics[key])
+    return None
+
+
+def benchmark_columns(summary: Mapping[str, Any], bench: str, parts: bool = False) -> list[str]:
+    """A benchmark's metric columns in first-seen order: standard errors folded into their metric, the
+    SRT rates (and the plugins' names for them) left to the last two columns. ``parts``: the
+    ``<part>/<metric>`` ones instead (per language), which get a table of their own."""
+    columns: list[str] = []
     for per_bench in summary["results"].values():
-        for bench, entry in per_bench.items():
-            for metric in entry.get("metrics", {}):
-                if metric not in folded and (bench, metric) not in rows:
-                    rows.append((bench, metric))
-    return rows
+        metrics = per_bench.get(bench, {}).get("metrics", {})
+        folded = {_error_key(m, metrics) for m in metrics}
+        for metric in metrics:
+            if metric in folded or metric in SRT_RATES or metric in _SRT_HIDDEN or metric in columns:
+                continue
+            if ("/" in metric) == parts:
+                columns.append(metric)
+    return columns
 
 
-def render_markdown(summary: dict[str, Any], plots: list[Path] = ()) -> str:
-    models = list(summary["results"])
-    lines = ["# Evaluation report", ""]
-    lines += [
-        "| benchmark | metric | " + " | ".join(models) + " |",
-        "| --- | --- | " + " | ".join("---:" for _ in models) + " |",
+def _metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(benchmark, metric) pairs in first-seen order (standard errors folded into their metric)."""
+    return [(bench, metric) for bench in benchmarks_of(summary) for metric in benchmark_columns(summary, bench)]
+
+
+def _answer_mode(summary: Mapping[str, Any], model: str, entry: Mapping[str, Any]) -> str:
+    mode = (entry.get("meta") or {}).get("answer_mode") or summary.get("models", {}).get(model, {}).get("answer_mode")
+    return str(mode or "n/a")
+
+
+def benchmark_table(summary: Mapping[str, Any], bench: str) -> list[str]:
+    """The markdown table of one benchmark: a row per model, a column per metric (its unit in the header)."""
+    models = [m for m, per_bench in summary["results"].items() if bench in per_bench]
+    columns = benchmark_columns(summary, bench)
+    units: dict[str, str | None] = {}
+    for model in models:
+        for metric, unit in _units(summary["results"][model][bench]).items():
+            units.setdefault(metric, unit)
+    headers = [f"{c}{_HEADER_UNIT.get(units.get(c) or '', '')}" for c in columns]
+    headers += [f"{name} (%)" for name in SRT_RATES]
+    lines = [
+        "| model | answer mode | " + " | ".join(headers) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in headers) + " |",
     ]
-    for bench, metric in _metric_rows(summary):
+    for model in models:
+        entry = summary["results"][model][bench]
+        metrics = entry.get("metrics", {})
+        entry_units = _units(entry)
         cells = []
-        for model in models:
-            metrics = summary["results"][model].get(bench, {}).get("metrics", {})
-            value = _fmt(metrics.get(metric))
-            se = metrics.get(ERROR_BARS.get(metric, ""))
-            if se is not None and value != "n/a":
-                value += f" ± {_fmt(se)}"
-            cells.append(value)
-        lines.append(f"| {bench} | {metric} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        "Win rates are percentages ± one standard error (alpaca_eval's metrics); accuracies are percentages ± one "
-        "binomial standard error over the samples."
-    )
+        for metric in columns:
+            if metric not in metrics:
+                cells.append("")
+                continue
+            error = _error_key(metric, metrics)
+            cells.append(format_value(metrics[metric], entry_units.get(metric), metrics.get(error) if error else None))
+        for name in SRT_RATES:
+            rate = srt_rate(metrics, name)
+            cells.append("–" if rate is None else f"{rate:.1f}")
+        lines.append(f"| {model} | {_answer_mode(summary, model, entry)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def parts_table(summary: Mapping[str, Any], bench: str) -> list[str]:
+    """``<part>/<metric>`` metrics (e.g. ``en/f1``) as a table of (model, part) rows; empty without any."""
+    columns = benchmark_columns(summary, bench, parts=True)
+    if not columns:
+        return []
+    parts = list(dict.fromkeys(c.split("/", 1)[0] for c in columns))
+    names = list(dict.fromkeys(c.split("/", 1)[1] for c in columns))
+    models = [m for m, per_bench in summary["results"].items() if bench in per_bench]
+    units = _units(summary["results"][models[0]][bench])
+    headers = [f"{n}{_HEADER_UNIT.get(units.get(f'{parts[0]}/{n}') or metric_unit(n) or '', '')}" for n in names]
+    lines = [
+        "| model | part | " + " | ".join(headers) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in names) + " |",
+    ]
+    for model in models:
+        entry = summary["results"][model][bench]
+        metrics, entry_units = entry.get("metrics", {}), _units(entry)
+        for part in parts:
+            cells = []
+            for name in names:
+                key = f"{part}/{name}"
+                error = _error_key(key, metrics)
+                value = metrics.get(key)
+                cells.append(
+                    ""
+                    if key not in metrics
+                    else format_value(value, entry_units.get(key), metrics.get(error) if error else None)
+                )
+            lines.append(f"| {model} | {part} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(
+    summary: dict[str, Any], plots: Sequence[Path] = (), per_benchmark_plots: Mapping[str, Sequence[Path]] = {}
+) -> str:
+    lines = [
+        "# Evaluation report",
+        "",
+        "One section per benchmark: a row per model, one unit per column (rates, accuracies and win rates in "
+        "percent, lm-eval's fractions too), `value ± s.e.` where the benchmark gives a standard error (win rates: "
+        "alpaca_eval's; accuracies: binomial over the samples; lm-eval's own). `srt_parse_rate` / "
+        "`srt_fallback_rate`: the share of SRT answers whose output parsed / fell back to the first response "
+        "(– : no SRT answers, e.g. plain mode). Exact values: summary.json (its `units` name each one's unit).",
+    ]
+    for bench in benchmarks_of(summary):
+        lines += ["", f"## {bench}", "", *benchmark_table(summary, bench)]
+        by_part = parts_table(summary, bench)
+        if by_part:
+            lines += ["", f"Per part (language) of {bench}:", "", *by_part]
+        bench_plots = per_benchmark_plots.get(bench) or []
+        if bench_plots:
+            lines += ["", *(f"![{p.stem}]({p.as_posix()})" for p in bench_plots)]
+
     paired = summary.get("comparisons") or []
     if paired:
         lines += [
@@ -307,16 +538,16 @@ def plot_win_rates(summary: dict[str, Any], plot_dir: Path) -> list[Path]:
     return [path]
 
 
-def plot_accuracy(summary: dict[str, Any], plot_dir: Path) -> list[Path]:
-    """Per benchmark with per-sample correctness: each model's accuracy (and its first SRT response's)
-    with standard-error bars."""
+def plot_accuracy(summary: dict[str, Any], plot_dir: Path, only: str | None = None) -> list[Path]:
+    """Per benchmark with per-sample correctness (``only``: that one): each model's accuracy (and its
+    first SRT response's) with standard-error bars."""
     paths = []
     benchmarks = list(
         dict.fromkeys(
             bench
             for per_bench in summary["results"].values()
             for bench, entry in per_bench.items()
-            if "accuracy" in entry.get("metrics", {})
+            if "accuracy" in entry.get("metrics", {}) and only in (None, bench)
         )
     )
     for bench in benchmarks:
@@ -351,11 +582,55 @@ def plot_accuracy(summary: dict[str, Any], plot_dir: Path) -> list[Path]:
     return paths
 
 
-def plot_histograms(summary: dict[str, Any], plot_dir: Path) -> list[Path]:
-    """One histogram per (benchmark, plot series), models overlaid (e.g. self scores 1..10)."""
+def plot_metrics(summary: dict[str, Any], bench: str, plot_dir: Path) -> list[Path]:
+    """One benchmark's percent metrics (lm-eval's fractions as percent) per model, grouped bars with
+    standard-error bars, as ``plots/<bench>__metrics.png``; nothing when it has no percent metric."""
+    models = [m for m, per_bench in summary["results"].items() if bench in per_bench]
+    series = []
+    for metric in benchmark_columns(summary, bench):
+        values, errors = [], []
+        for model in models:
+            entry = summary["results"][model][bench]
+            metrics, unit = entry.get("metrics", {}), _units(entry).get(metric)
+            error = _error_key(metric, metrics)
+            values.append(as_percent(metrics.get(metric), unit))
+            errors.append(as_percent(metrics.get(error), unit) if error else None)
+        if any(v is not None for v in values) and all(
+            metric_unit(metric, summary["results"][m][bench].get("units")) in (PERCENT, FRACTION) for m in models
+        ):
+            series.append((metric, values, errors))
+    if not series:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(series) * max(1, len(models)) ** 0.5 + 2), 3.6))
+    width = 0.8 / len(models)
+    for k, model in enumerate(models):
+        xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(series))]
+        values = [v[k] if v[k] is not None else math.nan for _, v, _ in series]
+        errors = [e[k] or 0.0 for _, _, e in series]
+        ax.bar(xs, values, width, yerr=errors, capsize=3, label=model)
+    ax.set_xticks(range(len(series)))
+    ax.set_xticklabels([m for m, _, _ in series], fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{bench} (± s.e. where given)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    path = plot_dir / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', bench)}__metrics.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def plot_histograms(summary: dict[str, Any], plot_dir: Path, only: str | None = None) -> list[Path]:
+    """One histogram per (benchmark, plot series), models overlaid (e.g. self scores 1..10);
+    ``only``: that benchmark's."""
     found: dict[tuple[str, str], dict[str, list[float]]] = {}
     for model, per_bench in summary["results"].items():
         for bench, entry in per_bench.items():
+            if only not in (None, bench):
+                continue
             for key, values in (entry.get("plots") or {}).items():
                 found.setdefault((bench, key), {})[model] = [v for v in values if v is not None]
     if not found:

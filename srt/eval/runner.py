@@ -10,7 +10,9 @@ Layout of an evaluation run (``output_dir``)::
 
 A benchmark whose samples carry a boolean ``correct`` gets accuracy ± standard error (and, for
 ``srt`` answers, response accuracy, fixed / broken by refinement, the parse rate) added to its
-metrics, and ``compare: [[model, baseline], ...]`` pairs models on it (:mod:`srt.eval.report`).
+metrics, and ``compare: [[model, baseline], ...]`` pairs models on it; any benchmark whose samples
+record SRT answers gets ``srt_parse_rate`` / ``srt_fallback_rate``; every metric's unit is under
+``units`` (:mod:`srt.eval.report`).
 
 Resuming: a (model, benchmark) pair whose ``metrics.json`` exists with the same config hash (the
 benchmark's settings, the model's identity and decoding, the seed) is not run again; an
@@ -74,7 +76,7 @@ class ModelSpec(_Strict):
     )
     system_prompt: str | None = Field(None, description="System message for every prompt")
     revision: str | None = Field(None, description="Hub revision")
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N, or auto (cuda when a GPU is visible)")
 
 
 class EvalConfig(_Strict):
@@ -106,6 +108,11 @@ def load_eval_config(path: str | Path | None, overrides: Sequence[str] = (), jud
     ``judge``: a critic name; when it differs from the config judge's name, the config's judge
     settings are dropped (they belong to another critic). Credentials in the config are refused.
     """
+    return eval_config_from_data(eval_config_data(path, overrides, judge), str(path or "config"))
+
+
+def eval_config_data(path: str | Path | None, overrides: Sequence[str] = (), judge: str | None = None) -> dict:
+    """:func:`load_eval_config`'s mapping before validation (the command line's flags apply to it)."""
     from srt.config import apply_overrides, load_yaml
 
     data = load_yaml(path) if path is not None else {}
@@ -113,7 +120,7 @@ def load_eval_config(path: str | Path | None, overrides: Sequence[str] = (), jud
         current = data.get("judge")
         if not (isinstance(current, dict) and current.get("name") == judge):
             data["judge"] = {"name": judge}
-    return eval_config_from_data(apply_overrides(data, list(overrides)), str(path or "config"))
+    return apply_overrides(data, list(overrides))
 
 
 def eval_config_from_data(data: dict[str, Any], source: str = "config") -> EvalConfig:
@@ -140,7 +147,7 @@ def model_from_spec(spec: ModelSpec | dict[str, Any] | str) -> EvalModel:
         spec = ModelSpec(name=name, path=path) if sep else ModelSpec(path=spec)
     elif isinstance(spec, dict):
         spec = ModelSpec.model_validate(spec)
-    name = spec.name or Path(spec.path.rstrip("/")).name or spec.path
+    name = model_name(spec.name, spec.path)
     return EvalModel(
         name=name,
         path=spec.path,
@@ -154,6 +161,11 @@ def model_from_spec(spec: ModelSpec | dict[str, Any] | str) -> EvalModel:
         revision=spec.revision,
         device=spec.device,
     )
+
+
+def model_name(name: str | None, path: str) -> str:
+    """A model's name in the report and its output folder: the given name, else the folder's name."""
+    return name or Path(str(path).rstrip("/")).name or str(path)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -241,7 +253,7 @@ def run_eval(
 
 def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
     """Run a checked plan (:func:`run_eval` plans and locks first; call that)."""
-    from srt.eval.report import comparisons, correctness_metrics
+    from srt.eval.report import comparisons, correctness_metrics, metric_units, srt_answer_metrics
 
     output_dir, cache_dir, seed = plan.output_dir, plan.cache_dir, plan.seed
     judges = _Judges()
@@ -272,6 +284,8 @@ def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
             result = bench.instance.run(model, ctx)
             if not isinstance(result, BenchmarkResult):
                 raise SrtError(f"benchmark {bench.name!r} returned {type(result).__name__}, not a BenchmarkResult")
+            # The plugin's own metrics win over the derived ones of the same name.
+            metrics = {**correctness_metrics(result.samples), **srt_answer_metrics(result.samples), **result.metrics}
             entry = {
                 "model": model.name,
                 "benchmark": bench.name,
@@ -279,8 +293,8 @@ def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
                 "config_hash": config_hash,
                 "task_config_hash": task_hash,
                 "task": bench.instance.describe(),
-                # The plugin's own metrics win over the derived ones of the same name.
-                "metrics": {**correctness_metrics(result.samples), **result.metrics},
+                "metrics": metrics,
+                "units": metric_units(metrics, getattr(result, "units", None)),
                 "meta": result.meta,
                 "plots": result.plots,
                 "elapsed_s": round(time.perf_counter() - start, 2),
@@ -362,39 +376,120 @@ def cli_inputs(
     judge: str | None = None,
     answer_mode: str | None = None,
     overrides: Sequence[str] = (),
+    *,
+    modes: Sequence[str] = (),
+    limit: int | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The command line merged with the YAML config: the keyword arguments of :func:`run_eval`.
 
-    ``models``: ``PATH`` or ``NAME=PATH`` entries; they replace the config's ``models`` (taking
-    ``answer_mode`` when given). ``benchmarks``: ``"a,b"`` or a list; selects benchmarks (with the
-    config's settings for them when present). ``judge``: a critic name overriding the config's judge.
-    ``overrides``: ``--set KEY=VALUE`` on the config (``judge.model=gpt-4o``, ``benchmarks.gsm8k.limit=4``).
-    """
-    cfg = load_eval_config(config_path, overrides, judge=judge)
-    inputs = run_inputs(cfg)
-    if models:
-        specs = []
-        for m in models:
-            name, sep, path = m.partition("=")
-            try:
-                specs.append(
-                    ModelSpec(name=name if sep else None, path=path if sep else m, answer_mode=answer_mode or "plain")
-                )
-            except ValidationError as exc:
-                from srt.errors import validation_problems
+    Every flag is a shorthand for config fields (each setting is defined once, in the config), applied
+    after ``--set`` and before the config is validated:
 
-                raise ConfigError(f"--model {m}: {validation_problems(exc)}") from None
-        inputs["models"] = [model_from_spec(s) for s in specs]
-    elif answer_mode:
-        for m in inputs["models"]:
-            m.answer_mode = answer_mode
+    * ``models``: ``PATH`` or ``NAME=PATH`` entries; they replace the config's ``models``;
+    * ``answer_mode``: every model's ``answer_mode``; ``modes``: ``NAME=MODE`` for one model each
+      (after ``answer_mode``); a name that is no model of the run, or an unknown mode, is an error;
+    * ``device``, ``batch_size``: every model's ``device`` / ``batch_size``;
+    * ``max_new_tokens``: every model's ``sampling``, ``candidate_sampling`` and ``score_sampling``
+      ``max_new_tokens`` (the budget of every generation), and ``max_gen_toks`` of the benchmarks
+      that take one (lm-eval's plain-mode budget);
+    * ``limit``: every selected benchmark's ``limit`` (replacing its own; a benchmark whose settings
+      have no ``limit`` is an error);
+    * ``benchmarks``: ``"a,b"`` or a list; selects benchmarks (with the config's settings for them);
+    * ``judge``: a critic name replacing the config's judge; ``overrides``: ``--set KEY=VALUE`` on
+      the config (``judge.model=gpt-4o``, ``benchmarks.gsm8k.limit=4``).
+    """
+    data = eval_config_data(config_path, overrides, judge=judge)
+    if models:
+        data["models"] = [_cli_model(m) for m in models]
     if isinstance(benchmarks, str):
         benchmarks = [b.strip() for b in benchmarks.split(",") if b.strip()]
     if benchmarks:
-        inputs["benchmarks"] = {b: cfg.benchmarks.get(b) or {} for b in benchmarks}
+        configured = data.get("benchmarks") if isinstance(data.get("benchmarks"), dict) else {}
+        data["benchmarks"] = {b: configured.get(b) or {} for b in benchmarks}
+    _apply_model_flags(data, answer_mode, modes, device, batch_size, max_new_tokens)
+    _apply_benchmark_flags(data, limit, max_new_tokens)
+    cfg = eval_config_from_data(data, str(config_path or "config"))
+    inputs = run_inputs(cfg)
     inputs["output_dir"] = output_dir or cfg.output_dir
     inputs["seed"] = cfg.seed if seed is None else seed
     return inputs
+
+
+def _cli_model(value: str) -> dict[str, Any]:
+    name, sep, path = value.partition("=")
+    if not sep:
+        name, path = None, value
+    if not path.strip() or (sep and not name.strip()):
+        raise ConfigError(f"--model {value}: give PATH or NAME=PATH (a model folder, a hub id or 'tiny')")
+    return {"name": name, "path": path}
+
+
+def _apply_model_flags(
+    data: dict[str, Any],
+    answer_mode: str | None,
+    modes: Sequence[str],
+    device: str | None,
+    batch_size: int | None,
+    max_new_tokens: int | None,
+) -> None:
+    entries = (
+        [m for m in data.get("models") or [] if isinstance(m, dict)] if isinstance(data.get("models"), list) else []
+    )
+    names = [model_name(m.get("name"), str(m.get("path", ""))) for m in entries]
+    for entry in entries:
+        if answer_mode is not None:
+            entry["answer_mode"] = answer_mode
+        if device is not None:
+            entry["device"] = device
+        if batch_size is not None:
+            entry["batch_size"] = batch_size
+        if max_new_tokens is not None:
+            for key in ("sampling", "candidate_sampling", "score_sampling"):
+                current = entry.get(key) if isinstance(entry.get(key), dict) else {}
+                entry[key] = {**current, "max_new_tokens": max_new_tokens}
+    choices = ModelSpec.model_fields["answer_mode"].annotation.__args__  # ("plain", "srt")
+    for value in modes:
+        name, sep, mode = value.partition("=")
+        if not sep:
+            raise ConfigError(
+                f"--mode {value}: give NAME=MODE for one model (e.g. --mode srt=srt); --answer-mode MODE sets every model"
+            )
+        if mode not in choices:
+            raise ConfigError(f"--mode {value}: {mode!r} is not an answer mode; use one of {', '.join(choices)}")
+        if name not in names:
+            known = ", ".join(names) or "none"
+            raise ConfigError(f"--mode {value}: no model named {name!r} in this run (models: {known})")
+        for entry, entry_name in zip(entries, names):
+            if entry_name == name:
+                entry["answer_mode"] = mode
+
+
+def _apply_benchmark_flags(data: dict[str, Any], limit: int | None, max_new_tokens: int | None) -> None:
+    from srt.registry import BENCHMARKS, load_plugin
+
+    if (limit is None and max_new_tokens is None) or not isinstance(data.get("benchmarks"), dict):
+        return
+    for name, given in list(data["benchmarks"].items()):
+        settings = dict(given) if isinstance(given, dict) else {} if given is None else None
+        if settings is None:
+            continue  # not a mapping: the plan names the mistake
+        plugin = settings.get("plugin", name)
+        cls = load_plugin(BENCHMARKS, plugin) if isinstance(plugin, str) else None
+        declared = getattr(cls, "settings_model", None)
+        fields = set(declared.model_fields) if declared is not None else None  # None: the plugin declares nothing
+        if limit is not None:
+            if fields is not None and "limit" not in fields:
+                via = f" (plugin {plugin!r})" if plugin != name else ""
+                raise ConfigError(
+                    f"--limit: benchmark {name!r}{via} has no `limit` setting; leave it out of --benchmarks"
+                )
+            settings["limit"] = limit
+        if max_new_tokens is not None and fields is not None and "max_gen_toks" in fields:
+            settings["max_gen_toks"] = max_new_tokens
+        data["benchmarks"][name] = settings
 
 
 def run_inputs(cfg: EvalConfig) -> dict[str, Any]:

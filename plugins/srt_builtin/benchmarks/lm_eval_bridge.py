@@ -251,6 +251,7 @@ class SrtLM(_lm_eval_base()):  # type: ignore[misc]
                 "srt_feedback": trace.get("feedback"),
                 "srt_refinement": trace.get("refinement"),
                 "srt_self_score": trace.get("self_score"),
+                "srt_parsed": trace.get("parsed"),
                 "srt_fallback": trace.get("fallback"),
                 "srt_finish_reason": trace.get("finish_reason"),
                 "srt_raw": trace.get("raw"),
@@ -544,7 +545,10 @@ class LmEvalBenchmark:
         ]
         meta = run_meta(rendered, {**self.describe(), "answer_mode": mode, "chat_template": chat}, results, lm)
         meta["per_task"] = per_task
-        return BenchmarkResult(metrics=self.summarize(per_task), samples=samples, meta=meta)
+        metrics = self.summarize(per_task)
+        # lm-eval's exact match and F1 are fractions (0..1); the report shows them in percent.
+        units = {name: "fraction" for name in metrics}
+        return BenchmarkResult(metrics=metrics, samples=samples, meta=meta, units=units)
 
 
 def mean(values: list[float]) -> float:
