@@ -87,6 +87,19 @@ class SamplingSettings(_Strict):
     max_new_tokens: int = _f(512, "Tokens generated at most.", ge=1)
 
 
+class ResponseSampling(SamplingSettings):
+    """Sampling of the initial responses, and how many per instruction."""
+
+    num_samples: int = _f(
+        1,
+        "Responses sampled per instruction (each from its own seeded stream). Above 1 each becomes a record with "
+        "id `<instruction id>#s<k>` (k = 0..n-1; `meta.instruction_id`, `meta.sample`), so the critic sees answers "
+        "of every quality and `filter.balance_scores` can pick among them; 1: one response, id = the instruction's. "
+        "Applies to stage 1 and to stage-2 rounds.",
+        ge=1,
+    )
+
+
 class GenerationConfig(_Strict):
     """How the policy answers (stage-1 and stage-2 responses) and, in stage 2, critiques itself."""
 
@@ -101,8 +114,8 @@ class GenerationConfig(_Strict):
         "Results are appended to disk every chunk of this many prompts, so a kill loses at most one chunk of work.",
         ge=1,
     )
-    response: SamplingSettings = _f(
-        default_factory=lambda: SamplingSettings(temperature=0.7, max_new_tokens=512),
+    response: ResponseSampling = _f(
+        default_factory=lambda: ResponseSampling(temperature=0.7, max_new_tokens=512),
         description="Sampling of the initial responses (paper: T = 0.7).",
     )
     critique: SamplingSettings = _f(
@@ -126,6 +139,22 @@ class FilterConfig(_Strict):
         "paper drops refinements that score below the response).",
     )
     min_refinement_score: int | None = _f(None, "Also drop refinements scored below this.", ge=1, le=10)
+    balance_scores: Literal["none", "min_max"] = _f(
+        "none",
+        "After the filters, per instruction (its `generation.response.num_samples` records): `min_max` keeps the "
+        "record whose response the critic scored lowest and the one it scored highest (one record when all its "
+        "scores are equal; ties: the lower sample index), so the training data hold right and wrong answers of the "
+        "same instruction; `none` keeps every record. Left-out records go to rejects.jsonl as `balanced_out`.",
+    )
+    max_score_share: float | None = _f(
+        None,
+        "After `balance_scores`, no response score holds more than this share of the kept records: each score keeps "
+        "at most c records (a seeded choice), c the largest cap for which that holds; with fewer than 1 / share "
+        "distinct scores, every score is cut to the rarest one's count. Left-out records: `score_capped`. Unset: "
+        "no cap.",
+        gt=0,
+        le=1,
+    )
 
 
 class LoraConfig(_Strict):
@@ -232,12 +261,6 @@ class DPOConfig(_Strict):
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: epochs decide).")
     micro_batch_size: int = _f(1, "Pairs per device per forward pass.", ge=1)
     global_batch_size: int = _f(32, "Pairs per optimizer step; a multiple of micro_batch_size x devices.", ge=1)
-    reference_batch_size: int | None = _f(
-        None,
-        "Pairs per forward of the precomputed reference pass (no grad: no activations kept, so larger than "
-        "training's; batches sorted by length, less padding); unset: 4 x micro_batch_size.",
-        ge=1,
-    )
     max_length: int = _f(2048, "Longest prompt + completion in tokens.", ge=16)
     max_prompt_length: int | None = _f(
         None, "With `truncate`, the prompt is cut from the left to no less than this (default max_length // 2).", ge=1

@@ -98,3 +98,166 @@ def test_rpo_alpha_is_trl_name_and_reads_the_old_one():
     with pytest.raises(ConfigError):
         load_config(None, ["dpo.rpo_alpha=-1"])
     assert "rpo_alpha" in RunConfig().dpo.model_dump()
+
+
+# -- generation.response.num_samples + filter.balance_scores / max_score_share ------------------------
+
+
+def _instructions(n):
+    from srt.records import InstructionRecord
+
+    return [InstructionRecord(id=f"q{i}", instruction=f"What is {i} + {i}?", reference=str(2 * i)) for i in range(n)]
+
+
+def test_num_samples_gives_unique_ids_and_resumes_what_a_fresh_run_draws(tiny_model_dir, tmp_path):
+    from srt.generation import Generator
+    from srt.pipeline import feedback as fb
+
+    gen = Generator.from_pretrained(str(tiny_model_dir), dtype="float32", batch_size=4)
+    kwargs = dict(sampling_kwargs={"temperature": 0.7, "max_new_tokens": 6}, seed=3, stage=1, chunk_size=2)
+    fresh = fb.generate_responses(gen, _instructions(3), tmp_path / "a" / "responses.jsonl", num_samples=3, **kwargs)
+    assert [r.id for r in fresh] == [f"q{i}#s{k}" for i in range(3) for k in range(3)]
+    assert [(r.meta["instruction_id"], r.meta["sample"]) for r in fresh] == [
+        (f"q{i}", k) for i in range(3) for k in range(3)
+    ]
+    assert len({r.response for r in fresh}) > 3  # each sample draws from its own stream
+    assert {fb.instruction_of(r) for r in fresh} == {"q0", "q1", "q2"}
+    # A run killed after some chunks resumes the rest, and gets what the fresh run got.
+    path = tmp_path / "b" / "responses.jsonl"
+    path.parent.mkdir()
+    lines = (tmp_path / "a" / "responses.jsonl").read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:4]))
+    calls = []
+
+    class Counting:
+        def chat(self, prompts, *args, **kw):
+            calls.append(len(prompts))
+            return gen.chat(prompts, *args, **kw)
+
+    resumed = fb.generate_responses(Counting(), _instructions(3), path, num_samples=3, **kwargs)
+    assert sum(calls) == 5 and [r.model_dump() for r in resumed] == [r.model_dump() for r in fresh]
+    # One sample per instruction: the ids and records of before (no sample meta).
+    one = fb.generate_responses(gen, _instructions(2), tmp_path / "c" / "responses.jsonl", **kwargs)
+    assert [r.id for r in one] == ["q0", "q1"] and all("sample" not in r.meta for r in one)
+
+
+def test_a_sample_id_that_clashes_with_an_instruction_id_is_an_error(tmp_path):
+    from srt.errors import RecordError
+    from srt.pipeline import feedback as fb
+    from srt.records import InstructionRecord
+
+    clash = [InstructionRecord(id="a", instruction="x"), InstructionRecord(id="a#s1", instruction="y")]
+    with pytest.raises(RecordError, match="a#s1"):
+        fb.expand_samples(clash, 2)
+
+
+def _scored(instruction, sample, score):
+    from srt.records import Feedback, FeedbackRecord
+
+    return FeedbackRecord(
+        id=f"{instruction}#s{sample}",
+        instruction="q",
+        response=f"r{sample}",
+        stage=1,
+        feedback=Feedback(weaknesses="w", suggestions="s", score=score, raw=""),
+        refinement="better",
+        refinement_score=10,
+        meta={"instruction_id": instruction, "sample": sample},
+    )
+
+
+def test_balance_min_max_keeps_the_lowest_and_highest_per_instruction():
+    from collections import Counter
+
+    from srt.pipeline import feedback as fb
+
+    kept = [_scored("a", 0, 3), _scored("a", 1, 8), _scored("a", 2, 3), _scored("a", 3, 8), _scored("a", 4, 5)]
+    kept += [_scored("b", 0, 2), _scored("b", 1, 2)] + [_scored("c", 0, 9)]
+    out = fb.FilterOutcome(kept=list(kept), counters=Counter(kept=len(kept)))
+    fb.balance(out, fb.FilterRule(balance_scores="min_max"))
+    assert [r.id for r in out.kept] == ["a#s0", "a#s1", "b#s0", "c#s0"]
+    assert out.counters == Counter(kept=4, balanced_out=4)
+    assert {r["id"] for r in out.rejects} == {"a#s2", "a#s3", "a#s4", "b#s1"}
+    assert all(r["reason"] == "balanced_out" and r["record"]["id"] == r["id"] for r in out.rejects)
+    # Defaults change nothing.
+    same = fb.FilterOutcome(kept=list(kept), counters=Counter(kept=len(kept)))
+    fb.balance(same, fb.FilterRule())
+    assert same.kept == kept and not same.rejects
+
+
+def test_max_score_share_caps_every_score():
+    from collections import Counter
+
+    from srt.pipeline import feedback as fb
+
+    assert fb.score_cap([85, 10, 5], 0.5) == 15  # 15 / (15 + 10 + 5) = 0.5
+    assert fb.score_cap([85, 10, 5], 1.0) == 85
+    assert fb.score_cap([40, 3], 0.4) == 3  # fewer than 1 / share scores: cut to the rarest
+    kept = [_scored(f"w{i}", 0, 2) for i in range(17)] + [_scored(f"r{i}", 0, 9) for i in range(3)]
+    out = fb.FilterOutcome(kept=list(kept), counters=Counter(kept=20))
+    fb.balance(out, fb.FilterRule(max_score_share=0.6, seed=1))
+    scores = Counter(r.feedback.score for r in out.kept)
+    assert scores == {2: 4, 9: 3} and out.counters["score_capped"] == 13 and out.counters["kept"] == 7
+    again = fb.FilterOutcome(kept=list(kept), counters=Counter(kept=20))
+    fb.balance(again, fb.FilterRule(max_score_share=0.6, seed=1))
+    assert [r.id for r in again.kept] == [r.id for r in out.kept]  # seeded: the same choice every time
+
+
+def test_new_options_at_their_defaults_leave_step_fingerprints_as_they_were():
+    from srt.pipeline.steps import plan_steps
+
+    base = {"data": {"stage1": {"path": "x.jsonl"}, "stage2": {"path": "y.jsonl"}}}
+    steps = {s.name: s.settings for s in plan_steps(RunConfig.model_validate(base))}
+    flat = {k for settings in steps.values() for k in settings}
+    assert not {k for k in flat if "num_samples" in k or "segment_weights" in k or "balance" in k or "share" in k}
+    assert "dpo.nll_weight" in steps["stage2.round1.dpo"] and "dpo.rpo_alpha" not in steps["stage2.round1.dpo"]
+    changed = RunConfig.model_validate(
+        {
+            **base,
+            "generation": {"response": {"num_samples": 4}},
+            "filter": {"balance_scores": "min_max"},
+            "sft": {"segment_weights": {"feedback": 2}},
+        }
+    )
+    new = {s.name: s.settings for s in plan_steps(changed)}
+    assert new["stage1.responses"]["generation.response.num_samples"] == 4
+    assert new["stage1.critic"]["filter.balance_scores"] == "min_max"
+    assert new["stage1.sft"]["sft.segment_weights.feedback"] == 2.0
+
+
+@pytest.mark.slow
+def test_stage1_with_several_samples_and_balance_resumes_without_new_critic_calls(tmp_path, tiny_model_dir):
+    import json
+    from pathlib import Path
+
+    from test_pipeline import tiny_config
+
+    from srt.pipeline import feedback as fb
+    from srt.pipeline.stage1 import run_stage1
+    from srt.records import FeedbackRecord, read_jsonl
+
+    cfg = RunConfig.model_validate(
+        tiny_config(
+            tmp_path,
+            tiny_model_dir,
+            **{"generation.response.num_samples": 3, "filter.balance_scores": "min_max", "data.stage1.limit": 4},
+        )
+    )
+    run_stage1(cfg)
+    out = Path(cfg.output_dir) / "stage1"
+    responses = list(read_jsonl(out / "responses.jsonl", FeedbackRecord))
+    assert len(responses) == 12 == len({r.id for r in responses})
+    kept = list(read_jsonl(out / "records.jsonl", FeedbackRecord))
+    per_instruction = {}
+    for r in kept:
+        per_instruction.setdefault(r.meta["instruction_id"], []).append(r.feedback.score)
+    assert all(len(s) <= 2 and (len(s) == 1 or s[0] != s[1]) for s in per_instruction.values())
+    report = json.loads((out / "report.json").read_text())
+    rejects = (out / "rejects.jsonl").read_text().splitlines()
+    assert report["counters"]["total"] == 12 == len(kept) + len(rejects)
+    assert report["counters"]["kept"] == len(kept)
+    calls = (out / "critic_calls.jsonl").read_bytes()
+    assert len(list(read_jsonl(out / "critic_calls.jsonl", fb.CriticCall))) == 24
+    # A second run redoes (and pays) nothing.
+    run_stage1(cfg)
+    assert (out / "critic_calls.jsonl").read_bytes() == calls

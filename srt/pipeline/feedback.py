@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from srt import critic_template as ct
 from srt.critic import CritiqueReply, CritiqueRequest
-from srt.errors import PluginError
+from srt.errors import PluginError, RecordError
 from srt.records import (
     CriticInfo,
     Feedback,
@@ -66,15 +66,19 @@ def generate_responses(
     round: int = 0,
     system_prompt: str | None = None,
     chunk_size: int = 64,
+    num_samples: int = 1,
 ) -> list[FeedbackRecord]:
-    """Answer each instruction once (resumable): returns records with ``response`` set.
+    """Answer each instruction ``num_samples`` times (resumable): returns records with ``response`` set.
 
     ``generator``: a :class:`srt.generation.Generator` (or anything with its ``chat``), or a function
-    returning one, called only when something is left to generate (a finished step loads no model)."""
+    returning one, called only when something is left to generate (a finished step loads no model).
+    With ``num_samples`` > 1 the k-th answer is record ``<id>#s<k>`` (:func:`sample_id`) with
+    ``meta.instruction_id`` and ``meta.sample``, sampled from its own stream (keyed by that id)."""
     from srt.generation import SamplingConfig
 
+    samples = expand_samples(instructions, num_samples)
     done = {r.id: r for r in read_jsonl(path, FeedbackRecord)} if path.exists() else {}
-    todo = [ins for ins in instructions if ins.id not in done]
+    todo = [(rid, ins, k) for rid, ins, k in samples if rid not in done]
     if done:
         log.info("responses: %d already generated, %d to go (%s)", len(done), len(todo), path)
     if todo and not hasattr(generator, "chat"):
@@ -87,27 +91,58 @@ def generate_responses(
             # response is what comes before its feedback header (stage 2 critiques it separately).
             sampling = SamplingConfig(**sampling_kwargs, seed=seed, stop=[ct.FEEDBACK_SEPARATOR.rstrip("\n")])
             outs = generator.chat(
-                [conversation_of(ins) for ins in chunk],
+                [conversation_of(ins) for _, ins, _ in chunk],
                 sampling,
                 system_prompt=system_prompt,
-                keys=[f"response\x00{ins.id}" for ins in chunk],
+                keys=[f"response\x00{rid}" for rid, _, _ in chunk],
                 desc=f"responses ({path.parent.relative_to(path.parent.parent.parent) if stage == 2 else 'stage1'})",
             )
-            for ins, out in zip(chunk, outs):
+            for (rid, ins, k), out in zip(chunk, outs):
                 text = ct.strip_partial_separator(out.text) if out.finish_reason == "length" else out.text
+                sample = {} if num_samples == 1 else {"instruction_id": ins.id, "sample": k}
                 rec = FeedbackRecord(
-                    id=ins.id,
+                    id=rid,
                     instruction=ins.instruction,
                     context=ins.context,
                     reference=ins.reference,
                     response=text.strip(),
                     stage=stage,
                     round=round,
-                    meta={**ins.meta, "response_tokens": out.num_new_tokens, "response_finish": out.finish_reason},
+                    meta={
+                        **ins.meta,
+                        **sample,
+                        "response_tokens": out.num_new_tokens,
+                        "response_finish": out.finish_reason,
+                    },
                 )
                 writer.write(rec)
-                done[ins.id] = rec
-    return [done[ins.id] for ins in instructions]
+                done[rid] = rec
+    return [done[rid] for rid, _, _ in samples]
+
+
+def sample_id(instruction_id: str, k: int) -> str:
+    """The record id of an instruction's k-th sampled response (``generation.response.num_samples`` > 1)."""
+    return f"{instruction_id}#s{k}"
+
+
+def expand_samples(instructions: list[InstructionRecord], num_samples: int) -> list[tuple[str, InstructionRecord, int]]:
+    """(record id, instruction, sample index) for every response to generate; the ids are unique."""
+    if num_samples == 1:
+        return [(ins.id, ins, 0) for ins in instructions]
+    out = [(sample_id(ins.id, k), ins, k) for ins in instructions for k in range(num_samples)]
+    taken = {ins.id for ins in instructions}
+    clash = next((rid for rid, _, _ in out if rid in taken), None)
+    if clash is not None:
+        raise RecordError(
+            f"instruction id {clash!r} is also the id of a sampled response (<id>#s<k>); rename it or set "
+            "generation.response.num_samples: 1"
+        )
+    return out
+
+
+def instruction_of(record: FeedbackRecord) -> str:
+    """The instruction a record answers (its own id when there was one response per instruction)."""
+    return str(record.meta.get("instruction_id", record.id))
 
 
 def conversation_of(record) -> str | list[dict[str, str]]:
@@ -220,6 +255,9 @@ def run_critic(
 class FilterRule:
     refinement_vs_response: Literal[">=", ">"] = ">="
     min_refinement_score: int | None = None
+    balance_scores: Literal["none", "min_max"] = "none"  # filter.balance_scores
+    max_score_share: float | None = None  # filter.max_score_share
+    seed: int = 0  # which records a score cap leaves out
 
 
 @dataclass
@@ -284,7 +322,73 @@ def build_records(
             continue
         out.counters["kept"] += 1
         out.kept.append(kept)
+    balance(out, rule)
     return out
+
+
+def _sample_of(record: FeedbackRecord) -> int:
+    return int(record.meta.get("sample", 0))
+
+
+def balance(out: FilterOutcome, rule: FilterRule) -> None:
+    """``filter.balance_scores`` then ``filter.max_score_share`` on the kept records (in place): what
+    they leave out moves to the rejects (``balanced_out``, ``score_capped``) and out of ``kept``."""
+    if rule.balance_scores == "none" and rule.max_score_share is None:
+        return
+
+    def leave_out(records: list[FeedbackRecord], reason: str, detail) -> None:
+        for rec in records:
+            out.counters["kept"] -= 1
+            out.counters[reason] += 1
+            out.rejects.append(
+                {"id": rec.id, "reason": reason, "detail": detail(rec), "record": rec.model_dump(mode="json")}
+            )
+
+    kept = out.kept
+    if rule.balance_scores == "min_max":
+        groups: dict[str, list[FeedbackRecord]] = {}
+        for rec in kept:
+            groups.setdefault(instruction_of(rec), []).append(rec)
+        chosen: set[str] = set()
+        for recs in groups.values():
+            order = sorted(recs, key=lambda r: (r.feedback.score, _sample_of(r)))
+            low = order[0]
+            high = min((r for r in recs if r.feedback.score == order[-1].feedback.score), key=_sample_of)
+            chosen.update({low.id, high.id})
+        leave_out(
+            [r for r in kept if r.id not in chosen],
+            "balanced_out",
+            lambda r: f"response score {r.feedback.score}: neither the lowest nor the highest of its instruction",
+        )
+        kept = [r for r in kept if r.id in chosen]
+    if rule.max_score_share is not None and kept:
+        from srt.io import json_sha256
+
+        buckets: dict[int, list[FeedbackRecord]] = {}
+        for rec in kept:
+            buckets.setdefault(rec.feedback.score, []).append(rec)
+        cap = score_cap([len(b) for b in buckets.values()], rule.max_score_share)
+        capped: set[str] = set()
+        for recs in buckets.values():
+            order = sorted(recs, key=lambda r: json_sha256({"seed": rule.seed, "id": r.id}))
+            capped.update(r.id for r in order[cap:])
+        leave_out(
+            [r for r in kept if r.id in capped],
+            "score_capped",
+            lambda r: f"response score {r.feedback.score}: over the cap of {cap} records per score",
+        )
+        kept = [r for r in kept if r.id not in capped]
+    out.kept = kept
+
+
+def score_cap(counts: list[int], share: float) -> int:
+    """The largest c for which no bucket's min(count, c) is more than ``share`` of sum(min(counts, c));
+    when none is (fewer than 1 / share buckets), the smallest count."""
+    for c in range(max(counts), 0, -1):
+        clipped = [min(n, c) for n in counts]
+        if max(clipped) <= share * sum(clipped) + 1e-9:
+            return c
+    return min(counts)
 
 
 def critic_usage(path: Path, since: float | None = None) -> dict[str, Any]:

@@ -77,7 +77,8 @@ def collect_feedback(
         policy,
         instructions,
         step_dir / "responses.jsonl",
-        sampling_kwargs=cfg.generation.response.model_dump(),
+        sampling_kwargs=cfg.generation.response.model_dump(exclude={"num_samples"}),
+        num_samples=cfg.generation.response.num_samples,
         seed=cfg.seed,
         stage=stage,
         round=round,
@@ -140,7 +141,13 @@ def stage1(ctx: RunContext) -> Path:
             critic_spec=cfg.critic,
             stage=1,
             round=0,
-            rule=fb.FilterRule(cfg.filter.refinement_vs_response, cfg.filter.min_refinement_score),
+            rule=fb.FilterRule(
+                cfg.filter.refinement_vs_response,
+                cfg.filter.min_refinement_score,
+                balance_scores=cfg.filter.balance_scores,
+                max_score_share=cfg.filter.max_score_share,
+                seed=cfg.seed,
+            ),
         )
         fb.save_outcome(step_dir, outcome)
         report = write_stage_report(

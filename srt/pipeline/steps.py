@@ -50,6 +50,26 @@ _OUTPUTS = {
     "train": ("checkpoints", "logs", "model", "adapter", "reference_logps", "hpc_ckpt_*.ckpt", "summary.md"),
     "start": (),
 }
+# Options added after runs were recorded: at these values a step computes what it did before they
+# existed, so they stay out of its settings (and fingerprint) and earlier runs resume without drift.
+_ADDED_DEFAULTS = {
+    "generation.response.num_samples": 1,
+    "filter.balance_scores": "none",
+    "filter.max_score_share": None,
+    **{f"sft.segment_weights.{k}": 1.0 for k in ("response", "feedback", "refinement", "eos")},
+}
+# Renamed options, recorded under the name they had (fingerprints of earlier runs hold).
+_RENAMED = {"dpo.rpo_alpha": "dpo.nll_weight"}
+
+
+def _compatible(settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        _RENAMED.get(k, k): v
+        for k, v in settings.items()
+        if not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k] and type(v) is type(_ADDED_DEFAULTS[k]))
+    }
+
+
 # Settings that change how a trainer runs, not what it computes.
 _TRAINER_SHAPING = ("trainer.precision", "trainer.gradient_clip_val", "trainer.val_fraction", "trainer.fsdp.precision")
 
@@ -133,7 +153,7 @@ def plan_steps(cfg: RunConfig, *, start_model: str | None = None) -> list[Step]:
     steps: list[Step] = []
 
     def add(name: str, kind: str, directory: Path, settings: dict[str, Any]) -> None:
-        steps.append(Step(name, kind, directory, settings, steps[-1].fingerprint if steps else None))
+        steps.append(Step(name, kind, directory, _compatible(settings), steps[-1].fingerprint if steps else None))
 
     s1 = out_dir / "stage1"
     if start_model is None and cfg.data.stage1 is not None:
