@@ -261,6 +261,12 @@ class DPOConfig(_Strict):
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: epochs decide).")
     micro_batch_size: int = _f(1, "Pairs per device per forward pass.", ge=1)
     global_batch_size: int = _f(32, "Pairs per optimizer step; a multiple of micro_batch_size x devices.", ge=1)
+    reference_batch_size: int | None = _f(
+        None,
+        "Pairs per forward of the precomputed reference pass (no grad: no activations kept, so larger than "
+        "training's; batches sorted by length, less padding); unset: 4 x micro_batch_size.",
+        ge=1,
+    )
     max_length: int = _f(2048, "Longest prompt + completion in tokens.", ge=16)
     max_prompt_length: int | None = _f(
         None, "With `truncate`, the prompt is cut from the left to no less than this (default max_length // 2).", ge=1
