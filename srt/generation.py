@@ -1,6 +1,9 @@
-"""Batched generation with any transformers causal LM (``model.generate`` underneath).
+"""Batched generation with any transformers causal LM.
 
-What this adds on top of ``generate``:
+Decoding runs in :mod:`srt.decode` (the model's own forward, finished rows leave the batch and
+waiting prompts take their slots); ``model.generate`` runs instead where that loop does not
+apply (:func:`srt.decode.unsupported`) or with ``Generator(decode_loop=False)``. Both give the
+same greedy tokens and the same samples. What this adds on top of ``generate``:
 
 * left padding done here (whatever the tokenizer's ``padding_side``), prompts sorted by length so
   a batch wastes little padding, outputs returned in input order;
@@ -15,6 +18,7 @@ What this adds on top of ``generate``:
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +28,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from srt.decode import DecodeStats, decode, unsupported
 from srt.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 
@@ -62,12 +69,28 @@ def _row_seed(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x00{key}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
+def _sample(scores: torch.Tensor, temperature: float, top_p: float, generators: Sequence[torch.Generator]):
+    """Temperature + top-p sampling with one random stream per row, by inverse CDF: each row draws
+    one uniform number per step from its own CPU generator, so a row's samples do not depend on
+    the other rows of its batch."""
+    probs = torch.softmax(scores.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest set whose mass reaches top_p (always at least the top token).
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+        probs = probs / probs.sum(-1, keepdim=True)
+    uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(probs.device)
+    cdf = probs.cumsum(-1)
+    tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1), right=True).clamp_(max=probs.shape[-1] - 1)
+    return tokens.squeeze(-1)
+
+
 class _PerRowSampler(LogitsProcessor):
-    """Temperature + top-p sampling with one random stream per row, by inverse CDF.
+    """:func:`_sample` as a logits processor for ``model.generate`` (the fallback path).
 
     ``generate`` runs greedy (``do_sample=False``); this processor leaves only the sampled token
-    finite, so argmax picks it. Each row draws one uniform number per step from its own CPU
-    generator, which keeps a row's samples independent of the other rows in its batch.
+    finite, so argmax picks it.
     """
 
     def __init__(self, temperature: float, top_p: float, seeds: Sequence[int]):
@@ -75,20 +98,9 @@ class _PerRowSampler(LogitsProcessor):
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            # Keep the smallest set whose mass reaches top_p (always at least the top token).
-            drop = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p
-            probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-            probs = probs / probs.sum(-1, keepdim=True)
-        uniforms = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(probs.device)
-        cdf = probs.cumsum(-1)
-        tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1), right=True).clamp_(
-            max=probs.shape[-1] - 1
-        )
+        tokens = _sample(scores, self.temperature, self.top_p, self.generators)
         picked = torch.full_like(scores, float("-inf"))
-        return picked.scatter_(-1, tokens, 0.0)
+        return picked.scatter_(-1, tokens.unsqueeze(-1), 0.0)
 
 
 class ChatGeneration:
@@ -134,12 +146,21 @@ class ChatGeneration:
 
 
 class Generator(ChatGeneration):
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 8,
+        device: str | torch.device | None = None,
+        decode_loop: bool = True,
+    ):
         if batch_size < 1:
             raise ConfigError(f"generation batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.decode_loop = decode_loop  # False: always model.generate (srt.decode otherwise, where it applies)
+        self.stats = DecodeStats()  # what srt.decode computed, summed over calls
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if device is not None:
             self.model.to(self.device)
@@ -189,18 +210,72 @@ class Generator(ChatGeneration):
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
         outputs: list[GenerationOutput | None] = [None] * len(prompts)
+        seeds = [_row_seed(sampling.seed, key) for key in keys]
 
         new_tokens, start = 0, time.perf_counter()
         with tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True) as bar:
-            for offset in range(0, len(order), self.batch_size):
-                rows = order[offset : offset + self.batch_size]
-                seeds = [_row_seed(sampling.seed, keys[i]) for i in rows]
-                for i, out in zip(rows, self._generate_batch([encoded[i] for i in rows], sampling, seeds)):
-                    outputs[i] = out
-                    new_tokens += out.num_new_tokens
-                bar.update(len(rows))
+
+            def done(i: int, out: GenerationOutput) -> None:
+                nonlocal new_tokens
+                outputs[i] = out
+                new_tokens += out.num_new_tokens
+                bar.update(1)
                 bar.set_postfix(tok_per_s=f"{new_tokens / max(time.perf_counter() - start, 1e-9):.1f}")
+
+            reason = self._why_generate(encoded)
+            if reason is None:
+                self._decode([encoded[i] for i in order], order, sampling, seeds, done)
+            else:
+                logger.debug("generation through model.generate: %s", reason)
+                for offset in range(0, len(order), self.batch_size):
+                    rows = order[offset : offset + self.batch_size]
+                    batch = self._generate_batch([encoded[i] for i in rows], sampling, [seeds[i] for i in rows])
+                    for i, out in zip(rows, batch):
+                        done(i, out)
         return outputs  # type: ignore[return-value]
+
+    def _why_generate(self, encoded: list[list[int]]) -> str | None:
+        """Why this call goes through ``model.generate`` rather than :mod:`srt.decode` (None: it does not)."""
+        if not self.decode_loop:
+            return "Generator(decode_loop=False)"
+        if any(not ids for ids in encoded):
+            return "an empty prompt"
+        return unsupported(self.model)
+
+    def _decode(self, batch: list[list[int]], indices: list[int], sampling: SamplingConfig, seeds, done) -> None:
+        """Every prompt through :func:`srt.decode.decode` (``indices[k]`` is ``batch[k]``'s position in the call)."""
+        if sampling.temperature > 0:
+            generators = {i: torch.Generator().manual_seed(seeds[i]) for i in indices}
+
+            def pick(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+                return _sample(logits, sampling.temperature, sampling.top_p, [generators[indices[r]] for r in rows])
+
+        else:
+
+            def pick(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+                return logits.argmax(dim=-1)
+
+        stop, window = None, 0
+        if sampling.stop:
+            from transformers.generation.stopping_criteria import StopStringCriteria
+
+            criteria = StopStringCriteria(tokenizer=self.tokenizer, stop_strings=sampling.stop)
+            stop, window = (lambda ids: criteria(ids, None)), criteria.maximum_token_len
+
+        decode(
+            self.model,
+            batch,
+            batch_size=self.batch_size,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            pick=pick,
+            stop=stop,
+            stop_window=window,
+            on_done=lambda k, tokens: done(indices[k], self._finish(tokens, len(batch[k]), sampling)),
+            device=self.device,
+            stats=self.stats,
+        )
 
     def _generate_batch(
         self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]
