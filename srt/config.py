@@ -320,6 +320,14 @@ class Stage2Config(_Strict):
     instructions_per_round: int | None = _f(
         None, "Give each round its own slice of data.stage2 (unset: every round reads the same instructions).", ge=1
     )
+    answer_checker: str | None = _f(
+        None,
+        "An installed `srt.benchmarks` plugin that tells a right answer from a wrong one given the gold answer (it "
+        "declares `check_answer(text, reference)`; e.g. `word_problems`). With it, and `data.stage2.fields` mapping "
+        "`reference`, each round's report states the precision of its DPO pairs (chosen right and rejected wrong), "
+        "the inverted ones, and the same counts over every candidate the self-critic ranked, for comparison. "
+        "Reported only: gold answers never choose or filter pairs. Unset: no precision.",
+    )
 
 
 class TrainerConfig(_Strict):

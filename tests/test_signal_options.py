@@ -261,3 +261,100 @@ def test_stage1_with_several_samples_and_balance_resumes_without_new_critic_call
     # A second run redoes (and pays) nothing.
     run_stage1(cfg)
     assert (out / "critic_calls.jsonl").read_bytes() == calls
+
+
+# -- stage2.answer_checker: pair precision (reported, never used to choose) ---------------------------
+
+
+def _pair(i, response, refinement, reference="#### 5"):
+    from srt.records import FeedbackRecord
+
+    return FeedbackRecord(
+        id=f"p{i}", instruction="q", response=response, refinement=refinement, reference=reference, stage=2
+    )
+
+
+def test_pair_precision_counts_chosen_right_and_rejected_wrong():
+    from srt.pipeline.pair_precision import pair_precision
+
+    kept = [
+        _pair(0, "It is 4.", "The answer is 5."),  # right pair
+        _pair(1, "It is 4.", "The answer is 5."),
+        _pair(2, "It is 5.", "The answer is 5."),  # both right
+        _pair(3, "It is 5.", "The answer is 7."),  # inverted
+        _pair(4, "It is 5.", "The answer is 7.", reference=None),  # unchecked
+    ]
+    rejects = [{"id": "p9", "reason": "refinement_not_better", "kept": _pair(9, "2", "3").model_dump(mode="json")}]
+    rejects.append({"id": "p8", "reason": "parse_failure:x"})  # never ranked: not a candidate
+    out = pair_precision("word_problems", kept, rejects)
+    assert out["pairs"] == {
+        "n": 5,
+        "chosen_right_rejected_wrong": 2,
+        "both_right": 1,
+        "both_wrong": 0,
+        "inverted": 1,
+        "unchecked": 1,
+        "precision": 0.5,
+        "inverted_share": 0.25,
+    }
+    assert (
+        out["candidates"]["n"] == 6 and out["candidates"]["both_wrong"] == 1 and out["candidates"]["precision"] == 0.4
+    )
+
+
+def test_answer_checker_is_checked_by_the_plan(tmp_path, tiny_model_dir):
+    from srt.pipeline.plan import plan_run
+
+    data = tmp_path / "s2.jsonl"
+    data.write_text('{"id": "a", "instruction": "What is 2 + 3?", "answer": "#### 5"}\n')
+    base = {
+        "output_dir": str(tmp_path / "run"),
+        "data": {"stage2": {"path": str(data), "fields": {"instruction": "instruction", "answer": "x"}}},
+    }
+    del base["data"]["stage2"]["fields"]["answer"]
+    with pytest.raises(ConfigError, match="maps no 'reference'"):
+        plan_run(
+            RunConfig.model_validate({**base, "stage2": {"answer_checker": "word_problems"}}),
+            "stage2",
+            start_model=str(tiny_model_dir),
+        )
+    with pytest.raises(ConfigError, match="declares no check_answer"):
+        plan_run(
+            RunConfig.model_validate({**base, "stage2": {"answer_checker": "alpaca_eval"}}),
+            "stage2",
+            start_model=str(tiny_model_dir),
+        )
+
+
+@pytest.mark.slow
+def test_stage2_report_states_pair_precision(tmp_path, tiny_model_dir):
+    import json
+    from pathlib import Path
+
+    from srt.pipeline.stage2 import run_stage2
+
+    data = Path(__file__).resolve().parents[1] / "configs" / "data" / "word_problems_stage2.jsonl"
+    cfg = RunConfig.model_validate(
+        {
+            "output_dir": str(tmp_path / "run"),
+            "model": {"path": str(tiny_model_dir), "dtype": "float32"},
+            "data": {
+                "stage2": {
+                    "path": str(data),
+                    "fields": {"id": "id", "instruction": "instruction", "reference": "answer"},
+                    "limit": 4,
+                }
+            },
+            "generation": {"batch_size": 4, "response": {"max_new_tokens": 8}},
+            "stage2": {"critic": {"name": "reference"}, "answer_checker": "word_problems"},
+            "dpo": {"max_steps": 1, "micro_batch_size": 2, "global_batch_size": 2, "max_length": 512},
+            "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true"},
+        }
+    )
+    run_stage2(cfg, start_model=str(tiny_model_dir))
+    rd = Path(cfg.output_dir) / "stage2" / "round1"
+    report = json.loads((rd / "report.json").read_text())
+    pairs = report["pair_precision"]["pairs"]
+    # The reference critic's refinement is the gold solution and the tiny model's answers are noise.
+    assert pairs["n"] == report["pairs"] > 0 and pairs["precision"] == 1.0 and pairs["inverted"] == 0
+    assert "## Pair precision against gold answers (word_problems" in (rd / "report.md").read_text()

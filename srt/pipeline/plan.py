@@ -213,6 +213,15 @@ def plan_run(cfg: RunConfig, command: Command, *, start_model: str | None = None
     if stage2:
         check_source(cfg.data.stage2, "data.stage2")
         check_critic(cfg.stage2.critic, "stage2.critic", sources=[("data.stage2", cfg.data.stage2)])
+        if cfg.stage2.answer_checker is not None:
+            from srt.pipeline.pair_precision import answer_checker
+
+            answer_checker(cfg.stage2.answer_checker)
+            if "reference" not in cfg.data.stage2.fields:
+                raise ConfigError(
+                    f"stage2.answer_checker {cfg.stage2.answer_checker!r} checks answers against gold ones, but "
+                    "data.stage2.fields maps no 'reference' (e.g. fields: {instruction: question, reference: answer})"
+                )
     check_generation(cfg)
     check_trainer(cfg)
     check_batches(cfg, command)

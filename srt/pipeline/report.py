@@ -57,6 +57,27 @@ def _markdown(report: dict) -> str:
         f"refinements {report['scores']['refinement']['mean']}",
         "",
     ]
+    precision = report.get("pair_precision")
+    if precision:
+        from srt.pipeline.pair_precision import OUTCOMES
+
+        lines += [
+            f"## Pair precision against gold answers ({precision['checker']}; reported, not used to choose pairs)",
+            "",
+            "| | n | " + " | ".join(k.replace("_", " ") for k in OUTCOMES) + " | precision |",
+            "| --- | --- | " + " | ".join("---" for _ in OUTCOMES) + " | --- |",
+        ]
+        for what in ("pairs", "candidates"):
+            row = precision[what]
+            lines.append(
+                f"| {what} | {row['n']} | " + " | ".join(str(row[k]) for k in OUTCOMES) + f" | {row['precision']} |"
+            )
+        lines += [
+            "",
+            "precision: share of the checked ones whose refinement (chosen) is right and response (rejected) wrong; "
+            "candidates: every record whose refinement the critic re-scored (kept or not).",
+            "",
+        ]
     usage = report.get("usage") or {}
     if usage:
         lines += ["## Critic calls and cost", "", "| | |", "| --- | --- |"]

@@ -113,6 +113,11 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
         fb.save_outcome(step_dir, outcome)  # records.jsonl = the self-feedback records that won
         pairs = pairs_from(outcome.kept, r)
         write_jsonl_atomic(pairs_path, pairs)
+        extra: dict = {"pairs": len(pairs)}
+        if cfg.stage2.answer_checker is not None:  # reported only: gold never chooses a pair
+            from srt.pipeline.pair_precision import pair_precision
+
+            extra["pair_precision"] = pair_precision(cfg.stage2.answer_checker, outcome.kept, outcome.rejects)
         report = write_stage_report(
             step_dir,
             title=title,
@@ -120,7 +125,7 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
             response_scores=outcome.response_scores,
             refinement_scores=outcome.refinement_scores,
             usage=usage,
-            extra={"pairs": len(pairs)},
+            extra=extra,
         )
         ctx.finished(f"{prefix}.critic")
         log.info("stage 2 round %d data: %s", r, report["counters"])

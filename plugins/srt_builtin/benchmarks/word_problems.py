@@ -98,6 +98,13 @@ class WordProblemsBenchmark:
     uses_judge = False
     settings_model = WordProblemsSettings
 
+    @staticmethod
+    def check_answer(text: str, reference: str) -> bool | None:
+        """Whether ``text``'s final number is the gold answer of ``reference`` (None: it has none); the
+        stage-2 report's pair precision reads it (``stage2.answer_checker: word_problems``)."""
+        gold = gold_answer(reference)
+        return None if gold is None else same_number(final_answer(text), gold)
+
     @classmethod
     def check_settings(cls, settings: WordProblemsSettings) -> None:
         """Plan check, nothing loaded: the data file is readable and every row it uses has its fields."""
