@@ -10,6 +10,13 @@ Three ways to answer an instruction with a :class:`srt.generation.Generator`:
   (T=0.7), let the model score each one itself (the response is placed in the assistant turn,
   followed by ``### Feedback``; the model writes its feedback with ``Overall Score: [[n]]`` and
   stops at ``### Improved Response``), answer with the best-scored one (ties: the first sampled).
+* :meth:`SelfRefiner.gated` (``gated``): the ``srt`` pass, then the model re-scores its refinement
+  in a separate call (as stage 2 does: the refinement in the response slot, its own feedback, its
+  score). The refinement is the answer only when that score is strictly higher than the score the
+  model gave its response in the ``srt`` pass; otherwise (lower, equal, either unscored, or no
+  refinement) the answer is the initial response. ``stats`` counts ``gate_kept_refinement``,
+  ``gate_kept_response`` and, of the latter, ``gate_unscored``; each answer records ``gate``
+  (``refinement`` | ``response``) and ``refinement_score``.
 * :meth:`SelfRefiner.plain` (``plain``): the model's answer as is. If the model goes on to write
   an SRT tail (an SRT model does), everything from the first line that is only a
   ``### Feedback`` header is cut; generation also stops there, so no time is spent on the tail.
@@ -37,9 +44,9 @@ from srt.critic_template import (
 from srt.errors import ConfigError
 from srt.generation import Generator, SamplingConfig
 
-Mode = Literal["plain", "srt", "rerank"]
+Mode = Literal["plain", "srt", "rerank", "gated"]
 ScoringVia = Literal["srt", "critic_prompt"]
-MODES = ("plain", "srt", "rerank")
+MODES = ("plain", "srt", "rerank", "gated")
 
 # A line holding only the feedback header (any number of '#', any case): where an SRT tail starts.
 _FEEDBACK_LINE = re.compile(r"^[ \t]*#{1,6}[ \t]*feedback[ \t]*:?[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -74,6 +81,8 @@ class SrtAnswer:
     finish_reason: str | None = None  # "eos" | "stop" | "length" (length = truncated)
     num_new_tokens: int = 0
     candidates: list[dict[str, Any]] = field(default_factory=list)  # rerank: every sampled response and its score
+    refinement_score: int | None = None  # gated: the model's own score of its refinement (separate call)
+    gate: str | None = None  # gated: which part is the answer, "refinement" or "response"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +150,33 @@ class SelfRefiner:
                 self.stats["truncated"] += 1
             answers.append(answer)
         return answers
+
+    # -- gated: the refinement only when the model's own re-score says it beats the response ----
+
+    def gated(self, instructions: Sequence[str]) -> list[SrtAnswer]:
+        """The ``srt`` pass, then a separate self-score of each refinement: the refinement is the
+        answer only when it scores strictly higher than the response did (module docstring)."""
+        answers = self.answer(instructions)
+        todo = [k for k, a in enumerate(answers) if a.refinement is not None and not a.fallback]
+        scores = self.score([answers[k].instruction for k in todo], [answers[k].refinement for k in todo], via="srt")
+        rescored = dict(zip(todo, scores))
+        out = []
+        for k, a in enumerate(answers):
+            score = rescored[k].score if k in rescored else None
+            wins = score is not None and a.self_score is not None and score > a.self_score
+            if not wins and (score is None or a.self_score is None):
+                self.stats["gate_unscored"] += 1
+            self.stats["gate_kept_refinement" if wins else "gate_kept_response"] += 1
+            out.append(
+                replace(
+                    a,
+                    mode="gated",
+                    answer=a.refinement if wins else a.response,
+                    refinement_score=score,
+                    gate="refinement" if wins else "response",
+                )
+            )
+        return out
 
     # -- plain -------------------------------------------------------------------------------
 
@@ -253,6 +289,8 @@ class SelfRefiner:
             return self.plain(instructions)
         if mode == "rerank":
             return self.rerank(instructions, n=n, via=via)
+        if mode == "gated":
+            return self.gated(instructions)
         raise ConfigError(f"unknown answer mode {mode!r}; use one of {', '.join(MODES)}")
 
 

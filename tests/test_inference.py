@@ -112,3 +112,56 @@ def test_strip_srt_tail():
     text = "Give feedback: ### Feedback is a header.\nMore."
     assert strip_srt_tail(text) == text
     assert strip_srt_tail("  plain answer \n") == "plain answer"
+
+
+class _Scripted:
+    """A generator whose SRT pass and self-scores are scripted: the gate's logic, case by case."""
+
+    def __init__(self, turns, rescores):
+        self.turns, self.rescores, self.scored = turns, rescores, []
+
+    def chat(self, prompts, sampling, system_prompt=None, assistant_prefixes=None, desc=None, **_):
+        from srt.generation import GenerationOutput
+
+        if assistant_prefixes is None:  # the SRT pass
+            texts = [self.turns[p] for p in prompts]
+        else:  # the re-score of each refinement, placed in the response slot
+            self.scored += list(prompts)
+            texts = [self.rescores[p] for p in prompts]
+        return [GenerationOutput(t, 1, 1, "eos") for t in texts]
+
+
+def test_gate_keeps_the_refinement_only_when_its_rescore_beats_the_response():
+    from srt.critic_template import render_feedback, render_srt_turn
+
+    def turn(score, refinement="Better."):
+        return render_srt_turn("First try.", render_feedback("w", "s", score), refinement)
+
+    turns = {"up": turn(4), "tie": turn(5), "down": turn(7), "none": "just an answer", "unscored": turn(3)}
+    rescores = {"up": "Overall Score: [[6]]", "tie": "Overall Score: [[5]]", "down": "Overall Score: [[2]]"}
+    rescores["unscored"] = "no score here"
+    refiner = SelfRefiner(_Scripted(turns, rescores))
+    answers = {a.instruction: a for a in refiner.run(list(turns), mode="gated")}
+    assert answers["up"].answer == "Better." and answers["up"].gate == "refinement"
+    assert answers["up"].refinement_score == 6 and answers["up"].self_score == 4
+    for key in ("tie", "down", "none", "unscored"):  # not strictly better: the response is the answer
+        assert answers[key].answer == answers[key].response and answers[key].gate == "response", key
+    assert answers["none"].refinement_score is None and "none" not in refiner.generator.scored  # nothing to re-score
+    assert all(a.mode == "gated" for a in answers.values())
+    assert refiner.stats["gate_kept_refinement"] == 1 and refiner.stats["gate_kept_response"] == 4
+    assert refiner.stats["gate_unscored"] == 2 and refiner.stats["answered"] == 5
+
+
+def test_gated_mode_on_the_tiny_srt_model(srt_generator):
+    refiner = SelfRefiner(
+        srt_generator, SamplingConfig(max_new_tokens=80), score_sampling=SamplingConfig(max_new_tokens=40)
+    )
+    instructions = [ex["instruction"] for ex in SRT_EXAMPLES]
+    answers = refiner.gated(instructions)
+    rescored = refiner.score(instructions, [ex["refinement"] for ex in SRT_EXAMPLES])
+    for answer, ex, again in zip(answers, SRT_EXAMPLES, rescored):
+        assert answer.response == ex["response"] and answer.refinement == ex["refinement"]
+        assert answer.self_score == ex["score"] and answer.refinement_score == again.score  # a separate call
+        wins = again.score is not None and again.score > ex["score"]
+        assert answer.answer == (ex["refinement"] if wins else ex["response"])
+    assert refiner.stats["gate_kept_refinement"] + refiner.stats["gate_kept_response"] == 2
