@@ -254,7 +254,7 @@ def test_validate_prints_the_plan_and_writes_nothing(cli, tiny_model_dir, tmp_pa
     assert code == 0, stderr
     assert f"plan for srt-eval run: output_dir {out}" in stdout
     assert "model srt" in stdout and "answer_mode srt" in stdout
-    assert "benchmark alpaca_eval, judge hf" in stdout and "benchmark gsm8k\n" in stdout
+    assert "benchmark alpaca_eval, judge hf" in stdout and "benchmark gsm8k, limit 2\n" in stdout
     assert stdout.rstrip().endswith("ok: nothing to fix")
     assert not out.exists()
 

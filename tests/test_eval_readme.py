@@ -26,6 +26,11 @@ SRT_EVAL = str(Path(sys.executable).with_name("srt-eval"))
 SECRET = "sk-readme-test-3b9f0c7e1d5a-DO-NOT-LEAK"
 
 TINY_CONFIG = "srt-eval run --config configs/eval_tiny.yaml"
+SMOKE_RUN = (
+    "srt-eval run --model base=tiny --model srt=tiny --mode srt=srt --benchmarks gsm8k,mgsm,alpaca_eval "
+    "--limit 2 --max-new-tokens 16 --batch-size 4 --device auto "
+    "--judge hf --set judge.model=tiny --set judge.max_new_tokens=16 --output runs/eval-smoke"
+)
 OPENAI_RUN = (
     "srt-eval run --model srt=runs/x/stage2/round1/model --answer-mode srt "
     "--benchmarks alpaca_eval,gsm8k,tydiqa,mgsm --judge openai --set judge.model=gpt-4o"
@@ -78,10 +83,11 @@ def _run(args, workdir, env, timeout=600):
 
 
 def test_the_readme_prints_exactly_the_tested_commands():
-    assert readme_commands() == [TINY_CONFIG, OPENAI_RUN, PAPER_RUN, PAPER_VALIDATE, GENERATE]
+    assert readme_commands() == [TINY_CONFIG, SMOKE_RUN, OPENAI_RUN, PAPER_RUN, PAPER_VALIDATE, GENERATE]
     # Elsewhere in the README only `srt-eval plugins` (run by tests/test_cli.py).
     assert set(readme_commands(section_only=False)) == {
         TINY_CONFIG,
+        SMOKE_RUN,
         OPENAI_RUN,
         PAPER_RUN,
         PAPER_VALIDATE,
@@ -108,8 +114,68 @@ def test_tiny_config_runs_the_whole_suite_offline(workdir):
     assert alpaca["meta"]["judge"]["name"] == "hf"
     assert alpaca["metrics"]["n_total"] + alpaca["metrics"]["judge_failures"] == 4
     assert summary["results"]["base-srt"]["alpaca_eval"]["metrics"]["srt_fallback_rate"] == 100  # random weights
-    assert "| alpaca_eval | win_rate |" in (out / "report.md").read_text()
     assert res.stdout.rstrip().endswith("results: runs/eval-tiny/summary.json, runs/eval-tiny/report.md")
+    check_report(out, summary, benchmarks)
+
+
+def check_report(out, summary, benchmarks):
+    """Every benchmark has its section: a row per model with the SRT rates (numbers for srt answers,
+    – for plain ones), a header with one unit per column, and its plots, written."""
+    report = (out / "report.md").read_text()
+    sections = {s.split("\n", 1)[0]: s for s in report.split("\n## ")[1:]}
+    for bench in benchmarks:
+        section = sections[bench]
+        header = next(line for line in section.splitlines() if line.startswith("| model | answer mode |"))
+        assert header.endswith("| srt_parse_rate (%) | srt_fallback_rate (%) |"), header
+        for model, entry in summary["results"].items():
+            row = next(line for line in section.splitlines() if line.startswith(f"| {model} |"))
+            metrics = entry[bench]["metrics"]
+            if "srt_fallback_rate" in metrics:  # srt answers of the random tiny model: all fall back
+                assert metrics["srt_fallback_rate"] == 100 and row.endswith("| 100.0 |"), row
+            else:
+                assert row.endswith("| – | – |"), row
+        plots = re.findall(r"!\[[^]]*\]\((plots/[^)]+\.png)\)", section)
+        assert plots, f"{bench}: no plot"
+        for plot in plots:
+            assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+    return sections
+
+
+def test_smoke_run_with_the_new_flags(workdir):
+    """--mode NAME=MODE, --limit, --max-new-tokens, --batch-size, --device auto and judge settings by
+    --set judge.KEY=VALUE: a real run of the printed command on the tiny model."""
+    res = _run(command(SMOKE_RUN), workdir, _env(workdir))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = workdir / "runs" / "eval-smoke"
+    summary = json.loads((out / "summary.json").read_text())
+    models = summary["models"]
+    assert {m: (r["answer_mode"], r["batch_size"]) for m, r in models.items()} == {
+        "base": ("plain", 4),
+        "srt": ("srt", 4),
+    }
+    for record in models.values():
+        assert record["sampling"]["max_new_tokens"] == record["score_sampling"]["max_new_tokens"] == 16
+    judge = summary["results"]["base"]["alpaca_eval"]["meta"]["judge"]
+    assert judge["name"] == "hf" and judge["max_new_tokens"] == 16
+    for model in ("base", "srt"):
+        results = summary["results"][model]
+        assert sorted(results) == ["alpaca_eval", "gsm8k", "mgsm"]
+        assert results["gsm8k"]["task"]["limit"] == 2 and results["gsm8k"]["task"]["max_gen_toks"] == 16
+        assert len((out / model / "gsm8k" / "samples.jsonl").read_text().splitlines()) == 2
+        assert len((out / model / "alpaca_eval" / "samples.jsonl").read_text().splitlines()) == 2
+        languages = results["mgsm"]["task"]["languages"]
+        assert len((out / model / "mgsm" / "samples.jsonl").read_text().splitlines()) == 2 * len(languages)
+        assert results["gsm8k"]["units"]["strict_match"] == "fraction"
+    srt_gsm8k = summary["results"]["srt"]["gsm8k"]["metrics"]
+    assert srt_gsm8k["srt_answers"] == 2 and srt_gsm8k["srt_parse_rate"] == 0 and srt_gsm8k["srt_fallback_rate"] == 100
+    sections = check_report(out, summary, ["gsm8k", "mgsm", "alpaca_eval"])
+    strict = summary["results"]["base"]["gsm8k"]["metrics"]
+    row = next(line for line in sections["gsm8k"].splitlines() if line.startswith("| base | plain |"))
+    assert row.startswith(
+        f"| base | plain | {100 * strict['strict_match']:.1f} ± {100 * strict['strict_match_stderr']:.1f} |"
+    )
+    assert "Per part (language) of mgsm:" in sections["mgsm"]
+    assert res.stdout.rstrip().endswith("results: runs/eval-smoke/summary.json, runs/eval-smoke/report.md")
 
 
 def _scripted_judge(messages):
