@@ -178,6 +178,7 @@ def test_help_names_every_flag_and_the_judge_settings(cli):
 def test_units_and_srt_rates():
     assert metric_unit("strict_match", {"strict_match": "fraction"}) == "fraction"
     assert metric_unit("strict_match_stderr", {"strict_match": "fraction"}) == "fraction"
+    assert metric_unit("en/f1") == metric_unit("exact_match_stderr") == "fraction"  # lm-eval's, undeclared
     assert [metric_unit(m) for m in ("win_rate", "standard_error", "en/accuracy", "score_parse_rate")] == [
         "percent"
     ] * 4

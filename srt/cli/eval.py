@@ -63,7 +63,8 @@ def run_options(f):
             "--device",
             default=None,
             metavar="DEVICE",
-            help="Every model's device: cpu, cuda, cuda:N or auto (cuda when a GPU is visible). Config: models[].device.",
+            help="Every model's device: cpu, cuda, cuda:N or auto (cuda when a GPU is visible). Config: models[].device "
+            "(an hf judge's: --set judge.device=...).",
         ),
         click.option(
             "--batch-size",

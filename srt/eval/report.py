@@ -49,6 +49,8 @@ PERCENT, FRACTION = "percent", "fraction"
 UNITS = (PERCENT, FRACTION, "count", "characters", "tokens", "score")
 _HEADER_UNIT = {PERCENT: " (%)", FRACTION: " (%)", "characters": " (chars)", "tokens": " (tokens)"}
 _PERCENT_NAMES = {"win_rate", "length_controlled_winrate", "discrete_win_rate", "accuracy", "agreement"}
+# lm-eval's exact match and F1 (0..1), for results that declare no units (runs before units were recorded).
+_FRACTION_NAMES = {"exact_match", "f1", "strict_match", "flexible_extract", "acc", "acc_norm"}
 _COUNT_NAMES = {"ties", "parse_failures", "judge_failures", "truncated", "fixed_by_refinement", "broken_by_refinement"}
 
 
@@ -128,15 +130,17 @@ def srt_answer_metrics(samples: Sequence[Mapping[str, Any]]) -> dict[str, float]
 
 def metric_unit(metric: str, declared: Mapping[str, str] | None = None) -> str | None:
     """A metric's unit: ``declared`` (the plugin's) first, then by name (``<lang>/`` prefixes ignored):
-    rates, accuracies, win rates and agreement are percent; ``n_*`` and known tallies counts;
-    lengths characters; ``new_tokens*`` tokens; scores and rubrics scores; standard errors their
-    metric's. None: unknown (shown as given)."""
+    lm-eval's exact match / F1 names are fractions; rates, accuracies, win rates and agreement are
+    percent; ``n_*`` and known tallies counts; lengths characters; ``new_tokens*`` tokens; scores and
+    rubrics scores; standard errors their metric's. None: unknown (shown as given)."""
     if declared and metric in declared:
         return declared[metric]
     of = error_bar_of(metric)
     if of is not None:
         return metric_unit(of, declared)
     base = metric.rsplit("/", 1)[-1]
+    if base in _FRACTION_NAMES:
+        return FRACTION
     if base in _PERCENT_NAMES or base.endswith(("_rate", "_winrate", "_accuracy", "_agreement")):
         return PERCENT
     if base.startswith("n_") or base in _COUNT_NAMES or base in ("srt_fallbacks", "srt_answers"):
@@ -406,7 +410,7 @@ def parts_table(summary: Mapping[str, Any], bench: str) -> list[str]:
 
 
 def render_markdown(
-    summary: dict[str, Any], plots: Sequence[Path] = (), per_benchmark_plots: Mapping[str, Sequence[Path]] = {}
+    summary: dict[str, Any], plots: Sequence[Path] = (), per_benchmark_plots: Mapping[str, Sequence[Path]] | None = None
 ) -> str:
     lines = [
         "# Evaluation report",
@@ -422,7 +426,7 @@ def render_markdown(
         by_part = parts_table(summary, bench)
         if by_part:
             lines += ["", f"Per part (language) of {bench}:", "", *by_part]
-        bench_plots = per_benchmark_plots.get(bench) or []
+        bench_plots = (per_benchmark_plots or {}).get(bench) or []
         if bench_plots:
             lines += ["", *(f"![{p.stem}]({p.as_posix()})" for p in bench_plots)]
 
