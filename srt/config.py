@@ -276,6 +276,16 @@ class DPOConfig(_Strict):
         "Pairs over max_length: leave out, or cut the prompt "
         "from the left and then both completions. Counted and reported.",
     )
+    pair_format: Literal["refinement", "turn"] = _f(
+        "refinement",
+        "What a pair compares. `refinement`: chosen = the refinement, rejected = the response (the paper). `turn`: "
+        "whole SRT turns (response -> feedback -> refinement), so the preference shapes the feedback too: per "
+        "instruction, chosen = the turn whose refinement beat its response by the widest self-score margin, "
+        "rejected = the turn whose refinement did worst against its response (not better, by the rule of "
+        "`stage2.refinement_vs_response`); ties: the lower sample index. Needs `generation.response.num_samples` "
+        ">= 2 and `completion_end` `eos` or `none`; instructions without both a winning and a losing turn give no "
+        "pair. Built from the round's records.jsonl and rejects.jsonl into turn_pairs.jsonl.",
+    )
     completion_end: Literal["eos", "feedback", "none"] = _f(
         "feedback",
         "What is trained after each completion: `eos` (end of turn, as TRL does), `feedback` (the SRT "
@@ -293,6 +303,15 @@ class DPOConfig(_Strict):
         False, "Pack each batch's chosen and rejected sequences into rows (no padding, same pairs per step)."
     )
     merge_lora: bool = _f(True, "Export merged weights too (model/), so the next round starts from a plain model.")
+
+    @model_validator(mode="after")
+    def _turns_end_a_turn(self) -> DPOConfig:
+        if self.pair_format == "turn" and self.completion_end == "feedback":
+            raise ValueError(
+                "dpo.pair_format=turn compares whole SRT turns, which end with the end of turn, not with a feedback "
+                "header: set dpo.completion_end: eos (or none)"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -405,6 +424,11 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if self.dpo.pair_format == "turn" and self.generation.response.num_samples < 2:
+            raise ValueError(
+                "dpo.pair_format=turn pairs a winning and a losing turn of the same instruction: set "
+                "generation.response.num_samples >= 2"
+            )
         if self.dpo.reference == "adapter_disabled" and self.dpo.lora is None:
             raise ValueError(
                 "dpo.reference=adapter_disabled needs dpo.lora (the reference is the base with the adapter off)"

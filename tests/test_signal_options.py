@@ -326,15 +326,13 @@ def test_answer_checker_is_checked_by_the_plan(tmp_path, tiny_model_dir):
         )
 
 
-@pytest.mark.slow
-def test_stage2_report_states_pair_precision(tmp_path, tiny_model_dir):
-    import json
+def _stage2_config(tmp_path, tiny_model_dir, **extra):
     from pathlib import Path
 
-    from srt.pipeline.stage2 import run_stage2
+    from srt.config import apply_overrides
 
     data = Path(__file__).resolve().parents[1] / "configs" / "data" / "word_problems_stage2.jsonl"
-    cfg = RunConfig.model_validate(
+    cfg = apply_overrides(
         {
             "output_dir": str(tmp_path / "run"),
             "model": {"path": str(tiny_model_dir), "dtype": "float32"},
@@ -349,8 +347,20 @@ def test_stage2_report_states_pair_precision(tmp_path, tiny_model_dir):
             "stage2": {"critic": {"name": "reference"}, "answer_checker": "word_problems"},
             "dpo": {"max_steps": 1, "micro_batch_size": 2, "global_batch_size": 2, "max_length": 512},
             "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true"},
-        }
+        },
+        [f"{k}={v}" for k, v in extra.items()],
     )
+    return RunConfig.model_validate(cfg)
+
+
+@pytest.mark.slow
+def test_stage2_report_states_pair_precision(tmp_path, tiny_model_dir):
+    import json
+    from pathlib import Path
+
+    from srt.pipeline.stage2 import run_stage2
+
+    cfg = _stage2_config(tmp_path, tiny_model_dir)
     run_stage2(cfg, start_model=str(tiny_model_dir))
     rd = Path(cfg.output_dir) / "stage2" / "round1"
     report = json.loads((rd / "report.json").read_text())
@@ -358,3 +368,88 @@ def test_stage2_report_states_pair_precision(tmp_path, tiny_model_dir):
     # The reference critic's refinement is the gold solution and the tiny model's answers are noise.
     assert pairs["n"] == report["pairs"] > 0 and pairs["precision"] == 1.0 and pairs["inverted"] == 0
     assert "## Pair precision against gold answers (word_problems" in (rd / "report.md").read_text()
+
+
+# -- dpo.pair_format: turn -----------------------------------------------------------------------------
+
+
+def _turn(instruction, sample, score, refinement_score, refinement="Better: 5."):
+    rec = _scored(instruction, sample, score)
+    return rec.model_copy(update={"refinement": refinement, "refinement_score": refinement_score})
+
+
+def test_turn_pairs_pair_the_widest_winner_with_the_worst_loser():
+    from srt.critic_template import REFINEMENT_SEPARATOR, render_feedback, render_srt_turn
+    from srt.pipeline.stage2 import turn_pairs
+
+    won = [_turn("a", 0, 3, 5), _turn("a", 1, 2, 8, "Best: 5."), _turn("a", 2, 2, 8), _turn("b", 0, 4, 6)]
+    lost = [_turn("a", 3, 6, 6, "Same."), _turn("a", 4, 7, 2, "Worse: 9."), _turn("c", 0, 5, 5)]
+    rejects = [{"id": x.id, "reason": "refinement_not_better", "kept": x.model_dump(mode="json")} for x in lost]
+    rejects.append({"id": "z", "reason": "parse_failure:x"})
+    pairs, counts = turn_pairs(won, rejects, 1)
+    assert counts == {"instructions_won": 2, "instructions_lost": 2, "turn_pairs": 1}  # b has no loser
+    (pair,) = pairs
+    assert pair.id == "a-r1-turn" and pair.source_id == "a#s1" and pair.meta["rejected_id"] == "a#s4"
+    assert pair.chosen == render_srt_turn("r1", render_feedback("w", "s", 2), "Best: 5.")  # the whole turn
+    assert pair.chosen.startswith("r1") and "[[2]]" in pair.chosen and REFINEMENT_SEPARATOR in pair.chosen
+    assert pair.rejected.startswith("r4") and "[[7]]" in pair.rejected and pair.rejected.endswith("Worse: 9.")
+
+
+def test_turn_format_is_validated_early():
+    with pytest.raises(ConfigError, match="completion_end: eos"):
+        load_config(None, ["dpo.pair_format=turn", "generation.response.num_samples=2"])
+    with pytest.raises(ConfigError, match="num_samples >= 2"):
+        load_config(None, ["dpo.pair_format=turn", "dpo.completion_end=eos"])
+    cfg = load_config(None, ["dpo.pair_format=turn", "dpo.completion_end=eos", "generation.response.num_samples=2"])
+    assert cfg.dpo.pair_format == "turn"
+
+
+def test_turn_pairs_train_on_the_tiny_model(tiny_model, tiny_tokenizer, tmp_path):
+    from srt.data import DPODataModule
+    from srt.pipeline.stage2 import turn_pairs
+    from srt.records import write_jsonl_atomic
+    from srt.training.dpo import DPOModule
+
+    won = [_turn(f"i{k}", 0, 2, 8) for k in range(2)]
+    lost = [_turn(f"i{k}", 1, 6, 3, "Worse.") for k in range(2)]
+    rejects = [{"id": x.id, "reason": "refinement_not_better", "kept": x.model_dump(mode="json")} for x in lost]
+    pairs, _ = turn_pairs(won, rejects, 1)
+    path = tmp_path / "turn_pairs.jsonl"
+    write_jsonl_atomic(path, pairs)
+    config = DPOConfig(pair_format="turn", completion_end="eos", micro_batch_size=2, max_length=256)
+    dm = DPODataModule(tiny_tokenizer, config, train_files=[path])
+    dm.setup()
+    (batch,) = list(dm.predict_dataloader())
+    for side, turn in (("chosen", pairs[0].chosen), ("rejected", pairs[0].rejected)):
+        labels = batch[f"{side}_labels"][0]
+        trained = labels[labels != -100].tolist()
+        assert trained[-1] == tiny_tokenizer.eos_token_id  # the turn ends the turn
+        assert tiny_tokenizer.decode(trained[:-1]).replace(" ", "").startswith(turn.replace(" ", "")[:20])
+    batch["ref_chosen_logps"] = torch.tensor([-30.0, -30.0])
+    batch["ref_rejected_logps"] = torch.tensor([-30.0, -30.0])
+    module = DPOModule(tiny_model, tiny_tokenizer, config=config)
+    module.configure_model()
+    out = module.compute_batch(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and any(p.grad is not None for p in module.model.parameters())
+
+
+@pytest.mark.slow
+def test_stage2_turn_format_builds_turn_pairs_in_the_round(tmp_path, tiny_model_dir):
+    from pathlib import Path
+
+    from srt.pipeline.stage2 import NO_PAIRS_FILE, run_stage2
+    from srt.records import PreferencePair, read_jsonl
+
+    cfg = _stage2_config(
+        tmp_path,
+        tiny_model_dir,
+        **{"dpo.pair_format": "turn", "dpo.completion_end": "eos", "generation.response.num_samples": 2},
+    )
+    # The reference critic's gold refinement always wins: refinement pairs exist, but no turn loses,
+    # so there is no turn pair and the round says so instead of training.
+    assert run_stage2(cfg, start_model=str(tiny_model_dir)) == Path(tiny_model_dir)
+    rd = Path(cfg.output_dir) / "stage2" / "round1"
+    assert len(list(read_jsonl(rd / "pairs.jsonl", PreferencePair))) == 8
+    assert (rd / "turn_pairs.jsonl").is_file() and not list(read_jsonl(rd / "turn_pairs.jsonl", PreferencePair))
+    assert (rd / NO_PAIRS_FILE).is_file()

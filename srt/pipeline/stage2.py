@@ -23,7 +23,7 @@ from srt.pipeline.report import write_stage_report
 from srt.pipeline.run_context import RunContext
 from srt.pipeline.stage1 import collect_feedback, stage1_dir
 from srt.pipeline.training import is_done
-from srt.records import PreferencePair, read_jsonl, write_jsonl_atomic
+from srt.records import FeedbackRecord, PreferencePair, read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 NO_PAIRS_FILE = "no_pairs.json"
@@ -62,6 +62,58 @@ def pairs_from(records, r: int) -> list[PreferencePair]:
         )
         for rec in records
     ]
+
+
+def turn_pairs(records: list[FeedbackRecord], rejects: list[dict], r: int) -> tuple[list[PreferencePair], dict]:
+    """``dpo.pair_format: turn``: per instruction, chosen = the whole SRT turn (response -> feedback ->
+    refinement) whose refinement won by the widest self-score margin, rejected = the turn whose refinement
+    did worst against its response (the rejects that were ranked and lost); ties: the lower sample index.
+    Returns the pairs and counts (instructions with a winner, with a loser, paired)."""
+    from srt.critic_template import render_feedback, render_srt_turn
+    from srt.pipeline.feedback import instruction_of
+
+    losers = [FeedbackRecord.model_validate(x["kept"]) for x in rejects if x.get("reason") == "refinement_not_better"]
+
+    def margin(rec: FeedbackRecord) -> int:
+        return rec.refinement_score - rec.feedback.score
+
+    def sample(rec: FeedbackRecord) -> int:
+        return int(rec.meta.get("sample", 0))
+
+    def turn(rec: FeedbackRecord) -> str:
+        fb = rec.feedback
+        return render_srt_turn(rec.response, render_feedback(fb.weaknesses, fb.suggestions, fb.score), rec.refinement)
+
+    won: dict[str, list[FeedbackRecord]] = {}
+    lost: dict[str, list[FeedbackRecord]] = {}
+    for rec in records:
+        won.setdefault(instruction_of(rec), []).append(rec)
+    for rec in losers:
+        lost.setdefault(instruction_of(rec), []).append(rec)
+    pairs = []
+    for key, winners in won.items():
+        if key not in lost:
+            continue
+        best = min(winners, key=lambda x: (-margin(x), sample(x)))
+        worst = min(lost[key], key=lambda x: (margin(x), sample(x)))
+        pairs.append(
+            PreferencePair(
+                id=f"{key}-r{r}-turn",
+                prompt=best.instruction,
+                context=best.context,
+                chosen=turn(best),
+                rejected=turn(worst),
+                chosen_score=best.refinement_score,
+                rejected_score=worst.refinement_score,
+                source_id=best.id,
+                critic=best.critic,
+                stage=2,
+                round=r,
+                meta={"pair_format": "turn", "rejected_id": worst.id, "source_stage": best.stage},
+            )
+        )
+    counts = {"instructions_won": len(won), "instructions_lost": len(lost), "turn_pairs": len(pairs)}
+    return pairs, counts
 
 
 def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
@@ -129,6 +181,16 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
         )
         ctx.finished(f"{prefix}.critic")
         log.info("stage 2 round %d data: %s", r, report["counters"])
+    if cfg.dpo.pair_format == "turn":  # built from the critic step's outputs, each time (cheap, deterministic)
+        records = list(read_jsonl(step_dir / "records.jsonl", FeedbackRecord))
+        rejects = [json.loads(line) for line in (step_dir / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+        turns, counts = turn_pairs(records, rejects, r)
+        pairs_path = step_dir / "turn_pairs.jsonl"
+        if is_rank_zero():
+            write_jsonl_atomic(pairs_path, turns)
+        else:
+            wait_for(pairs_path, f"stage-2 round {r} turn pairs")
+        log.info("stage 2 round %d: whole-turn pairs (dpo.pair_format=turn): %s", r, counts)
     if not any(True for _ in read_jsonl(pairs_path, PreferencePair)):
         # A legitimate outcome (e.g. a later round where refinements no longer beat responses):
         # said loudly, recorded, and the model stays what it was.

@@ -47,7 +47,16 @@ _OUTPUTS = {
         "pairs.jsonl",
         "no_pairs.json",
     ),
-    "train": ("checkpoints", "logs", "model", "adapter", "reference_logps", "hpc_ckpt_*.ckpt", "summary.md"),
+    "train": (
+        "checkpoints",
+        "logs",
+        "model",
+        "adapter",
+        "reference_logps",
+        "hpc_ckpt_*.ckpt",
+        "summary.md",
+        "turn_pairs.jsonl",
+    ),
     "start": (),
 }
 # Options added after runs were recorded: at these values a step computes what it did before they
@@ -56,6 +65,7 @@ _ADDED_DEFAULTS = {
     "generation.response.num_samples": 1,
     "filter.balance_scores": "none",
     "filter.max_score_share": None,
+    "dpo.pair_format": "refinement",
     **{f"sft.segment_weights.{k}": 1.0 for k in ("response", "feedback", "refinement", "eos")},
 }
 # Renamed options, recorded under the name they had (fingerprints of earlier runs hold).
