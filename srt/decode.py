@@ -360,7 +360,7 @@ class _Loop:
         self.floor = row_floor(model)
         # A shared prefix is computed as a batch of one prompt: as many rows as it has tokens.
         self.min_prefix = max(MIN_PREFIX, min(self.floor, PROBE_ROWS))
-        self.prefix_ids: list[int] = []  # the shared prefix prefilled so far, and its keys/values per layer
+        self.prefix_len = 0  # the prefix all prompts of the call share, and its keys/values per layer
         self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- one batch of slots -------------------------------------------------------------------
@@ -368,6 +368,7 @@ class _Loop:
     def run(self, prompts: list[list[int]]) -> list[list[int]]:
         self.results: list[list[int] | None] = [None] * len(prompts)
         self.stats.prompts += len(prompts)
+        self._compute_prefix(prompts)
         queue = deque(_Row(i, p) for i, p in enumerate(prompts))
         self.rows: list[_Row] = []
         while queue or any(not r.done for r in self.rows):
@@ -404,7 +405,7 @@ class _Loop:
         from the mask, the mask dropped when it is all ones."""
         from transformers.cache_utils import DynamicCache
 
-        if self.shared:
+        if self.prefix_len:
             return self._prefill_shared(rows, room)
         t0 = time.perf_counter()
         ids, mask, width = self._batch_tensors(rows)
@@ -433,26 +434,25 @@ class _Loop:
         self.stats.prefill_s += time.perf_counter() - t0
         return cache, (None if full else mask), pos[:, -1] + 1, tokens, start
 
-    def _shared_prefix(self, prompts: list[list[int]]) -> int:
-        """Length of the prefix all ``prompts`` share (0: too short to pay), its keys/values computed once per call."""
+    def _compute_prefix(self, prompts: list[list[int]]) -> None:
+        """Keys and values of the prefix every prompt of the call shares (a chat template's system
+        prompt), computed once; none when it is shorter than ``min_prefix`` or there is one prompt."""
         from transformers.cache_utils import DynamicCache
 
+        self.prefix_len, self.prefix_kv = 0, []
+        if not self.shared or len(prompts) < 2:
+            return
         limit = min(len(p) for p in prompts) - 1  # every row keeps a token of its own: its logits start it
         first = prompts[0]
         n = 0
         while n < limit and all(p[n] == first[n] for p in prompts):
             n += 1
-        known = 0
-        while known < min(n, len(self.prefix_ids)) and self.prefix_ids[known] == first[known]:
-            known += 1
-        if known >= self.min_prefix:
-            return known
         if n < self.min_prefix:
-            return 0
-        ids = torch.tensor([first[:n]], dtype=torch.long, device=self.device)
+            return
+        t0 = time.perf_counter()
         cache = DynamicCache(config=self.cache_config)
         self.model(
-            input_ids=ids,
+            input_ids=torch.tensor([first[:n]], dtype=torch.long, device=self.device),
             position_ids=torch.arange(n, device=self.device)[None],
             past_key_values=cache,
             use_cache=True,
@@ -460,11 +460,12 @@ class _Loop:
             **self.extra,
         )
         self.stats.prefill_positions += n
-        self.prefix_ids, self.prefix_kv = first[:n], [(layer.keys, layer.values) for layer in cache.layers]
-        return n
+        self.stats.prefill_s += time.perf_counter() - t0
+        self.prefix_len, self.prefix_kv = n, [(layer.keys, layer.values) for layer in cache.layers]
 
     def _prefill_shared(self, rows: list[_Row], room: int):
-        """Prefill the shared prefix once, then the rest of each prompt in chunks of similar length.
+        """``_prefill`` after :meth:`_compute_prefix`: the prefix's keys and values copied into every
+        row, the rest of each prompt run in chunks of similar length.
 
         Row layout in the cache: ``[prefix | padding | rest of the prompt]`` (generate() lays a row
         out as ``[padding | prompt]``); the attention mask and position ids say which is which.
@@ -473,7 +474,7 @@ class _Loop:
 
         t0 = time.perf_counter()
         prompts = [r.prompt for r in rows]
-        shared = self._shared_prefix(prompts)
+        shared = self.prefix_len
         lengths = [len(p) - shared for p in prompts]
         rest = max(lengths)
         width = shared + rest
@@ -492,10 +493,8 @@ class _Loop:
                 part[j, w - lengths[i] :] = 1
             ids, part = ids.to(self.device), part.to(self.device)
             cache = DynamicCache(config=self.cache_config)
-            for layer, (k, v) in zip(cache.layers, self.prefix_kv if shared else []):
-                layer.update(
-                    k[:, :, :shared].expand(len(chunk), -1, -1, -1), v[:, :, :shared].expand(len(chunk), -1, -1, -1)
-                )
+            for layer, (k, v) in zip(cache.layers, self.prefix_kv):
+                layer.update(k.expand(len(chunk), -1, -1, -1), v.expand(len(chunk), -1, -1, -1))
             out = self.model(
                 input_ids=ids,
                 attention_mask=torch.cat([part.new_ones((len(chunk), shared)), part], dim=-1),
@@ -515,9 +514,9 @@ class _Loop:
                 main.values[index, :, width - w :] = layer.values[:, :, shared:]
             mask[index, shared:] = F.pad(part, (rest - w, 0))
             self.stats.prefill_positions += ids.numel()
-        for main, (k, v) in zip(layers, self.prefix_kv if shared else []):
-            main.keys[:, :, :shared] = k[:, :, :shared]
-            main.values[:, :, :shared] = v[:, :, :shared]
+        for main, (k, v) in zip(layers, self.prefix_kv):
+            main.keys[:, :, :shared] = k
+            main.values[:, :, :shared] = v
         cache = DynamicCache(config=self.cache_config)
         cache.layers = layers
         scores = torch.empty((len(rows), logits[0].shape[-1]), dtype=torch.float32, device=self.device)
@@ -526,10 +525,7 @@ class _Loop:
         self.stats.prefill_calls += 1
         self.stats.prefill_tokens += sum(len(p) for p in prompts)
         self._record(rows, tokens)
-        if shared:
-            start = torch.zeros(len(rows), dtype=torch.long)
-        else:
-            start = torch.tensor([rest - n for n in lengths], dtype=torch.long)
+        start = torch.zeros(len(rows), dtype=torch.long)  # the prefix comes first: no leading padding
         pos = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=self.device)
         self.stats.prefill_s += time.perf_counter() - t0
         return cache, mask, pos, tokens, start

@@ -234,3 +234,17 @@ def test_row_floor_keeps_filler_rows(tiny_model, tiny_tokenizer, prompts, monkey
     assert stats.decode_steps == lengths[-1] - 1
     assert stats.row_steps >= 5 * stats.decode_steps
     assert stats.row_steps - stats.token_row_steps > 0  # some of them filler
+
+
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_cli_sets_a_passive_openmp_wait_policy_unless_given(given):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import sys, os, srt.cli.train; assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (given or "PASSIVE")
