@@ -165,3 +165,30 @@ def test_gated_mode_on_the_tiny_srt_model(srt_generator):
         wins = again.score is not None and again.score > ex["score"]
         assert answer.answer == (ex["refinement"] if wins else ex["response"])
     assert refiner.stats["gate_kept_refinement"] + refiner.stats["gate_kept_response"] == 2
+
+
+def test_eval_model_answers_in_gated_mode_and_caches_by_score_sampling(srt_model_dir, tmp_path, monkeypatch):
+    from srt.eval.model import EvalModel
+
+    items = [{"id": f"e{k}", "instruction": ex["instruction"]} for k, ex in enumerate(SRT_EXAMPLES)]
+    calls = []
+    gated = SelfRefiner.gated
+    monkeypatch.setattr(SelfRefiner, "gated", lambda self, ins: calls.append(len(ins)) or gated(self, ins))
+
+    def answers(max_new_tokens):
+        model = EvalModel(
+            "srt",
+            str(srt_model_dir),
+            answer_mode="srt",
+            sampling={"max_new_tokens": 80},
+            score_sampling={"max_new_tokens": max_new_tokens},
+        )
+        return model.answers(items, "k", mode="gated", cache_dir=tmp_path)
+
+    first = answers(40)
+    assert [r["trace"]["mode"] for r in first] == ["gated", "gated"]
+    assert all(r["trace"]["gate"] in ("refinement", "response") for r in first)
+    again = answers(40)
+    assert [r["answer"] for r in again] == [r["answer"] for r in first] and calls == [2]  # cached
+    answers(30)
+    assert calls == [2, 2]  # another self-score decoding is another answer

@@ -260,6 +260,8 @@ class EvalModel:
                 candidate_sampling=asdict(self.candidate_sampling),
                 score_sampling=asdict(self.score_sampling),
             )
+        elif mode == "gated":  # srt.inference: the refinement's separate self-score decides the answer
+            settings["score_sampling"] = asdict(self.score_sampling)
 
         def compute(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
             refiner = self.refiner()
