@@ -161,7 +161,15 @@ class SelfJudgementBenchmark:
         answers = model.answers(items, f"word_problems-{mode}", mode=mode, cache_dir=ctx.cache_dir)
         responses = [r["trace"]["response"] for r in answers]
         if scoring == "inline":
-            scores = [{"score": r["trace"]["self_score"], "feedback": r["trace"]["feedback"]} for r in answers]
+            scores = [
+                {
+                    "score": r["trace"]["self_score"],
+                    "feedback": r["trace"]["feedback"],
+                    "parsed": r["trace"].get("parsed"),
+                    "fallback": r["trace"].get("fallback"),
+                }
+                for r in answers
+            ]
         else:
             scored = [
                 {"id": p["id"], "instruction": p["instruction"], "response": text}
@@ -183,6 +191,8 @@ class SelfJudgementBenchmark:
                     "feedback": score["feedback"],
                 }
             )
+            if score.get("parsed") is not None:  # inline SRT answers: srt-eval adds the SRT parse rates
+                samples[-1].update(parsed=bool(score["parsed"]), fallback=bool(score["fallback"]))
         metrics = self_judgement_metrics(samples)
         table = Counter((s["self_score"], bool(s["response_correct"])) for s in samples)
         score_table = {
@@ -191,7 +201,11 @@ class SelfJudgementBenchmark:
         }
         warnings_ = []
         if metrics["auroc"] is None:
-            warnings_.append("AUROC undefined: the scored responses are all right or all wrong")
+            right = sum(s["response_correct"] for s in samples if s["self_score"] is not None)
+            wrong = sum(not s["response_correct"] for s in samples if s["self_score"] is not None)
+            warnings_.append(
+                f"AUROC undefined: it needs scored right and wrong responses ({right} right, {wrong} wrong)"
+            )
         if metrics["score_parse_rate"] is not None and metrics["score_parse_rate"] < 100:
             unparsed = metrics["n_responses"] - round(metrics["score_parse_rate"] * metrics["n_responses"] / 100)
             warnings_.append(f"{unparsed}/{metrics['n_responses']} responses have no parsed self-score")
@@ -210,4 +224,6 @@ class SelfJudgementBenchmark:
                 s["self_score"] for s in samples if s["self_score"] is not None and not s["response_correct"]
             ],
         }
-        return BenchmarkResult(metrics=metrics, samples=samples, meta=meta, plots=plots)
+        units = {"auroc": "percent", "score_parse_rate": "percent", "mean_score_right": "score"}
+        units.update(mean_score_wrong="score")
+        return BenchmarkResult(metrics=metrics, samples=samples, meta=meta, plots=plots, units=units)
