@@ -36,7 +36,7 @@ from srt.errors import ConfigError, SrtError
 from srt.eval.benchmark import BenchmarkResult, EvalContext
 from srt.eval.model import EvalModel, _hash
 from srt.records import JsonLines, write_jsonl_atomic
-from srt.registry import create_critic
+from srt.registry import CRITICS, create_critic, load_plugin
 
 if TYPE_CHECKING:
     from srt.eval.plan import EvalPlan
@@ -203,8 +203,8 @@ def json_safe(obj: Any) -> Any:
 class _Judges:
     """Judge critics built once per run and shared by models and benchmarks (an HF judge loads once).
 
-    The ``self`` critic judges with the model under evaluation, so it is built per model, with the
-    model's generator as its policy.
+    A critic that declares ``needs_policy`` (the built-in ``self`` critic) judges with the model under
+    evaluation, so it is built per model, with the model's generator as its policy.
     """
 
     def __init__(self):
@@ -212,7 +212,7 @@ class _Judges:
 
     def factory(self, model: EvalModel):
         def make_critic(name: str, settings: dict[str, Any]) -> Any:
-            if name == "self":
+            if getattr(load_plugin(CRITICS, name), "needs_policy", False):
                 return create_critic(name, settings, policy=model.generator)
             key = _hash([name, settings])
             if key not in self._built:
