@@ -10,6 +10,10 @@ the text. Numbers may carry thousands commas, decimals, a sign, ``$`` or ``%``, 
 
 Gold answers (GSM8K style, ``...worked steps...\\n#### 42``): the number on the last ``####`` line,
 else the final answer of the text (a bare ``42`` works too).
+
+Worked steps (:func:`calculation_steps`): every written calculation ``a op b [op c ...] = r``
+(``+ - * x × / ÷``, ``$`` and thousands commas allowed) with the value it claims and its true value,
+which the ``reference`` critic compares with the gold solution's steps.
 """
 
 from __future__ import annotations
