@@ -77,7 +77,7 @@ def test_feedback_names_the_first_wrong_step_and_the_quantity():
     w = fb["slip_first"].weaknesses
     assert "step 1" in w.lower() and "26 + 17" in w and "43" in w and "42" in w
     assert "arithmetic" in w or "miscalculates" in w
-    assert "later step" in w or "carry the error" in w
+    assert "later step" in w or "the error forward" in w
     assert "step 1" in fb["slip_first"].suggestions.lower()
     # A slip in the last step: the first step is praised, the second named; its true value is the
     # gold answer, so it is not written.

@@ -409,8 +409,9 @@ def grade(
                 weak.append(
                     say(
                         "Every later step builds on that wrong value, so the final answer is off too.",
-                        "The {m} step(s) after it carry the error forward to the final answer.",
-                        m=later,
+                        "The {m} after it carr{y} the error forward to the final answer.",
+                        m="step" if later == 1 else f"{later} steps",
+                        y="ies" if later == 1 else "y",
                     )
                 )
             sugg.append(
