@@ -335,7 +335,9 @@ def parse_srt_output(text: str) -> SrtOutput:
 
     The response ends at the first ``### Feedback`` header (or, if the model skipped it, at the
     first ``Weaknesses:`` header). A refinement found after the improved-response header is kept
-    even when the feedback part fails to parse (``failure`` then says why).
+    even when the feedback part fails to parse (``failure`` then says why), and when there is no
+    feedback at all (``response -> ### Improved Response -> refinement``, what a model trained with
+    ``sft.ablation: no_feedback`` writes; ``failure`` is then ``missing_feedback``).
     """
     # Only a header alone on its line splits: a response may well contain "Feedback: ...".
     split = _find_header(_FEEDBACK_RE, text, inline_text=False)
@@ -345,6 +347,13 @@ def parse_srt_output(text: str) -> SrtOutput:
         split = _find_header(_WEAKNESSES_RE, text)
         if split is None:
             failure = ParseFailure("missing_feedback", f"no '{FEEDBACK_HEADER}' section", text)
+            # A turn without feedback (the ``no_feedback`` ablation trains response -> refinement):
+            # the text after an improved-response header line alone is the refinement.
+            improved = next(
+                (m for m in _IMPROVED_RE.finditer(text) if not m.group("rest").strip() and not m.group("bullet")), None
+            )
+            if improved is not None and text[improved.end() :].strip():
+                return SrtOutput(text[: improved.start()].strip(), None, text[improved.end() :].strip(), failure)
             return SrtOutput(text.strip(), None, None, failure)
         response, rest = text[: split.start()], text[split.start() :]
 
