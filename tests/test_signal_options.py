@@ -256,6 +256,8 @@ def test_stage1_with_several_samples_and_balance_resumes_without_new_critic_call
     rejects = (out / "rejects.jsonl").read_text().splitlines()
     assert report["counters"]["total"] == 12 == len(kept) + len(rejects)
     assert report["counters"]["kept"] == len(kept)
+    assert sum(report["kept_response_scores"].values()) == len(kept)
+    assert "kept for training (after balancing)" in (out / "report.md").read_text()
     calls = (out / "critic_calls.jsonl").read_bytes()
     assert len(list(read_jsonl(out / "critic_calls.jsonl", fb.CriticCall))) == 24
     # A second run redoes (and pays) nothing.

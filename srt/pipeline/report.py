@@ -57,6 +57,10 @@ def _markdown(report: dict) -> str:
         f"refinements {report['scores']['refinement']['mean']}",
         "",
     ]
+    kept = report.get("kept_response_scores")
+    if kept:
+        shown = ", ".join(f"{s}: {n}" for s, n in kept.items() if n)
+        lines += [f"response scores of the records kept for training (after balancing): {shown}", ""]
     precision = report.get("pair_precision")
     if precision:
         from srt.pipeline.pair_precision import OUTCOMES

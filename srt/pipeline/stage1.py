@@ -99,6 +99,17 @@ def collect_feedback(
     return outcome, usage
 
 
+def kept_scores(cfg: RunConfig, outcome) -> dict:
+    """With several samples or a balancing filter: the response scores of the records kept for training
+    (the report's histograms count every parsed critique)."""
+    f = cfg.filter
+    if cfg.generation.response.num_samples == 1 and f.balance_scores == "none" and f.max_score_share is None:
+        return {}
+    from srt.pipeline.report import histogram
+
+    return {"kept_response_scores": histogram([r.feedback.score for r in outcome.kept])}
+
+
 def run_stage1(cfg: RunConfig, config_path: str | None = None, restart: str | None = None) -> Path:
     """``srt-train stage1``: plan, lock the output directory, then run stage 1 (resumable)."""
     from srt.pipeline.run import execute
@@ -157,6 +168,7 @@ def stage1(ctx: RunContext) -> Path:
             response_scores=outcome.response_scores,
             refinement_scores=outcome.refinement_scores,
             usage=usage,
+            extra=kept_scores(cfg, outcome),
         )
         ctx.finished("stage1.critic")
         log.info("stage 1 data: %s", report["counters"])
