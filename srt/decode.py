@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 PROBE_ROWS = 64  # row_floor's probe: the largest batch it compares smaller ones with
 PROBE_MAX_WEIGHT = 4_000_000  # row_floor probes linear shapes up to this many weights
-MIN_PREFIX = 8  # a prefix shared by every prompt of a batch is prefilled once when at least this long
+MIN_PREFIX = 8  # a prefix shared by every prompt of a call is prefilled once when at least this long
 PREFILL_ROWS = 16  # shared prefill runs the prompts' remainders in chunks of this many rows
 TRIM_COLUMNS = 32  # trim the cache once this many leading columns are padding for every row
 
@@ -165,6 +165,8 @@ class DecodeStats:
 
 
 class _Row:
+    """One prompt: its position in the call, its tokens, the new tokens so far, whether it ended."""
+
     __slots__ = ("index", "prompt", "tokens", "done")
 
     def __init__(self, index: int, prompt: list[int]):
@@ -286,7 +288,10 @@ def _slab_layer_class():
 
 
 def _forward_kwargs(model: Any) -> dict[str, Any]:
-    params = set(inspect.signature(model.forward).parameters)
+    """``logits_to_keep=1`` where the model takes it, as generate() passes it: prefill then projects
+    only the last position through the LM head. A PEFT wrapper passes it on to its base model."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    params = set(inspect.signature(base.forward).parameters)
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
@@ -358,7 +363,7 @@ class _Loop:
         self.cache_config = model.config.get_text_config(decoder=True)
         self.slab = _slab_layer_class()
         self.floor = row_floor(model)
-        # A shared prefix is computed as a batch of one prompt: as many rows as it has tokens.
+        # The shared prefix runs as one prompt, a matmul of as many rows as it has tokens: no fewer than the floor.
         self.min_prefix = max(MIN_PREFIX, min(self.floor, PROBE_ROWS))
         self.prefix_len = 0  # the prefix all prompts of the call share, and its keys/values per layer
         self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -372,7 +377,7 @@ class _Loop:
         queue = deque(_Row(i, p) for i, p in enumerate(prompts))
         self.rows: list[_Row] = []
         while queue or any(not r.done for r in self.rows):
-            if not any(not r.done for r in self.rows):  # a fresh batch: exactly what generate() would get
+            if not any(not r.done for r in self.rows):  # a fresh batch (no shared prefix: generate()'s prefill)
                 fresh = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
                 self.cache, self.mask, self.pos, self.cur, self.start = self._prefill(fresh, self.max_new_tokens)
                 self.rows = fresh

@@ -248,3 +248,16 @@ def test_cli_sets_a_passive_openmp_wait_policy_unless_given(given):
     code = "import sys, os, srt.cli.train; assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (given or "PASSIVE")
+
+
+def test_peft_wrapped_model_runs_the_loop_like_generate(tiny_model, tiny_tokenizer, prompts):
+    import peft
+
+    model = peft.get_peft_model(tiny_model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.nn.init.normal_(model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight)
+    assert srt.decode._forward_kwargs(model) == {"logits_to_keep": 1}  # prefill projects one position only
+    sampling = SamplingConfig(max_new_tokens=10)
+    fast = Generator(model, tiny_tokenizer, batch_size=3)
+    outputs = fast.generate(prompts, sampling)
+    assert fast.stats.prompts == len(prompts)
+    assert outputs == Generator(model, tiny_tokenizer, batch_size=3, decode_loop=False).generate(prompts, sampling)
