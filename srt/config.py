@@ -264,7 +264,8 @@ class DPOConfig(_Strict):
     reference_batch_size: int | None = _f(
         None,
         "Pairs per forward of the precomputed reference pass (no grad: no activations kept, so larger than "
-        "training's; batches sorted by length, less padding); unset: 4 x micro_batch_size.",
+        "training's; batches sorted by length, less padding); unset: 4 x micro_batch_size (micro_batch_size with "
+        "gradient_checkpointing, whose steps hold little: a 4x reference batch would set the peak).",
         ge=1,
     )
     max_length: int = _f(2048, "Longest prompt + completion in tokens.", ge=16)

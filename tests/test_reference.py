@@ -73,6 +73,9 @@ def test_length_sorted_batches_cover_every_index_once_longest_first():
 def test_reference_batch_size_defaults_to_a_multiple_of_the_micro_batch():
     assert reference_batch_size(DPOConfig(micro_batch_size=3)) == REFERENCE_BATCH_MULTIPLE * 3
     assert reference_batch_size(DPOConfig(micro_batch_size=3, reference_batch_size=5)) == 5
+    # gradient checkpointing: steps hold little, so the reference batch stays at the micro-batch
+    assert reference_batch_size(DPOConfig(micro_batch_size=3, gradient_checkpointing=True)) == 3
+    assert reference_batch_size(DPOConfig(micro_batch_size=3, gradient_checkpointing=True, reference_batch_size=8)) == 8
     with pytest.raises(ValueError):
         DPOConfig(reference_batch_size=0)
 

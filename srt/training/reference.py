@@ -34,8 +34,10 @@ from srt.training.dpo_objective import concatenated_forward
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 # Default reference batch: this many training micro-batches. A no-grad forward keeps one layer's
 # activations at a time instead of every layer's for the backward (about L x 30 hidden-sized floats
-# per token in training against a few MLP-sized ones plus the scored logits here), so 4x the pairs
-# stays well under a training step's peak memory (benchmarks/RESULTS.md measures it).
+# per token in training against a few MLP-sized ones, the attention scores and the scored logits
+# here), so 4x the pairs stays under a training step's peak memory (benchmarks/RESULTS.md measures
+# both). Not with gradient checkpointing: a training step then holds little, and a 4x reference batch
+# would set the run's peak, so the default there is the micro-batch itself.
 REFERENCE_BATCH_MULTIPLE = 4
 
 
@@ -50,9 +52,14 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
 
 
 def reference_batch_size(config) -> int:
-    """Pairs per reference forward: ``config.reference_batch_size``, or
-    :data:`REFERENCE_BATCH_MULTIPLE` x ``config.micro_batch_size`` when that is unset."""
-    return getattr(config, "reference_batch_size", None) or REFERENCE_BATCH_MULTIPLE * config.micro_batch_size
+    """Pairs per reference forward: ``config.reference_batch_size``, or when that is unset
+    :data:`REFERENCE_BATCH_MULTIPLE` x ``config.micro_batch_size`` (``micro_batch_size`` itself with
+    ``gradient_checkpointing``, whose training steps hold little memory)."""
+    explicit = getattr(config, "reference_batch_size", None)
+    if explicit:
+        return explicit
+    multiple = 1 if getattr(config, "gradient_checkpointing", False) else REFERENCE_BATCH_MULTIPLE
+    return multiple * config.micro_batch_size
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
