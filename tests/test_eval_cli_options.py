@@ -108,7 +108,10 @@ def test_limit_on_a_benchmark_without_one_is_an_error(monkeypatch):
     "args, message",
     [
         (["--mode", "stage9=srt"], "Error: --mode stage9=srt: no model named 'stage9' in this run (models: base, srt)"),
-        (["--mode", "srt=refine"], "Error: --mode srt=refine: 'refine' is not an answer mode; use one of plain, srt"),
+        (
+            ["--mode", "srt=refine"],
+            "Error: --mode srt=refine: 'refine' is not an answer mode; use one of plain, srt, gated",
+        ),
         (["--mode", "srt"], "Error: --mode srt: give NAME=MODE for one model (e.g. --mode srt=srt)"),
         (
             ["--device", "gpu0"],

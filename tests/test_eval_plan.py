@@ -201,7 +201,7 @@ def test_config_mistakes_name_the_model(cli, tiny_model_dir, tmp_path):
         ),
         (
             f"models: [{{name: m, path: {tiny}, answer_mode: refine}}]\n",
-            "models.0.answer_mode: Input should be 'plain' or 'srt'",
+            "models.0.answer_mode: Input should be 'plain', 'srt' or 'gated'",
         ),
         (f"models: [{{name: m, path: {tiny}, device: gpu0}}]\n", "model 'm': device 'gpu0' is not a torch device"),
         (f"models: [{{name: m, path: {tiny}}}, {{name: m, path: tiny}}]\n", "two models share the name(s) ['m']"),

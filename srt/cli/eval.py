@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from srt.cli.common import check_plugins_option, echo_plugins, run_cli
+from srt.eval.benchmark import ANSWER_MODES
 from srt.registry import BENCHMARKS, CRITICS
 
 
@@ -38,17 +39,18 @@ def run_options(f):
         click.option("--output", "output_dir", default=None, help="Output directory (default from config)."),
         click.option(
             "--answer-mode",
-            type=click.Choice(["plain", "srt"]),
+            type=click.Choice(list(ANSWER_MODES)),
             default=None,
-            help="For every model: plain (the model's answer) or srt (response -> feedback -> refinement, "
-            "the refinement is the answer). One model: --mode.",
+            help="For every model: plain (the model's answer), srt (response -> feedback -> refinement, "
+            "the refinement is the answer) or gated (the refinement only when the model's own re-score of it "
+            "beats its response's, else the response). One model: --mode.",
         ),
         click.option(
             "--mode",
             "modes",
             multiple=True,
             metavar="NAME=MODE",
-            help="One model's answer mode, plain or srt (repeatable; after --answer-mode), e.g. "
+            help="One model's answer mode, plain, srt or gated (repeatable; after --answer-mode), e.g. "
             "--model base=PATH --model srt=PATH2 --mode srt=srt. Config: models[].answer_mode.",
         ),
         click.option(
@@ -173,10 +175,11 @@ def _need_models(models, config_path) -> None:
 )
 @click.option(
     "--mode",
-    type=click.Choice(["srt", "plain", "rerank"]),
+    type=click.Choice(["srt", "plain", "rerank", "gated"]),
     default="srt",
     show_default=True,
-    help="srt: the refinement is the answer; rerank: best-of-N by self-score.",
+    help="srt: the refinement is the answer; rerank: best-of-N by self-score; gated: the refinement only "
+    "when its self-score beats the response's.",
 )
 @click.option("--n", type=int, default=16, show_default=True, help="Candidates for --mode rerank.")
 @click.option("--temperature", type=float, default=None)

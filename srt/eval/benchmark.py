@@ -29,7 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-AnswerMode = Literal["plain", "srt"]
+AnswerMode = Literal["plain", "srt", "gated"]
+ANSWER_MODES: tuple[str, ...] = AnswerMode.__args__  # ("plain", "srt", "gated")
+# The answer modes whose answers come from one SRT turn (response -> feedback -> refinement): ``srt``
+# (the refinement is the answer) and ``gated`` (the refinement only when the model's separate self-score
+# of it beats its response's; srt.inference). Their traces carry the response, the feedback, the
+# model's self-score and the parse flags; ``gated`` adds ``gate`` and ``refinement_score``.
+SRT_TURN_MODES = ("srt", "gated")
+
+
+def writes_srt_turn(mode: str | None) -> bool:
+    """Whether answers in ``mode`` come from an SRT turn (``srt``, ``gated``): what the benchmarks and the
+    report special-case (response accuracy, inline self-scores, SRT parse rates, self-critique scoring)."""
+    return mode in SRT_TURN_MODES
 
 
 @dataclass

@@ -20,12 +20,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from srt.errors import ConfigError, SrtError
+from srt.eval.benchmark import ANSWER_MODES, writes_srt_turn
 from srt.generation import Generator, SamplingConfig
 from srt.inference import MODES, SelfRefiner
 from srt.io import json_sha256
 from srt.records import JsonLines, JsonlWriter
 
-ANSWER_MODES = ("plain", "srt")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
@@ -62,8 +62,10 @@ class EvalModel:
     """A model to evaluate, loaded on first use.
 
     ``path``: anything :func:`srt.models.resolve_model_path` understands (``tiny``, a local folder,
-    a hub id). ``answer_mode``: ``plain`` (the model's answer) or ``srt`` (the refinement of its
-    own response -> feedback -> refinement pass). ``sampling``: decoding of answers (default:
+    a hub id). ``answer_mode``: ``plain`` (the model's answer), ``srt`` (the refinement of its
+    own response -> feedback -> refinement pass) or ``gated`` (that pass, then the refinement only
+    when the model's separate self-score of it beats its response's, else the response;
+    :meth:`srt.inference.SelfRefiner.gated`). ``sampling``: decoding of answers (default:
     greedy, 1024 new tokens). ``candidate_sampling``: the ``rerank`` candidates (default T=0.7,
     same length and seed). ``score_sampling``: self-scores (default greedy, 512 new tokens).
     ``device``: a torch device, or ``auto`` (``cuda`` when a GPU is visible, else ``cpu``; resolved
@@ -239,7 +241,7 @@ class EvalModel:
     ) -> list[dict[str, Any]]:
         """Answer ``items`` (dicts with ``instruction`` and optional ``id``), one result dict each.
 
-        ``mode``: ``plain`` | ``srt`` | ``rerank`` (default: the model's ``answer_mode``); ``n`` and
+        ``mode``: ``plain`` | ``srt`` | ``gated`` | ``rerank`` (default: the model's ``answer_mode``); ``n`` and
         ``scoring`` (``srt`` | ``critic_prompt``) are for ``rerank``. Each result holds ``id``,
         ``instruction``, ``answer`` and ``trace`` (the full :class:`srt.inference.SrtAnswer`).
         """
@@ -280,8 +282,8 @@ class EvalModel:
     ) -> list[dict[str, Any]]:
         """The model's own score of each ``{instruction, response}`` item: ``{score, feedback, failure}``.
 
-        ``via``: ``srt`` (self-critique inside the assistant turn; default for ``srt`` models) or
-        ``critic_prompt`` (the critic prompt as a user message; default for ``plain`` models).
+        ``via``: ``srt`` (self-critique inside the assistant turn; default for ``srt`` and ``gated``
+        models) or ``critic_prompt`` (the critic prompt as a user message; default for ``plain`` models).
         """
         via = via or self._default_scoring()
         settings = {
@@ -300,7 +302,7 @@ class EvalModel:
         return self._cached(items, cache_key, settings, ("instruction", "response"), compute, cache_dir)
 
     def _default_scoring(self) -> str:
-        return "srt" if self.answer_mode == "srt" else "critic_prompt"
+        return "srt" if writes_srt_turn(self.answer_mode) else "critic_prompt"
 
     def _cached(
         self,

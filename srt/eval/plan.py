@@ -62,9 +62,11 @@ class EvalPlan:
     def describe(self) -> str:
         lines = [f"plan for srt-eval run: output_dir {self.output_dir} (cache {self.cache_dir}), seed {self.seed}"]
         for m in self.models:
+            # gated: the refinement's re-score is a second generation, with the self-score budget.
+            rescore = f", re-score max_new_tokens {m.score_sampling.max_new_tokens}" if m.answer_mode == "gated" else ""
             lines.append(
                 f"  model {m.name:<20} {m.path}  (answer_mode {m.answer_mode}, dtype {m.dtype}, {m.device}, "
-                f"batch_size {m.batch_size}, max_new_tokens {m.sampling.max_new_tokens})"
+                f"batch_size {m.batch_size}, max_new_tokens {m.sampling.max_new_tokens}{rescore})"
             )
         for b in self.benchmarks:
             plugin = f" (plugin {b.plugin})" if b.plugin != b.name else ""

@@ -14,7 +14,17 @@ two-sided sign test on them (:func:`sign_test`).
 SRT answers, for any benchmark: :func:`srt_answer_metrics` adds ``srt_parse_rate`` and
 ``srt_fallback_rate`` (percent of the benchmark's SRT answers whose output parsed / fell back to the
 first response) from whatever the samples record: ``parsed`` / ``fallback`` flags, ``srt_parsed`` /
-``srt_fallback`` (the lm-eval bridge), or an answer trace (a nested mapping with ``mode: srt``).
+``srt_fallback`` (the lm-eval bridge), or an answer trace (a nested mapping with ``mode: srt`` or
+``gated``).
+
+Gated answers (answer mode ``gated``: the refinement only when the model's own re-score of it beats
+its response's), for any benchmark: :func:`gate_metrics` adds ``gate_kept_refinement`` /
+``gate_kept_response`` (how often the gate kept each; ``gate_unscored``: of the latter, those where
+a score was missing or there was no refinement) from a sample's ``gate`` (or lm-eval's ``srt_gate``,
+or a trace's); samples that also carry ``response_correct`` and ``refinement_correct`` add
+``gate_right`` / ``gate_wrong``: of the answers whose response and refinement differ in correctness,
+those where the gate kept the right one / the wrong one. Their ``fixed_by_refinement`` /
+``broken_by_refinement`` compare the gate's answer with the response, so they count kept refinements.
 
 Units: every metric has one (:func:`metric_unit`: what the plugin declares in
 :attr:`srt.eval.benchmark.BenchmarkResult.units`, else by its name); ``summary.json`` keeps the
@@ -31,6 +41,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from srt.eval.benchmark import writes_srt_turn
 
 # Metric -> the metric holding its standard error (alpaca_eval's names for win rates).
 WIN_RATE_ERROR_BARS = {"win_rate": "standard_error", "length_controlled_winrate": "lc_standard_error"}
@@ -51,7 +63,16 @@ _HEADER_UNIT = {PERCENT: " (%)", FRACTION: " (%)", "characters": " (chars)", "to
 _PERCENT_NAMES = {"win_rate", "length_controlled_winrate", "discrete_win_rate", "accuracy", "agreement"}
 # lm-eval's exact match and F1 (0..1), for results that declare no units (runs before units were recorded).
 _FRACTION_NAMES = {"exact_match", "f1", "strict_match", "flexible_extract", "acc", "acc_norm"}
-_COUNT_NAMES = {"ties", "parse_failures", "judge_failures", "truncated", "fixed_by_refinement", "broken_by_refinement"}
+GATE_COUNTS = ("gate_kept_refinement", "gate_kept_response", "gate_unscored", "gate_right", "gate_wrong")
+_COUNT_NAMES = {
+    "ties",
+    "parse_failures",
+    "judge_failures",
+    "truncated",
+    "fixed_by_refinement",
+    "broken_by_refinement",
+    *GATE_COUNTS,
+}
 
 
 # -- per-sample correctness ------------------------------------------------------------------
@@ -108,7 +129,11 @@ def _srt_flags(sample: Mapping[str, Any]) -> tuple[bool | None, bool] | None:
     if isinstance(fallback, bool):
         return (parsed if isinstance(parsed, bool) else None), fallback
     for value in sample.values():  # an answer trace, e.g. {"mode": "srt", "parsed": ..., "fallback": ...}
-        if isinstance(value, Mapping) and value.get("mode") == "srt" and isinstance(value.get("fallback"), bool):
+        if (
+            isinstance(value, Mapping)
+            and writes_srt_turn(value.get("mode"))
+            and isinstance(value.get("fallback"), bool)
+        ):
             parsed = value.get("parsed")
             return (parsed if isinstance(parsed, bool) else None), value["fallback"]
     return None
@@ -125,6 +150,55 @@ def srt_answer_metrics(samples: Sequence[Mapping[str, Any]]) -> dict[str, float]
     if all(parsed is not None for parsed, _ in flags):
         out["srt_parse_rate"] = 100 * sum(bool(parsed) for parsed, _ in flags) / n
     out["srt_fallback_rate"] = 100 * sum(fallback for _, fallback in flags) / n
+    return out
+
+
+def _gate_record(sample: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """``{gate, self_score, refinement_score}`` of one sample's gated answer, or None when it records none:
+    the sample's own keys, lm-eval's ``srt_*`` ones, or a nested answer trace with ``mode: gated``."""
+    if sample.get("gate") in ("refinement", "response"):
+        return sample
+    if sample.get("srt_gate") in ("refinement", "response"):
+        return {
+            "gate": sample["srt_gate"],
+            "self_score": sample.get("srt_self_score"),
+            "refinement_score": sample.get("srt_refinement_score"),
+        }
+    for value in sample.values():
+        if (
+            isinstance(value, Mapping)
+            and value.get("mode") == "gated"
+            and value.get("gate") in ("refinement", "response")
+        ):
+            return value
+    return None
+
+
+def gate_metrics(samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """How often the gate of ``gated`` answers kept the refinement / the response, and with per-sample
+    correctness how often its choice was the right one (module doc); empty without gated answers."""
+    gates = [_gate_record(s) for s in samples]
+    if not any(gates):
+        return {}
+    kept = [g["gate"] for g in gates if g]
+    out: dict[str, float] = {
+        "gate_kept_refinement": kept.count("refinement"),
+        "gate_kept_response": kept.count("response"),
+        "gate_unscored": sum(
+            1
+            for g in gates
+            if g and g["gate"] == "response" and (g.get("self_score") is None or g.get("refinement_score") is None)
+        ),
+    }
+    if all("refinement_correct" in s and isinstance(s.get("response_correct"), bool) for s in samples):
+        # Only where the choice mattered: exactly one of response and refinement is right.
+        decisive = [
+            s
+            for s, g in zip(samples, gates)
+            if g and isinstance(s["refinement_correct"], bool) and s["refinement_correct"] != s["response_correct"]
+        ]
+        right = sum(1 for s in decisive if s.get("correct") is True)
+        out.update(gate_right=right, gate_wrong=len(decisive) - right)
     return out
 
 
@@ -409,6 +483,15 @@ def parts_table(summary: Mapping[str, Any], bench: str) -> list[str]:
     return lines
 
 
+GATE_NOTE = (
+    "Gated answers (answer mode `gated`): `gate_kept_refinement` / `gate_kept_response`: how often the model's own "
+    "re-score of its refinement beat / did not beat its response's score (`gate_unscored`: of the latter, a score "
+    "missing or no refinement); `gate_right` / `gate_wrong`: of the problems where exactly one of response and "
+    "refinement is right, the gate kept the right one / the wrong one; fixed / broken by refinement count the "
+    "kept refinements."
+)
+
+
 def render_markdown(
     summary: dict[str, Any], plots: Sequence[Path] = (), per_benchmark_plots: Mapping[str, Sequence[Path]] | None = None
 ) -> str:
@@ -423,6 +506,8 @@ def render_markdown(
     ]
     for bench in benchmarks_of(summary):
         lines += ["", f"## {bench}", "", *benchmark_table(summary, bench)]
+        if any("gate_kept_refinement" in per.get(bench, {}).get("metrics", {}) for per in summary["results"].values()):
+            lines += ["", GATE_NOTE]
         by_part = parts_table(summary, bench)
         if by_part:
             lines += ["", f"Per part (language) of {bench}:", "", *by_part]

@@ -9,9 +9,10 @@ Layout of an evaluation run (``output_dir``)::
     report.md, plots/*.png              the side-by-side table and the plots (srt.eval.report)
 
 A benchmark whose samples carry a boolean ``correct`` gets accuracy ± standard error (and, for
-``srt`` answers, response accuracy, fixed / broken by refinement, the parse rate) added to its
-metrics, and ``compare: [[model, baseline], ...]`` pairs models on it; any benchmark whose samples
-record SRT answers gets ``srt_parse_rate`` / ``srt_fallback_rate``; every metric's unit is under
+``srt`` and ``gated`` answers, response accuracy, fixed / broken by refinement, the parse rate) added
+to its metrics, and ``compare: [[model, baseline], ...]`` pairs models on it; any benchmark whose samples
+record SRT answers gets ``srt_parse_rate`` / ``srt_fallback_rate``, and gated answers the gate's counts
+(``gate_kept_refinement`` / ``gate_kept_response``...); every metric's unit is under
 ``units`` (:mod:`srt.eval.report`).
 
 Resuming: a (model, benchmark) pair whose ``metrics.json`` exists with the same config hash (the
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from srt.errors import ConfigError, SrtError
-from srt.eval.benchmark import BenchmarkResult, EvalContext
+from srt.eval.benchmark import BenchmarkResult, EvalContext, writes_srt_turn
 from srt.eval.model import EvalModel, _hash
 from srt.records import JsonLines, write_jsonl_atomic
 from srt.registry import CRITICS, create_critic, load_plugin
@@ -58,9 +59,11 @@ class ModelSpec(_Strict):
 
     name: str | None = Field(None, description="Name in the report and the output folders; default: the folder name")
     path: str = Field(description="Model folder, hub id, or `tiny` (a built-in test model)")
-    answer_mode: Literal["plain", "srt"] = Field(
+    answer_mode: Literal["plain", "srt", "gated"] = Field(
         "plain",
-        description="plain: the model's answer; srt: response -> feedback -> refinement, the refinement is the answer",
+        description="plain: the model's answer; srt: response -> feedback -> refinement, the refinement is the answer; "
+        "gated: that pass, then the refinement only when the model's own re-score of it beats its response's score, "
+        "else the response",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Load dtype")
     batch_size: int = Field(8, ge=1, description="Prompts per generate call")
@@ -253,7 +256,7 @@ def run_eval(
 
 def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
     """Run a checked plan (:func:`run_eval` plans and locks first; call that)."""
-    from srt.eval.report import comparisons, correctness_metrics, metric_units, srt_answer_metrics
+    from srt.eval.report import comparisons, correctness_metrics, gate_metrics, metric_units, srt_answer_metrics
 
     output_dir, cache_dir, seed = plan.output_dir, plan.cache_dir, plan.seed
     judges = _Judges()
@@ -285,7 +288,12 @@ def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
             if not isinstance(result, BenchmarkResult):
                 raise SrtError(f"benchmark {bench.name!r} returned {type(result).__name__}, not a BenchmarkResult")
             # The plugin's own metrics win over the derived ones of the same name.
-            metrics = {**correctness_metrics(result.samples), **srt_answer_metrics(result.samples), **result.metrics}
+            metrics = {
+                **correctness_metrics(result.samples),
+                **srt_answer_metrics(result.samples),
+                **gate_metrics(result.samples),
+                **result.metrics,
+            }
             entry = {
                 "model": model.name,
                 "benchmark": bench.name,
@@ -450,7 +458,7 @@ def _apply_model_flags(
             for key in ("sampling", "candidate_sampling", "score_sampling"):
                 current = entry.get(key) if isinstance(entry.get(key), dict) else {}
                 entry[key] = {**current, "max_new_tokens": max_new_tokens}
-    choices = ModelSpec.model_fields["answer_mode"].annotation.__args__  # ("plain", "srt")
+    choices = ModelSpec.model_fields["answer_mode"].annotation.__args__  # ("plain", "srt", "gated")
     for value in modes:
         name, sep, mode = value.partition("=")
         if not sep:
@@ -548,7 +556,7 @@ def generate_file(
     model = EvalModel(
         name=Path(str(model_path).rstrip("/")).name or str(model_path),
         path=model_path,
-        answer_mode="srt" if mode == "srt" else "plain",
+        answer_mode=mode if writes_srt_turn(mode) else "plain",
         dtype=dtype,
         batch_size=batch_size,
         sampling=sampling,
@@ -607,6 +615,8 @@ def plan_generate(model_path: str, input_path: str | Path, output_path: str | Pa
 def _trace_stats(path: Path, mode: str) -> dict[str, Any]:
     """Counts over the whole output file (earlier runs included)."""
     counts = {"answered": 0, "parsed": 0, "fallback_unparseable": 0, "truncated": 0}
+    if mode == "gated":
+        counts.update(gate_kept_refinement=0, gate_kept_response=0)
     lines = JsonLines(path)
     for lineno, raw, row in lines:
         trace = row.get("trace")
@@ -614,10 +624,13 @@ def _trace_stats(path: Path, mode: str) -> dict[str, Any]:
             lines.bad(lineno, raw, "expected an answer with a 'trace' object (is this an srt-eval generate output?)")
         counts["answered"] += 1
         counts["truncated"] += trace.get("finish_reason") == "length"
-        if mode == "srt":
+        if writes_srt_turn(mode):
             counts["parsed"] += bool(trace.get("parsed"))
             counts["fallback_unparseable"] += bool(trace.get("fallback"))
-    if mode != "srt":
+        if mode == "gated":
+            counts["gate_kept_refinement"] += trace.get("gate") == "refinement"
+            counts["gate_kept_response"] += trace.get("gate") == "response"
+    if not writes_srt_turn(mode):
         del counts["parsed"], counts["fallback_unparseable"]
     return counts
 

@@ -48,7 +48,7 @@ from pydantic import Field
 from srt.critic import CritiqueRequest
 from srt.critic_template import ParseFailure, parse_score
 from srt.errors import ConfigError, SrtError
-from srt.eval.benchmark import BenchmarkResult, EvalContext
+from srt.eval.benchmark import BenchmarkResult, EvalContext, writes_srt_turn
 from srt.eval.data import DataRows
 from srt.io import file_sha256
 from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
@@ -78,7 +78,7 @@ class AlpacaEvalSettings(BenchmarkSettings):
     )
     limit: int | None = Field(None, ge=1, description="Evaluate the first N items only (None: all)")
     judge: str | dict[str, Any] | None = Field(None, description=JUDGE_HELP)
-    answer_mode: Literal["plain", "srt", "rerank"] | None = Field(
+    answer_mode: Literal["plain", "srt", "gated", "rerank"] | None = Field(
         None, description="How the model answers; None: the model's own answer_mode"
     )
     n: int = Field(16, ge=1, description="Candidates per instruction for `answer_mode: rerank`")
@@ -358,12 +358,16 @@ def length_controlled(
 
 
 def answer_stats(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Parse/fallback rates of SRT answers and truncation, from the traces."""
+    """Parse/fallback rates of SRT answers (``srt`` or ``gated``; gated: the gate's counts too) and
+    truncation, from the traces."""
     traces = [a["trace"] for a in answers]
     stats: dict[str, Any] = {"truncated": sum(t.get("finish_reason") == "length" for t in traces)}
-    if traces and traces[0].get("mode") == "srt":
+    if traces and writes_srt_turn(traces[0].get("mode")):
         stats["srt_parsed"] = sum(bool(t.get("parsed")) for t in traces)
         stats["srt_fallback_unparseable"] = sum(bool(t.get("fallback")) for t in traces)
+    if traces and traces[0].get("mode") == "gated":
+        stats["gate_kept_refinement"] = sum(t.get("gate") == "refinement" for t in traces)
+        stats["gate_kept_response"] = sum(t.get("gate") == "response" for t in traces)
     return stats
 
 

@@ -12,7 +12,7 @@ Settings (all optional)::
       num_fewshot: 8               # default: the task's 8 CoT exemplars
       limit: null                  # first N problems only
       max_gen_toks: null           # default: lm-eval's 256
-      answer_mode: null            # plain | srt (default: the model's)
+      answer_mode: null            # plain | srt | gated (default: the model's)
       apply_chat_template: false   # plain mode: wrap lm-eval's prompt in the chat template
       cache: true                  # reuse generations cached by earlier runs (same model, prompts, settings)
 

@@ -8,7 +8,7 @@ disagreement; both are reported (``ties``, ``parse_failures``).
 How the model critiques (``scoring:``): ``srt`` places the answer in its assistant turn followed
 by ``### Feedback`` and lets it write the feedback (the SRT format, :func:`self_critique_prefix`);
 ``critic_prompt`` sends the critic prompt as a user message (for plain chat models). ``auto``
-(default) picks ``srt`` for models evaluated with ``answer_mode: srt``, else ``critic_prompt``.
+(default) picks ``srt`` for models evaluated with ``answer_mode: srt`` or ``gated``, else ``critic_prompt``.
 
 Data (``data:``): ``fixture`` (16 hand-written pairs shipped with srt), a local JSONL with either
 ``{instruction, chosen, rejected}`` or HH-RLHF transcripts ``{chosen, rejected}`` (``\\n\\nHuman:
@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from srt.errors import SrtError
-from srt.eval.benchmark import BenchmarkResult, EvalContext
+from srt.eval.benchmark import BenchmarkResult, EvalContext, writes_srt_turn
 from srt.eval.data import DataRows
 from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
 from srt_builtin.benchmarks.alpaca_winrate import DATA_DIR, file_digest, mean
@@ -119,7 +119,8 @@ class JudgeAgreementSettings(BenchmarkSettings):
     scoring: Literal["auto", "srt", "critic_prompt"] = Field(
         "auto",
         description="How the model critiques: `srt` (feedback inside its assistant turn), `critic_prompt` (the "
-        "critic prompt as a user message), `auto` (srt for models with answer_mode srt, else critic_prompt)",
+        "critic prompt as a user message), `auto` (srt for models with answer_mode srt or gated, else "
+        "critic_prompt)",
     )
 
 
@@ -155,7 +156,7 @@ class JudgeAgreementBenchmark:
     def run(self, model: Any, ctx: EvalContext) -> BenchmarkResult:
         via = self.settings["scoring"]
         if via == "auto":
-            via = "srt" if model.answer_mode == "srt" else "critic_prompt"
+            via = "srt" if writes_srt_turn(model.answer_mode) else "critic_prompt"
         items = [
             {"id": f"{p['id']}:{side}", "instruction": p["instruction"], "response": p[side]}
             for p in self.pairs

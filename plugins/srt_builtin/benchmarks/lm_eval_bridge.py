@@ -12,7 +12,8 @@ it outside srt (the folder's README.md has the command).
 Answer modes: ``plain`` is lm-eval's ``HFLM`` on the already-loaded model; ``srt`` is
 :class:`SrtLM`, which answers lm-eval's ``generate_until`` requests with the SRT refinement
 (response -> feedback -> refinement, the refinement is the answer) and leaves log-likelihood
-requests to ``HFLM``.
+requests to ``HFLM``; ``gated`` is :class:`SrtLM` answering with the gated refinement (the refinement
+only when the model's own re-score of it beats its response's, else the response).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from srt.errors import ConfigError
+from srt.eval.benchmark import ANSWER_MODES
 from srt.eval.data import check_fields
 from srt.io import file_sha256 as sha256_file
 from srt.io import text_sha256 as sha256_bytes
@@ -39,7 +41,6 @@ from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
 TASKS_DIR = Path(__file__).parent / "tasks"
 DATA_DIR = Path(__file__).parent / "data"
 RENDERED_DIR_NAME = "lm_eval_tasks"
-ANSWER_MODES = ("plain", "srt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +254,8 @@ class SrtLM(_lm_eval_base()):  # type: ignore[misc]
                 "srt_self_score": trace.get("self_score"),
                 "srt_parsed": trace.get("parsed"),
                 "srt_fallback": trace.get("fallback"),
+                "srt_gate": trace.get("gate"),
+                "srt_refinement_score": trace.get("refinement_score"),
                 "srt_finish_reason": trace.get("finish_reason"),
                 "srt_raw": trace.get("raw"),
                 "srt_cached": result.get("cached", False),
@@ -263,6 +266,8 @@ class SrtLM(_lm_eval_base()):  # type: ignore[misc]
             self.stats["fallback_unparseable"] += bool(trace["srt_fallback"])
             self.stats["truncated"] += trace["srt_finish_reason"] == "length"
             self.stats["cached"] += bool(trace["srt_cached"])
+            if trace["srt_gate"] is not None:
+                self.stats[f"gate_kept_{trace['srt_gate']}"] += 1
         return answers
 
 
@@ -275,8 +280,8 @@ def make_lm(
 ):
     """The lm-eval model for an :class:`srt.eval.model.EvalModel` in the given answer mode.
 
-    ``plain``: lm-eval's ``HFLM`` on the loaded model. ``srt``: :class:`SrtLM`, answering through
-    ``model.answers(..., mode="srt")`` (cached under ``cache_dir``/``cache_key``).
+    ``plain``: lm-eval's ``HFLM`` on the loaded model. ``srt`` / ``gated``: :class:`SrtLM`, answering
+    through ``model.answers(..., mode=answer_mode)`` (cached under ``cache_dir``/``cache_key``).
     """
     if answer_mode not in ANSWER_MODES:
         raise ConfigError(f"answer_mode must be one of {ANSWER_MODES}, got {answer_mode!r}")
@@ -290,7 +295,7 @@ def make_lm(
 
     def answer(contexts: list[str]) -> list[dict[str, Any]]:
         items = [{"id": sha256_bytes(c.encode("utf-8"))[:16], "instruction": c} for c in contexts]
-        return model.answers(items, cache_key, mode="srt", cache_dir=cache_dir)
+        return model.answers(items, cache_key, mode=answer_mode, cache_dir=cache_dir)
 
     return SrtLM(hflm, answer, eos=model.tokenizer.eos_token)
 
@@ -444,7 +449,7 @@ class LmEvalSettings(BenchmarkSettings):
     max_gen_toks: int | None = Field(
         None, ge=1, description="Plain mode: new tokens per answer; None: the task's own (lm-eval's default 256)"
     )
-    answer_mode: Literal["plain", "srt"] | None = Field(None, description="None: the model's answer_mode")
+    answer_mode: Literal["plain", "srt", "gated"] | None = Field(None, description="None: the model's answer_mode")
     batch_size: int | None = Field(None, ge=1, description="None: the model's batch size")
     apply_chat_template: bool = Field(
         False, description="Plain mode: render lm-eval's prompt with the model's chat template (srt mode always does)"

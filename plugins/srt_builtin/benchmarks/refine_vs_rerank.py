@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from srt.eval.benchmark import BenchmarkResult, EvalContext
+from srt.eval.benchmark import BenchmarkResult, EvalContext, writes_srt_turn
 from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
 from srt_builtin.benchmarks.alpaca_winrate import (
     DATA_HELP,
@@ -128,9 +128,9 @@ class RefineVsRerankBenchmark:
             new_tokens_rerank=mean([r["trace"]["num_new_tokens"] for r in rerank]),  # candidates only
         )
         warnings_ = []
-        if model.answer_mode != "srt":
+        if not writes_srt_turn(model.answer_mode):
             warnings_.append(
-                "model is not marked answer_mode: srt; self-refinement needs an SRT-trained model "
+                "model is not marked answer_mode: srt (or gated); self-refinement needs an SRT-trained model "
                 "(an untrained one falls back to its first response)"
             )
         if metrics["judge_failures"]:

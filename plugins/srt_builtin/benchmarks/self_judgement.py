@@ -21,10 +21,11 @@ Metrics:
   responses (``meta.score_table``).
 
 How the score is read (``scoring:``): ``inline`` takes the score the model wrote in its own SRT
-feedback (the answer mode is then ``srt``); ``srt`` / ``critic_prompt`` score the response in a
-separate call (:meth:`srt.eval.model.EvalModel.self_scores`: self-critique in the assistant turn,
+feedback (the answer mode is then ``srt``, or the model's ``gated``: the same SRT pass, whose answers
+``word_problems`` of a gated model already generated); ``srt`` / ``critic_prompt`` score the response
+in a separate call (:meth:`srt.eval.model.EvalModel.self_scores`: self-critique in the assistant turn,
 or the critic prompt as a user message, for plain chat models); ``auto`` (default) is ``inline``
-for models evaluated with ``answer_mode: srt``, else ``critic_prompt``.
+for models evaluated with ``answer_mode: srt`` or ``gated``, else ``critic_prompt``.
 
 Settings::
 
@@ -43,7 +44,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from srt.eval.benchmark import BenchmarkResult, EvalContext
+from srt.eval.benchmark import BenchmarkResult, EvalContext, writes_srt_turn
 from srt_builtin.answers import final_answer, format_number, same_number
 from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
 from srt_builtin.benchmarks.alpaca_winrate import file_digest, mean
@@ -117,7 +118,7 @@ class SelfJudgementSettings(BenchmarkSettings):
         "auto",
         description="Where the self-score comes from: `inline` (the score in the model's own SRT feedback of its "
         "response), `srt` / `critic_prompt` (a separate self-scoring call of the response), `auto` (inline for "
-        "models with answer_mode srt, else critic_prompt)",
+        "models with answer_mode srt or gated, else critic_prompt)",
     )
 
 
@@ -154,8 +155,12 @@ class SelfJudgementBenchmark:
     def run(self, model: Any, ctx: EvalContext) -> BenchmarkResult:
         scoring = self.settings["scoring"]
         if scoring == "auto":
-            scoring = "inline" if model.answer_mode == "srt" else "critic_prompt"
-        mode = "srt" if scoring == "inline" else model.answer_mode
+            scoring = "inline" if writes_srt_turn(model.answer_mode) else "critic_prompt"
+        mode = model.answer_mode
+        if scoring == "inline" and not writes_srt_turn(mode):
+            # Inline scores need an SRT turn. A gated model keeps its mode: the same response and self-score
+            # as srt, and the answers its word_problems run generated (the same cache key).
+            mode = "srt"
         items = [{"id": p["id"], "instruction": p["instruction"]} for p in self.problems]
         # The same cache key as word_problems: a run with both benchmarks generates the answers once.
         answers = model.answers(items, f"word_problems-{mode}", mode=mode, cache_dir=ctx.cache_dir)

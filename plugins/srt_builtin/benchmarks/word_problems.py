@@ -4,16 +4,21 @@ Any JSONL/JSON file of ``{id, instruction, answer}`` rows works, where ``answer`
 gold solution ending ``#### <number>`` (or just the number); ``fields`` maps other column names.
 The shipped data is ``configs/data/word_problems_heldout.jsonl`` (generated for srt; see
 ``configs/data/README.md``). There are no few-shot exemplars: the model answers the question as
-its user message, in its answer mode (``plain``, or ``srt``: response -> feedback -> refinement,
-the refinement is the answer, the response when there is none).
+its user message, in its answer mode (``plain``; ``srt``: response -> feedback -> refinement,
+the refinement is the answer, the response when there is none; or ``gated``: that pass, then the
+refinement only when the model's own re-score of it beats its response's score, else the response).
 
 Scoring: the final number of the answer (:mod:`srt_builtin.answers`, the extractor the
 ``reference`` critic grades with) equals the gold number exactly. Each sample records ``correct``;
 in ``srt`` mode also ``response_correct`` (the first response scored alone), the model's own
-``self_score`` (its ``Overall Score: [[n]]``), ``parsed`` and ``fallback``. From these
-``srt-eval`` derives accuracy ± standard error, response accuracy, fixed / broken by refinement,
-the parse rate and paired comparisons between models (:mod:`srt.eval.report`). ``rubric`` is the
-``reference`` critic's 1-10 score of the same answer (10: right with work shown, 4: wrong with work).
+``self_score`` (its ``Overall Score: [[n]]``), ``parsed`` and ``fallback``; in ``gated`` mode also
+``gate`` (``refinement`` | ``response``: which one is the answer), ``refinement_score`` (the model's
+re-score of its refinement) and ``refinement_correct`` (the refinement scored alone; None without
+one). From these ``srt-eval`` derives accuracy ± standard error, response accuracy, fixed / broken
+by refinement, the parse rate, for gated answers how often the gate kept the refinement / the
+response and how often its choice was the right one, and paired comparisons between models
+(:mod:`srt.eval.report`). ``rubric`` is the ``reference`` critic's 1-10 score of the same answer
+(10: right with work shown, 4: wrong with work).
 
 Settings::
 
@@ -21,7 +26,7 @@ Settings::
       data: configs/data/word_problems_heldout.jsonl   # required
       fields: {id: id, instruction: instruction, reference: answer}   # the defaults
       limit: 48                                        # first N rows (default: all)
-      answer_mode: null                                # plain | srt (default: the model's)
+      answer_mode: null                                # plain | srt | gated (default: the model's)
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from srt.eval.benchmark import BenchmarkResult, EvalContext
+from srt.eval.benchmark import BenchmarkResult, EvalContext, writes_srt_turn
 from srt.eval.data import DataRows
 from srt_builtin.answers import final_answer, format_number, gold_answer, same_number
 from srt_builtin.benchmarks._settings import BenchmarkSettings, parse_settings
@@ -53,7 +58,9 @@ class WordProblemsSettings(BenchmarkSettings):
     data: str = Field(description="JSONL or JSON file of problems with gold solutions (required)")
     fields: WordProblemFields = Field(default_factory=WordProblemFields, description="Column names of the rows")
     limit: int | None = Field(None, ge=1, description="Evaluate the first N problems only (None: all)")
-    answer_mode: Literal["plain", "srt"] | None = Field(None, description="plain | srt; None: the model's answer_mode")
+    answer_mode: Literal["plain", "srt", "gated"] | None = Field(
+        None, description="plain | srt | gated; None: the model's answer_mode"
+    )
 
 
 def load_problems(settings: WordProblemsSettings | dict[str, Any]) -> list[dict[str, Any]]:
@@ -143,7 +150,7 @@ class WordProblemsBenchmark:
                 **score(result["answer"], problem["gold"]),
                 "finish_reason": trace.get("finish_reason"),
             }
-            if mode == "srt":
+            if writes_srt_turn(mode):
                 response = score(trace["response"], problem["gold"])
                 sample.update(
                     response=trace["response"],
@@ -155,6 +162,13 @@ class WordProblemsBenchmark:
                     parsed=bool(trace["parsed"]),
                     fallback=bool(trace["fallback"]),
                 )
+            if mode == "gated":
+                refinement = trace.get("refinement")
+                sample.update(
+                    gate=trace["gate"],
+                    refinement_score=trace.get("refinement_score"),
+                    refinement_correct=None if refinement is None else score(refinement, problem["gold"])["correct"],
+                )
             samples.append(sample)
 
         metrics: dict[str, float | None] = {
@@ -162,12 +176,16 @@ class WordProblemsBenchmark:
             "truncated": sum(s["finish_reason"] == "length" for s in samples),
         }
         plots: dict[str, list[float]] = {"rubric": [s["rubric"] for s in samples]}
-        if mode == "srt":
+        if writes_srt_turn(mode):
             self_scores = [s["self_score"] for s in samples if s["self_score"] is not None]
             metrics["rubric_response_mean"] = mean([s["rubric_response"] for s in samples])
             metrics["self_score_mean"] = mean(self_scores)
             plots["rubric_response"] = [s["rubric_response"] for s in samples]
             plots["self_score"] = self_scores
+        if mode == "gated":
+            refinement_scores = [s["refinement_score"] for s in samples if s["refinement_score"] is not None]
+            metrics["refinement_score_mean"] = mean(refinement_scores)
+            plots["refinement_score"] = refinement_scores
         meta = {"answer_mode": mode, "data": self.data_identity, "warnings": []}
         if metrics["truncated"]:
             meta["warnings"].append(
