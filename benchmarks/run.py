@@ -663,7 +663,12 @@ def reference_passes(config: str, model, datamodule, baseline: float) -> dict:
     by length) and, for the padded configuration, the old one (training micro-batches, dataset
     order), alternating (old, new, old, new) in the same process; the max difference of their log-probs;
     the useful forward FLOPs; the peak memory up to here (the passes run before training)."""
-    from srt.training.reference import compute_reference_logps, precompute_reference_logps, reference_dataloader
+    from srt.training.reference import (
+        compute_reference_logps,
+        precompute_reference_logps,
+        reference_batch_size,
+        reference_dataloader,
+    )
 
     spec = flop_spec(model)
     flops = sum(forward_flops(spec, batch_shape(b)) for b in reference_dataloader(datamodule))
@@ -682,7 +687,7 @@ def reference_passes(config: str, model, datamodule, baseline: float) -> dict:
         "reference_flops": flops,
         "reference_pairs": len(results["sorted"]),
         "reference_peak_mb": peak_rss_mb() - baseline,
-        "reference_batch": datamodule.config.reference_batch_size or 4 * datamodule.config.micro_batch_size,
+        "reference_batch": reference_batch_size(datamodule.config),
     }
     if times["micro"]:
         out["precompute_micro_s"] = statistics.median(times["micro"])
@@ -1303,6 +1308,7 @@ def roofline_sections(results: dict, s: dict, names: dict, dpo_names: dict) -> l
                 + " | ".join(f"{x:.0f}" for x in parts)
                 + f" | {total - sum(parts):.0f} |"
             )
+    lines += memory_target(dpo)
     # reference pass
     ref = [r for r in dpo["srt"] if "precompute_micro_s" in r]
     if ref:
@@ -1337,6 +1343,52 @@ def roofline_sections(results: dict, s: dict, names: dict, dpo_names: dict) -> l
             f"against {statistics.median(r['peak_mb'] for r in dpo['srt']):.0f} MB for the whole run (the larger "
             "batches stay under training's peak).",
         ]
+    return lines
+
+
+def memory_target(dpo: dict) -> list[str]:
+    """Where srt's DPO peak stands against 0.7x TRL's default, part by part (medians)."""
+    if "trl" not in dpo or "activations_mb" not in dpo["trl"][0]:
+        return []
+    med = lambda c, k: statistics.median(r[k] for r in dpo[c])  # noqa: E731
+    keys = ("weights_mb", "grads_adam_mb", "reference_mb", "activations_mb")
+    srt, trl = ({k: med(c, k) for k in (*keys, "peak_mb")} for c in ("srt", "trl"))
+    for part in (srt, trl):
+        part["rest_mb"] = part["peak_mb"] - sum(part[k] for k in keys)
+    target = TARGETS["dpo_memory"] * trl["peak_mb"]
+    state = srt["weights_mb"] + srt["grads_adam_mb"]
+    lines = [
+        "",
+        f"**DPO memory target** (srt <= {TARGETS['dpo_memory']}x TRL's default = {target:.0f} MB here; srt "
+        f"measures {srt['peak_mb']:.0f} MB, {srt['peak_mb'] / trl['peak_mb']:.2f}x). Against TRL's default srt "
+        f"saves the reference copy ({trl['reference_mb']:.0f} MB) and {trl['rest_mb'] - srt['rest_mb']:.0f} MB of "
+        f"the rest; the activations saved for the backward differ by {trl['activations_mb'] - srt['activations_mb']:.0f} "
+        "MB (each side's largest step: srt's longest length-grouped batch, TRL's most padded random one). "
+        "What srt still holds: "
+        f"weights + gradients + AdamW moments {state:.0f} MB (fixed by the model and the optimizer), the "
+        f"activations of the policy's forward over chosen + rejected {srt['activations_mb']:.0f} MB (what the "
+        f"backward needs; the logits of the scored positions are part of them) and {srt['rest_mb']:.0f} MB of "
+        "transient buffers and framework. Reaching the target needs "
+        f"{srt['peak_mb'] - target:.0f} MB less, i.e. "
+        f"{100 * (srt['peak_mb'] - target) / max(srt['activations_mb'], 1e-9):.0f}% of the activations: on CPU that "
+        "means recomputing them (gradient checkpointing) or holding fewer at once (a smaller micro-batch with "
+        "gradient accumulation: the same optimizer step, since the DPO loss is a mean over pairs), both "
+        "settings rather than overhead, and both available to TRL as well.",
+    ]
+    if "srt_gc" in dpo:
+        gc = {k: med("srt_gc", k) for k in ("peak_mb", "activations_mb", "units_per_s")}
+        lines.append(
+            "With `dpo.gradient_checkpointing: true` (the gradient checkpointing rows above"
+            + (
+                f"; measured in a separate run on the same seeded data and settings, load average "
+                f"{dpo['srt_gc'][0]['separate_run']}"
+                if dpo["srt_gc"][0].get("separate_run")
+                else ""
+            )
+            + f"; TRL's own default, off in the other rows on both sides) srt's peak is {gc['peak_mb']:.0f} MB = {gc['peak_mb'] / trl['peak_mb']:.2f}x TRL's default "
+            f"(activations {gc['activations_mb']:.0f} MB) at {gc['units_per_s']:.2f} pairs/s = "
+            f"{gc['units_per_s'] / med('trl', 'units_per_s'):.2f}x TRL's default speed."
+        )
     return lines
 
 
