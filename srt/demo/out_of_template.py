@@ -24,6 +24,8 @@ import math
 import random
 from pathlib import Path
 
+from srt.demo import word_problems
+
 # Names and objects that srt.demo.word_problems never draws.
 NAMES = ["Aiko", "Bruno", "Carmen", "Dev", "Elif", "Femi", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Luca"]
 THINGS = ["pages", "flyers", "bricks", "stamps", "tickets", "candles"]
@@ -125,26 +127,8 @@ FILE = "word_problems_out_of_template.jsonl"
 
 
 def generate(n: int = 48, seed: int = 2024, prefix: str = "oot") -> list[dict]:
-    """``n`` problems from a seeded RNG, cycling through the templates (no question repeats)."""
-    rng = random.Random(seed)
-    out, seen, draws = [], set(), 0
-    while len(out) < n:
-        template = TEMPLATES[draws % len(TEMPLATES)]
-        draws += 1
-        q, s, answer = template(rng)
-        if q in seen:
-            continue
-        seen.add(q)
-        out.append(
-            {
-                "id": f"{prefix}-{len(out):04d}",
-                "instruction": q,
-                "answer": s,
-                "final": answer,
-                "template": template.__name__.lstrip("_"),
-            }
-        )
-    return out
+    """``n`` problems from a seeded RNG, cycling through this module's templates (no question repeats)."""
+    return word_problems.generate(n, seed, prefix, templates=TEMPLATES)
 
 
 def main() -> None:

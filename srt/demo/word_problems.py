@@ -95,13 +95,16 @@ def _two_step(rng: random.Random):
 TEMPLATES = [_add_then_give, _groups, _share, _money, _two_step]
 
 
-def generate(n: int, seed: int, prefix: str, exclude: set[str] | frozenset[str] = frozenset()) -> list[dict]:
-    """``n`` problems from a seeded RNG, cycling through the templates; instructions in ``exclude``
-    (another split's) are skipped, so no problem is shared between splits."""
+def generate(
+    n: int, seed: int, prefix: str, exclude: set[str] | frozenset[str] = frozenset(), templates=None
+) -> list[dict]:
+    """``n`` problems from a seeded RNG, cycling through ``templates`` (default: this module's);
+    instructions in ``exclude`` (another split's) are skipped, so no problem is shared between splits."""
+    templates = templates or TEMPLATES
     rng = random.Random(seed)
     out, seen, draws = [], set(exclude), 0
     while len(out) < n:
-        template = TEMPLATES[draws % len(TEMPLATES)]
+        template = templates[draws % len(templates)]
         draws += 1
         q, s, answer = template(rng)
         if q in seen:
