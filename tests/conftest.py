@@ -69,6 +69,32 @@ SLOW_TESTS = {
 FAST_IN_SLOW = {"test_validate_names_each_mistake_in_one_line"}
 
 
+@pytest.fixture()
+def cli(capsys, monkeypatch):
+    """``srt-eval ARGS`` in this process (its click main with a patched argv): (exit status, stdout, stderr)."""
+    import logging
+    import sys
+
+    from srt.cli.eval import main
+
+    srt_log = logging.getLogger("srt")
+
+    def call(*args):
+        handlers = list(srt_log.handlers)
+        monkeypatch.setattr(sys, "argv", ["srt-eval", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            srt_log.handlers[:] = handlers  # run_cli adds a handler bound to this test's captured stderr
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.originalname if hasattr(item, "originalname") else item.name

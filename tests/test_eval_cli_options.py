@@ -3,38 +3,11 @@ NAME=MODE and judge settings through --set judge.KEY=VALUE map onto the eval con
 flag is one `Error:` line, exit 2; the report shows each benchmark with its units, `±` and SRT rates.
 (The README's smoke command runs for real in tests/test_eval_readme.py.)"""
 
-import logging
-import sys
-
 import pytest
 
 from srt.errors import ConfigError
 from srt.eval.report import format_value, metric_unit, render_markdown, srt_answer_metrics
 from srt.eval.runner import cli_inputs
-
-
-@pytest.fixture()
-def cli(capsys, monkeypatch):
-    """``srt-eval ARGS`` in this process: (exit status, stdout, stderr)."""
-    from srt.cli.eval import main
-
-    srt_log = logging.getLogger("srt")
-
-    def call(*args):
-        handlers = list(srt_log.handlers)
-        monkeypatch.setattr(sys, "argv", ["srt-eval", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            srt_log.handlers[:] = handlers
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
-
 
 CONFIG = """\
 models:

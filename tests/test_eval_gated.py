@@ -5,8 +5,6 @@ reverse); `word_problems` records the gate's choice per problem, and summary.jso
 how often it kept each and, with the gold answers, how often its choice was the right one."""
 
 import json
-import logging
-import sys
 
 import pytest
 from eval_helpers import single_thread, train_srt_model
@@ -68,29 +66,6 @@ def arithmetic_model_dir(tmp_path_factory):
     tokenizer = build_tiny_tokenizer()
     out = tmp_path_factory.mktemp("srt-tiny-gated")
     return train_srt_model(build_tiny_model(tokenizer), tokenizer, out, examples=ARITHMETIC, rescores=RESCORES)
-
-
-@pytest.fixture()
-def cli(capsys, monkeypatch):
-    """``srt-eval ARGS`` in this process: (exit status, stdout, stderr)."""
-    from srt.cli.eval import main
-
-    srt_log = logging.getLogger("srt")
-
-    def call(*args):
-        handlers = list(srt_log.handlers)
-        monkeypatch.setattr(sys, "argv", ["srt-eval", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            srt_log.handlers[:] = handlers
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
 
 
 def test_gated_is_an_answer_mode_everywhere():

@@ -2,7 +2,6 @@
 file is written; one run per output directory; `srt-eval generate` checks its input and output first."""
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -16,29 +15,6 @@ from srt.eval.runner import generate_file, read_instructions
 
 SRT_EVAL = str(Path(sys.executable).with_name("srt-eval"))
 UNSET_KEY = "SRT_TEST_EVAL_KEY_THAT_IS_NOT_SET"
-
-
-@pytest.fixture()
-def cli(capsys, monkeypatch):
-    """``srt-eval ARGS`` in this process (run_cli with a patched argv): (exit status, stdout, stderr)."""
-    from srt.cli.eval import main
-
-    srt_log = logging.getLogger("srt")
-
-    def call(*args):
-        handlers = list(srt_log.handlers)
-        monkeypatch.setattr(sys, "argv", ["srt-eval", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            srt_log.handlers[:] = handlers  # run_cli adds a handler bound to this test's captured stderr
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
 
 
 def _write(path, text, mode="w"):
