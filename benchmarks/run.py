@@ -46,9 +46,10 @@ DPO_CONFIGS = ["srt", "srt_packed", "trl", "trl_precompute"]
 # With --lora: LoRA as the demo trains it (configs/demo.yaml: r 16, alpha 32, no dropout, the *_proj
 # modules of the upper half of the layers), srt and TRL (peft_config) side by side.
 LORA_CONFIGS = ["srt_lora", "trl_lora"]
-# With --gradient-checkpointing-row: srt DPO with dpo.gradient_checkpointing (memory for compute; TRL's own
-# default, turned off in every other row on both sides).
-GC_CONFIG = "srt_gc"
+# With --memory-rows: srt DPO with dpo.gradient_checkpointing (memory for compute; TRL's own default, turned
+# off in every other row on both sides) and with dpo.lm_head_chunk_size (the LM head recomputed in chunks).
+MEMORY_CONFIGS = ["srt_gc", "srt_chunked"]
+CHUNKED_HEAD = 256  # labelled positions per LM-head chunk: 256 x vocabulary x 4 bytes of logits at a time
 DEMO_LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 TARGETS = {"dpo_speed": 1.5, "dpo_memory": 0.7, "sft_speed": 1.2}
 
@@ -723,6 +724,7 @@ def run_dpo(config: str, s: dict, model_path: str, data: dict, baseline: float =
             completion_end="eos",
             lora=srt_config.LoraConfig(**lora) if lora else None,
             gradient_checkpointing=config == "srt_gc",
+            lm_head_chunk_size=CHUNKED_HEAD if config == "srt_chunked" else None,
         )
         datamodule = DPODataModule(tokenizer, dpo, train_files=data["dpo"])
         datamodule.setup("fit")
@@ -956,7 +958,9 @@ def machine_description() -> dict:
 
 def run_all(s: dict, model_path: str, data: dict, log_dir: Path) -> dict:
     sft_configs = SFT_CONFIGS + (LORA_CONFIGS if s.get("lora") else [])
-    dpo_configs = DPO_CONFIGS + (LORA_CONFIGS if s.get("lora") else []) + ([GC_CONFIG] if s.get("gc_row") else [])
+    dpo_configs = (
+        DPO_CONFIGS + (LORA_CONFIGS if s.get("lora") else []) + (MEMORY_CONFIGS if s.get("memory_rows") else [])
+    )
     results: dict = {"sft": {c: [] for c in sft_configs}, "dpo": {c: [] for c in dpo_configs}}
     base = {"settings": s, "model": model_path, "data": data}
     all_cores = {**base, "kind": "roofline", "settings": {**s, "threads": os.cpu_count() or 1}}
@@ -968,8 +972,8 @@ def run_all(s: dict, model_path: str, data: dict, log_dir: Path) -> dict:
             order = interleaved if repeat % 2 == 0 else interleaved[::-1]  # reversed every other repeat
             if s.get("lora"):
                 order += LORA_CONFIGS if repeat % 2 == 0 else LORA_CONFIGS[::-1]
-            if kind == "dpo" and s.get("gc_row"):
-                order.append(GC_CONFIG)
+            if kind == "dpo" and s.get("memory_rows"):
+                order += MEMORY_CONFIGS
             for config in order:
                 print(f"[repeat {repeat + 1}/{s['repeats']}] {kind} {config} ...", flush=True)
                 results[kind][config].append(
@@ -1045,6 +1049,7 @@ def write_results(path: Path, machine: dict, s: dict, model_desc: str, data: dic
         "trl_precompute": "TRL, precompute_ref_log_probs=True",
         "srt_lora": "srt, LoRA (demo's), precomputed reference",
         "srt_gc": "srt, precomputed reference, gradient checkpointing",
+        "srt_chunked": f"srt, precomputed reference, lm_head_chunk_size {CHUNKED_HEAD}",
         "trl_lora": "TRL, LoRA (demo's), default reference (adapter disabled)",
     }
     lines = [
@@ -1389,6 +1394,17 @@ def memory_target(dpo: dict) -> list[str]:
             f"(activations {gc['activations_mb']:.0f} MB) at {gc['units_per_s']:.2f} pairs/s = "
             f"{gc['units_per_s'] / med('trl', 'units_per_s'):.2f}x TRL's default speed."
         )
+    if "srt_chunked" in dpo:
+        ch = {k: med("srt_chunked", k) for k in ("peak_mb", "activations_mb", "units_per_s")}
+        lines.append(
+            f"With `dpo.lm_head_chunk_size: {CHUNKED_HEAD}` (the LM head over {CHUNKED_HEAD} labelled positions at a "
+            "time, recomputed in the backward, so the scored positions' logits are never all held) srt's peak is "
+            f"{ch['peak_mb']:.0f} MB = {ch['peak_mb'] / trl['peak_mb']:.2f}x TRL's default (activations "
+            f"{ch['activations_mb']:.0f} MB, {srt['activations_mb'] - ch['activations_mb']:.0f} MB less than without: "
+            f"the logits it no longer keeps) at {ch['units_per_s']:.2f} pairs/s = "
+            f"{ch['units_per_s'] / med('srt', 'units_per_s'):.2f}x srt's default speed (one more LM-head matmul per "
+            "labelled token). What it saves grows with the vocabulary: positions x vocabulary x 4 bytes."
+        )
     return lines
 
 
@@ -1502,11 +1518,12 @@ def main() -> None:
         help="also the demo's LoRA (r 16, alpha 32, no dropout, *_proj of the upper half of the layers), srt and TRL",
     )
     parser.add_argument(
+        "--memory-rows",
         "--gradient-checkpointing-row",
-        dest="gc_row",
+        dest="memory_rows",
         action="store_true",
         default=None,
-        help="also srt DPO with gradient checkpointing (a memory row; not in the targets)",
+        help="also srt DPO with gradient checkpointing and with the chunked LM head (memory rows; not in the targets)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1537,6 +1554,7 @@ def main() -> None:
         "records",
         "training_only",
         "lora",
+        "memory_rows",
     ):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)

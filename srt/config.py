@@ -181,6 +181,20 @@ _SEGMENT_WEIGHTS = {"response": 1.0, "feedback": 1.0, "refinement": 1.0, "eos": 
 _ABLATIONS = Literal["no_weaknesses", "no_suggestions", "no_score", "no_feedback", "refinement_only"]
 
 
+def _lm_head_chunk_size():
+    """The ``lm_head_chunk_size`` field of the sft and dpo sections (one definition, two sections)."""
+    return _f(
+        None,
+        "Run the LM head over this many labelled positions at a time, recomputed in the backward (activation "
+        "checkpointing of the head alone): the logits of all labelled positions (positions x vocabulary x 4 bytes) "
+        "are never held at once, for one more LM-head matmul per labelled token. Unset: the logits of the "
+        "labelled positions are kept for the backward. Llama-family models only "
+        "(`srt.training.policy.PLAIN_LM_HEAD_MODEL_TYPES`); not with fsdp/fsdp2. Measurements: "
+        "benchmarks/RESULTS.md.",
+        ge=1,
+    )
+
+
 class SFTConfig(_Strict):
     """Stage-1 training on instruction -> response -> feedback -> refinement (loss after the instruction)."""
 
@@ -197,6 +211,7 @@ class SFTConfig(_Strict):
     optim: OptimConfig = _f(default_factory=OptimConfig, description="Optimizer (paper: lr 1e-5, 10% warmup).")
     lora: LoraConfig | None = _f(None, "LoRA adapters; unset: full fine-tuning.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward (transformers' checkpointing).")
+    lm_head_chunk_size: int | None = _lm_head_chunk_size()
     mask_response: bool = _f(False, "Do not train on the initial response (the paper trains on it).")
     ablation: _ABLATIONS | None = _f(
         None,
@@ -299,6 +314,7 @@ class DPOConfig(_Strict):
     )
     lora: LoraConfig | None = _f(None, "LoRA adapters; unset: full fine-tuning.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward.")
+    lm_head_chunk_size: int | None = _lm_head_chunk_size()
     group_by_length: bool = _f(True, "Batch pairs of similar length (less padding); order still shuffled.")
     packing: bool = _f(
         False, "Pack each batch's chosen and rejected sequences into rows (no padding, same pairs per step)."

@@ -231,6 +231,10 @@ MISTAKES = [
     ),
     ({"output_dir": "/proc/srt-run"}, "cannot create output_dir /proc/srt-run"),
     ({"trainer.fsdp": {"precision": "bf16"}}, "trainer.fsdp is set but trainer.strategy is 'auto'"),
+    (
+        {"trainer.strategy": "fsdp2", "dpo.lm_head_chunk_size": 256},
+        "dpo.lm_head_chunk_size does not work with trainer.strategy 'fsdp2'",
+    ),
 ]
 
 

@@ -163,6 +163,12 @@ def check_trainer(cfg: RunConfig) -> None:
         from srt.training.distributed import FSDPOptions
 
         FSDPOptions.parse(t.fsdp)
+        for section in ("sft", "dpo"):
+            if getattr(cfg, section).lm_head_chunk_size is not None:
+                # The chunked head calls the decoder and the LM head apart, outside the root FSDP unit's forward.
+                raise ConfigError(
+                    f"{section}.lm_head_chunk_size does not work with trainer.strategy {t.strategy!r}; unset it"
+                )
     elif t.fsdp:
         raise ConfigError(
             f"trainer.fsdp is set but trainer.strategy is {t.strategy!r} (fsdp options apply to fsdp/fsdp2)"

@@ -66,6 +66,8 @@ _ADDED_DEFAULTS = {
     "filter.balance_scores": "none",
     "filter.max_score_share": None,
     "dpo.pair_format": "refinement",
+    "sft.lm_head_chunk_size": None,
+    "dpo.lm_head_chunk_size": None,
     **{f"sft.segment_weights.{k}": 1.0 for k in ("response", "feedback", "refinement", "eos")},
 }
 # Renamed options, recorded under the name they had (fingerprints of earlier runs hold).

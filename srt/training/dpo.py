@@ -114,17 +114,17 @@ class DPOModule(PolicyModule):
                 )
             return batch["ref_chosen_logps"].float(), batch["ref_rejected_logps"].float()
         if reference == "frozen_copy":
-            result = concatenated_forward(self.reference_model, batch)
+            result = concatenated_forward(self.reference_model, batch, self.config.lm_head_chunk_size)
         else:
             with self.model.disable_adapter():
-                result = concatenated_forward(self.model, batch)
+                result = concatenated_forward(self.model, batch, self.config.lm_head_chunk_size)
         return result["chosen_logps"], result["rejected_logps"]
 
     # -- loss -----------------------------------------------------------------------------
     def compute_batch(self, batch) -> dict[str, torch.Tensor]:
         """Policy forward + reference + the objective: per-pair losses, rewards, log-probs, the total loss
         (see :class:`~srt.training.dpo_objective.DPOObjective`)."""
-        policy = concatenated_forward(self.model, batch)
+        policy = concatenated_forward(self.model, batch, self.config.lm_head_chunk_size)
         ref_chosen, ref_rejected = self.reference_logps(batch)
         return self.objective(policy, ref_chosen, ref_rejected)
 
@@ -225,7 +225,7 @@ class DPOModule(PolicyModule):
     def predict_step(self, batch, batch_idx):
         """Summed log-probs of the current policy, keyed by pair id: at the start of DPO this is
         the reference (``trainer.predict`` shards it over ranks; merge the returned lists)."""
-        result = concatenated_forward(self.model, batch)
+        result = concatenated_forward(self.model, batch, self.config.lm_head_chunk_size)
         return {
             "ids": list(batch["ids"]),
             "ref_chosen_logps": result["chosen_logps"].cpu(),

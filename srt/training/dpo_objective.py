@@ -42,7 +42,7 @@ from srt.config import DPOConfig
 from srt.data.base import as_section
 from srt.data.tokenization import IGNORE_INDEX
 from srt.errors import ConfigError
-from srt.training.policy import scored_logits
+from srt.training.policy import scored_token_logps
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 # What DPOModule logs per batch (train: these names; validation: with a "val/" prefix): TRL's names.
@@ -64,7 +64,9 @@ def _pad_to(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
     return F.pad(t, (0, width - t.shape[1]), value=value)
 
 
-def concatenated_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def concatenated_forward(
+    model, batch: Mapping[str, Any], lm_head_chunk_size: int | None = None
+) -> dict[str, torch.Tensor]:
     """Summed log-probs and labelled-token counts of a DPO batch's chosen and rejected sequences, in
     one forward pass: ``{"chosen_logps", "rejected_logps" [B] float32, "chosen_tokens",
     "rejected_tokens" [B] long}``.
@@ -72,10 +74,11 @@ def concatenated_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Ten
     Padded batches (``srt.data.DPOCollator``): chosen and rejected are padded to one length and
     stacked on the batch axis; right padding with attention mask 0 and label -100 cannot change the
     real tokens' outputs (causal attention). Packed batches (``srt.data.PackedDPOCollator``, they carry
-    ``sequence_ids``) go through :func:`packed_forward`.
+    ``sequence_ids``) go through :func:`packed_forward`. ``lm_head_chunk_size``: ``dpo.lm_head_chunk_size``
+    (:func:`srt.training.policy.scored_token_logps`).
     """
     if "sequence_ids" in batch:
-        return packed_forward(model, batch)
+        return packed_forward(model, batch, lm_head_chunk_size)
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
     sides = ("chosen", "rejected")
     input_ids = torch.cat([_pad_to(batch[f"{s}_input_ids"], width, 0) for s in sides])
@@ -83,11 +86,17 @@ def concatenated_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Ten
     labels = torch.cat([_pad_to(batch[f"{s}_labels"], width, IGNORE_INDEX) for s in sides])
     row_of_token = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
     return _sequence_logps(
-        model, input_ids, labels, row_of_token, input_ids.shape[0] // 2, attention_mask=attention_mask
+        model,
+        input_ids,
+        labels,
+        row_of_token,
+        input_ids.shape[0] // 2,
+        lm_head_chunk_size,
+        attention_mask=attention_mask,
     )
 
 
-def packed_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def packed_forward(model, batch: Mapping[str, Any], lm_head_chunk_size: int | None = None) -> dict[str, torch.Tensor]:
     """:func:`concatenated_forward` for packed rows: one forward over the rows (position_ids, no
     attention mask: no attention across sequences), then each token's log-prob is summed into its
     sequence (``sequence_ids``: chosen 0..B-1, rejected B..2B-1)."""
@@ -97,26 +106,22 @@ def packed_forward(model, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         batch["labels"],
         batch["sequence_ids"],
         len(batch["ids"]),
+        lm_head_chunk_size,
         position_ids=batch["position_ids"],
     )
 
 
 def _sequence_logps(
-    model, input_ids, labels, sequence_of_token, n: int, chunk: int = 1024, **inputs
+    model, input_ids, labels, sequence_of_token, n: int, lm_head_chunk_size: int | None, **inputs
 ) -> dict[str, torch.Tensor]:
     """Summed log-probs and labelled-token counts of 2n sequences (chosen 0..n-1, rejected n..2n-1);
-    ``sequence_of_token`` [R, T] says which sequence each token belongs to. Logits exist only at
-    scored positions (:func:`srt.training.policy.scored_logits`), upcast to float32 ``chunk`` rows at
-    a time, so no [B, T, V] float32 copy is ever built."""
-    logits, scored_labels, scored = scored_logits(model, input_ids, labels, **inputs)
+    ``sequence_of_token`` [R, T] says which sequence each token belongs to. Log-probs exist only at
+    scored positions (:func:`srt.training.policy.scored_token_logps`), in float32; no [B, T, V]
+    float32 copy of the logits is ever built."""
+    token_logps, scored = scored_token_logps(model, input_ids, labels, lm_head_chunk_size=lm_head_chunk_size, **inputs)
     sequence = sequence_of_token[:, 1:][scored]  # label t+1 is scored at t
-    token_logps = [logits.new_zeros(0, dtype=torch.float32)]
-    for part, part_labels in zip(logits.split(chunk), scored_labels.split(chunk)):
-        part = part.float()  # no-op for float32; bf16 is upcast one chunk at a time
-        token_logps.append(part.gather(-1, part_labels[:, None]).squeeze(-1) - part.logsumexp(dim=-1))
-    token_logps = torch.cat(token_logps)
-    sums = torch.zeros(2 * n, dtype=torch.float32, device=logits.device).index_add(0, sequence, token_logps)
-    counts = torch.zeros(2 * n, dtype=torch.long, device=logits.device).index_add(
+    sums = torch.zeros(2 * n, dtype=torch.float32, device=token_logps.device).index_add(0, sequence, token_logps)
+    counts = torch.zeros(2 * n, dtype=torch.long, device=token_logps.device).index_add(
         0, sequence, torch.ones_like(sequence)
     )
     return {

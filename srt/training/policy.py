@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from pydantic import BaseModel
 
 from srt.config import LoraConfig, ModelConfig, OptimConfig
@@ -90,15 +91,8 @@ def scored_logits(
     row-major order. transformers projects only these hidden states through the LM head
     (``logits_to_keep`` as a boolean mask), so the [B, T, V] logits of masked prompts and padding
     (large for a 50k-150k vocabulary) are never built. Packed rows: pass ``position_ids`` and no mask.
-    Both losses use it: SFT's masked cross-entropy and DPO's sequence log-probs.
     """
-    scored = labels[:, 1:] != IGNORE_INDEX
-    keep = F.pad(scored, (0, 1), value=False)  # the last position predicts nothing
-    if position_ids is not None and input_ids.shape[0] > 1 and _flash_attention(model):
-        # flash-attention finds packed sequences (restarting position_ids) only within a single row, so
-        # the packed rows go in as one. Every row starts an example whose first label is -100: nothing is
-        # scored across a row boundary and the scored positions keep their order.
-        input_ids, position_ids, keep = input_ids.reshape(1, -1), position_ids.reshape(1, -1), keep.reshape(1, -1)
+    input_ids, position_ids, keep, scored = _scored_positions(model, input_ids, labels, position_ids)
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -112,6 +106,74 @@ def scored_logits(
             "slice_logits_to_keep); srt's training losses need a transformers causal LM that supports it"
         )
     return logits, labels[:, 1:][scored], scored
+
+
+def scored_token_logps(
+    model, input_ids, labels, attention_mask=None, position_ids=None, *, lm_head_chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label) at every labelled position, float32: ``(token_logps [N], scored [B, T-1])`` in
+    :func:`scored_logits`' order. Both losses use it: SFT's masked cross-entropy is ``-token_logps``,
+    DPO sums it per sequence.
+
+    ``lm_head_chunk_size`` None: the model's forward computes the logits of all N positions (kept for
+    the backward: N x vocab floats, 4 bytes each), upcast to float32 1,024 rows at a time. A number:
+    the decoder runs alone and its final hidden states go through the LM head that many positions at
+    a time under activation checkpointing, so at most one chunk's logits exist, in the forward and in
+    the backward, which recomputes them (one more LM-head matmul per labelled token). The log-probs
+    are the same (float rounding). Only for models whose logits are the plain LM head of the final
+    hidden state (:data:`PLAIN_LM_HEAD_MODEL_TYPES`), and not under FSDP (the run plan refuses it).
+    """
+    if lm_head_chunk_size is None:
+        logits, scored_labels, scored = scored_logits(model, input_ids, labels, attention_mask, position_ids)
+        parts = [
+            _label_logps(part, part_labels) for part, part_labels in zip(logits.split(1024), scored_labels.split(1024))
+        ]
+        return (torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float32)), scored
+    causal_lm = model.get_base_model() if is_peft_model(model) else model
+    model_type = getattr(causal_lm.config, "model_type", None)
+    if model_type not in PLAIN_LM_HEAD_MODEL_TYPES:
+        raise ConfigError(
+            f"lm_head_chunk_size: model type {model_type!r} is not one whose logits are known to be the plain LM head "
+            f"of the final hidden state ({', '.join(PLAIN_LM_HEAD_MODEL_TYPES)}); unset lm_head_chunk_size"
+        )
+    input_ids, position_ids, keep, scored = _scored_positions(model, input_ids, labels, position_ids)
+    hidden = causal_lm.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state[keep]
+    scored_labels = labels[:, 1:][scored]
+    head = causal_lm.get_output_embeddings()
+    parts = [
+        torch.utils.checkpoint.checkpoint(_head_logps, head, part, part_labels, use_reentrant=False)
+        for part, part_labels in zip(hidden.split(lm_head_chunk_size), scored_labels.split(lm_head_chunk_size))
+    ]
+    return (torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)), scored
+
+
+# Model types whose causal-LM logits are exactly ``lm_head(final hidden state)`` (no soft-capping,
+# scaling or extra heads), so lm_head_chunk_size may run the decoder and the head apart.
+PLAIN_LM_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3")
+
+
+def _label_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()  # no-op for float32; bf16 is upcast one chunk at a time
+    return logits.gather(-1, labels[:, None]).squeeze(-1) - logits.logsumexp(dim=-1)
+
+
+def _head_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return _label_logps(head(hidden), labels)
+
+
+def _scored_positions(model, input_ids, labels, position_ids):
+    """``(input_ids, position_ids, keep [rows, T], scored [B, T-1])``: which positions predict a label;
+    packed rows under flash-attention go in as one row."""
+    scored = labels[:, 1:] != IGNORE_INDEX
+    keep = F.pad(scored, (0, 1), value=False)  # the last position predicts nothing
+    if position_ids is not None and input_ids.shape[0] > 1 and _flash_attention(model):
+        # flash-attention finds packed sequences (restarting position_ids) only within a single row, so
+        # the packed rows go in as one. Every row starts an example whose first label is -100: nothing is
+        # scored across a row boundary and the scored positions keep their order.
+        input_ids, position_ids, keep = input_ids.reshape(1, -1), position_ids.reshape(1, -1), keep.reshape(1, -1)
+    return input_ids, position_ids, keep, scored
 
 
 def _flash_attention(model) -> bool:

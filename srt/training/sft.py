@@ -11,11 +11,10 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 from srt.config import SFTConfig
 from srt.errors import ConfigError
-from srt.training.policy import PolicyModule, scored_logits
+from srt.training.policy import PolicyModule, scored_token_logps
 
 
 class SFTModule(PolicyModule):
@@ -25,7 +24,8 @@ class SFTModule(PolicyModule):
     labelled tokens. With the data module masking the instruction (and padding) this is TRL's
     ``completion_only_loss`` semantics. Under gradient accumulation each micro-batch mean is
     averaged with equal weight (the HF Trainer convention). Logits are computed only at the
-    labelled positions (:func:`~srt.training.policy.scored_logits`). With ``sft.segment_weights``
+    labelled positions (:func:`~srt.training.policy.scored_token_logps`; ``sft.lm_head_chunk_size``
+    bounds them further). With ``sft.segment_weights``
     (batches carry ``loss_weights``) each token's CE is multiplied by its segment's weight before the
     sum; the divisor stays the number of labelled tokens, so weights of 1.0 give the same loss.
 
@@ -38,19 +38,25 @@ class SFTModule(PolicyModule):
     config: SFTConfig
 
     def masked_lm_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        # Logits only where a label is (see scored_logits); packed batches carry position_ids, no mask.
-        logits, labels, scored = scored_logits(
-            self.model, batch["input_ids"], batch["labels"], batch.get("attention_mask"), batch.get("position_ids")
+        # Log-probs only where a label is (see scored_token_logps); packed batches carry position_ids, no mask.
+        token_logps, scored = scored_token_logps(
+            self.model,
+            batch["input_ids"],
+            batch["labels"],
+            batch.get("attention_mask"),
+            batch.get("position_ids"),
+            lm_head_chunk_size=self.config.lm_head_chunk_size,
         )
-        num_tokens = torch.tensor(labels.numel(), device=labels.device)
+        num_tokens = torch.tensor(token_logps.numel(), device=token_logps.device)
         if num_tokens == 0:
             raise ConfigError("an SFT batch has no labelled tokens (all -100): check max_length/truncation")
-        # float() as HF does for its own loss: CE in bf16 loses precision over a large vocabulary.
+        # Cross-entropy = -log p(label), in float32 as HF computes its own loss (bf16 loses precision over a
+        # large vocabulary).
         if "loss_weights" in batch:  # sft.segment_weights: each token's CE times its segment's weight
-            weights = batch["loss_weights"][:, 1:][scored].to(logits.device)
-            loss_sum = (F.cross_entropy(logits.float(), labels, reduction="none") * weights).sum()
+            weights = batch["loss_weights"][:, 1:][scored].to(token_logps.device)
+            loss_sum = -(token_logps * weights).sum()
         else:
-            loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+            loss_sum = -token_logps.sum()
         return loss_sum / num_tokens, num_tokens
 
     def training_step(self, batch, batch_idx):
