@@ -12,6 +12,9 @@ Faults are queued for the next requests (one fault per request, first in first o
 
     server.inject(Fault.http(429, retry_after="0.2"), Fault.http(503), Fault.drop())
 
+A chat request that asks for ``logprobs`` gets ``top_logprobs`` for its first token when the server has a
+``server.top_logprobs(messages) -> [(token, logprob), ...]`` callable (for judges that read logprobs).
+
 It records every request (arrival time, body, Authorization header) and the peak number of
 requests in flight, so tests can assert retries, waits, caching and the concurrency limit.
 """
@@ -143,6 +146,9 @@ class ChatServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.handle_delay_s = 0.0  # extra time per normal request (to make overlap observable)
+        # Optional ``top_logprobs(messages) -> [(token, logprob), ...]`` (most likely first): a chat request
+        # with ``logprobs: true`` gets them as the first generated token's ``top_logprobs``, as OpenAI sends them.
+        self.top_logprobs: Callable[[list[dict[str, Any]]], list[tuple[str, float]]] | None = None
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -236,6 +242,12 @@ def _completion_json(model: str, text: str, prompt_tokens: int, completion_token
     }
 
 
+def _logprobs_json(top: list[tuple[str, float]]) -> dict:
+    """OpenAI's ``choices[].logprobs`` for one generated token (the first of ``top``)."""
+    entries = [{"token": t, "bytes": list(t.encode()), "logprob": lp} for t, lp in top]
+    return {"content": [{**entries[0], "top_logprobs": entries}], "refusal": None}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like real servers
     disable_nagle_algorithm = True  # headers and body go out in two writes; no 40 ms delayed-ACK stall
@@ -321,4 +333,6 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, json.dumps(payload).encode())
         text, prompt_tokens, completion_tokens, finish = chat.complete(body)
         payload = _completion_json(model, text, prompt_tokens, completion_tokens, finish)
+        if chat.top_logprobs is not None and body.get("logprobs"):
+            payload["choices"][0]["logprobs"] = _logprobs_json(chat.top_logprobs(body["messages"]))
         return self._send(200, json.dumps(payload).encode())

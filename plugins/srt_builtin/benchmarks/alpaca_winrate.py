@@ -1,18 +1,39 @@
 """AlpacaEval-style judged win rate: the model's answers against reference answers.
 
 Protocol. The model answers every instruction (``plain``, ``srt`` -> the refinement, or
-``rerank`` best-of-n). A **judge**, which is any critic plugin (``judge: {name: openai, ...}``,
-``hf``, ``reference``, a third-party critic...), scores each output separately in score mode
-(``Overall Score: [[n]]``); the output with the higher score wins, equal scores are a tie (1.5),
-and a pair where either score is missing is not a preference (alpaca_eval drops it; counted as
-``judge_failures``). The preferences are then turned into numbers by alpaca_eval itself:
+``rerank`` best-of-n). The answers are then judged against the references in one of two ways
+(``judging:``), and the preferences are turned into numbers by alpaca_eval itself:
 ``alpaca_eval.metrics.get_winrate`` (win rate, standard error, wins/draws) and
-``get_length_controlled_winrate`` (length-controlled win rate).
+``get_length_controlled_winrate`` (length-controlled win rate). Preferences use alpaca_eval's
+encoding throughout: 1 = the reference (``output_1``) wins, 2 = the model (``output_2``) wins,
+1.5 = tie; a pair without a preference is dropped by alpaca_eval (counted as ``judge_failures``).
 
-Why score-based: our critics speak the critic format (one response at a time), not a pairwise
-prompt. Each output is scored on its own, so there is no "first/second position" and the
-position bias of pairwise judges does not arise; ``both_orders`` (swap-and-average for pairwise
-judges) therefore has nothing to swap, and is recorded as not applicable.
+``judging: score`` (the default, so existing configs and caches keep their meaning). A **judge**,
+which is any critic plugin (``judge: {name: openai, ...}``, ``hf``, ``reference``, a third-party
+critic...), scores each output separately in score mode (``Overall Score: [[n]]``); the output with
+the higher score wins, equal scores are a tie. Each output is scored on its own, so there is no
+"first/second position" and ``both_orders`` has nothing to swap: it is recorded as not applicable.
+
+``judging: pairwise`` (the paper's protocol: AlpacaEval's own pairwise judge). alpaca_eval's
+``PairwiseAnnotator`` with one of the annotator configs shipped in its wheel (``annotator:``;
+default ``weighted_alpaca_eval_gpt4_turbo``, AlpacaEval 2.0's logprob-weighted GPT-4 Turbo judge,
+or ``alpaca_eval_gpt4`` with ``subset: alpaca_eval``, AlpacaEval 1.0's) builds the prompt holding
+both outputs, calls the judge through its ``openai_completions`` and reads the preference with the
+config's own parser; alpaca_eval shuffles which output is shown first (seeded per instruction).
+srt critics speak the critique format only (one response per :class:`srt.critic.CritiqueRequest`),
+so they cannot answer alpaca_eval's prompt: the pairwise judge is an OpenAI-compatible endpoint,
+given as ``judge: {name: openai, model: ..., base_url: ..., api_key_env: ...}`` (``base_url`` null:
+``OPENAI_BASE_URL`` or the OpenAI API; the key is read from the environment variable
+``api_key_env`` names and never written). Decoding settings (max tokens, temperature, logprobs)
+are the annotator config's; ``judge.model`` replaces its model name and ``judge.max_concurrency``
+is its number of parallel requests. Any other judge is a plan error. With ``both_orders: true``
+every pair is judged twice, once with each output in the first position (alpaca_eval's shuffle
+applies to both rows of an instruction alike, so the two presentations are always opposite), and
+the pair's preference is the mean of the two (a position-biased judge that always picks the first
+output gives 1.5); a pair where either presentation got no preference has none. Every sample records
+each presentation (``orders``: which output was shown first, its preference in the encoding above,
+the judge's raw output). Judgements are cached in ``<cache>/alpaca_eval_pairwise/`` (alpaca_eval's
+annotation JSON, one file per annotator, judge model and endpoint), so a re-run asks nothing twice.
 
 Length-controlled win rate, offline. alpaca_eval fits a GLM on the annotations; its
 ``length_controlled_v1`` needs per-instruction difficulties of the official 805-prompt set and
@@ -35,8 +56,11 @@ text-davinci-003; needs the network).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -63,6 +87,12 @@ DATA_HELP = (
     "(the reference answer; optional `id`, `generator`, `dataset`), or `hub` (tatsu-lab/alpaca_eval; needs the network)"
 )
 JUDGE_HELP = "The judge critic, `{name: <critic plugin>, <its settings>}` or a plugin name; default: the run's `judge`"
+# alpaca_eval's own pairing of annotators and reference sets (alpaca_eval.constants, not imported
+# here: the plan stays cheap for score judging).
+ANNOTATOR_AE1 = "alpaca_eval_gpt4"
+ANNOTATOR_AE2 = "weighted_alpaca_eval_gpt4_turbo"
+# The judges that can answer alpaca_eval's pairwise prompt: the OpenAI-compatible endpoint critic.
+PAIRWISE_JUDGES = ("openai",)
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -82,8 +112,27 @@ class AlpacaEvalSettings(BenchmarkSettings):
         None, description="How the model answers; None: the model's own answer_mode"
     )
     n: int = Field(16, ge=1, description="Candidates per instruction for `answer_mode: rerank`")
+    judging: Literal["score", "pairwise"] = Field(
+        "score",
+        description=(
+            "`score`: the judge critic scores each output alone (higher score wins); `pairwise`: alpaca_eval's own "
+            "pairwise annotator (the paper's protocol) with an OpenAI-compatible judge (`judge: {name: openai, ...}`)"
+        ),
+    )
+    annotator: str | None = Field(
+        None,
+        description=(
+            "With `judging: pairwise`: an alpaca_eval annotator config (a name shipped with alpaca_eval, e.g. "
+            "`alpaca_eval_gpt4`, or a path to a configs.yaml) using `openai_completions`; None: "
+            f"`{ANNOTATOR_AE2}` (AlpacaEval 2.0), `{ANNOTATOR_AE1}` with `subset: alpaca_eval`"
+        ),
+    )
     both_orders: bool = Field(
-        False, description="Swap-and-average against position bias; recorded as not applicable to score-based judging"
+        False,
+        description=(
+            "With `judging: pairwise`: judge each pair twice, each output once in the first position, and average "
+            "the two preferences (against position bias); not applicable to `score` judging (recorded so)"
+        ),
     )
     lc_min_items: int = Field(
         10, ge=1, description="Fewest judged pairs for the length-controlled win rate (below: None, with a warning)"
@@ -375,6 +424,271 @@ def mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+# -- pairwise judging (alpaca_eval's annotator) -------------------------------------------------
+
+
+def resolve_annotator(annotator: str | None, subset: str) -> str:
+    """The annotator config: the one given, else alpaca_eval's own for the reference set."""
+    if annotator is not None:
+        return annotator
+    return ANNOTATOR_AE1 if subset == "alpaca_eval" else ANNOTATOR_AE2
+
+
+def annotator_config_path(annotator: str) -> Path:
+    """``configs.yaml`` of an annotator: a name shipped in alpaca_eval's ``evaluators_configs``, or a path."""
+    import importlib.util
+
+    given = Path(annotator).expanduser()
+    if given.suffix in (".yaml", ".yml") or given.is_dir():
+        path = given
+    else:
+        spec = importlib.util.find_spec("alpaca_eval")
+        if spec is None or spec.origin is None:
+            raise ConfigError("judging: pairwise needs the alpaca_eval package (pip install alpaca-eval)")
+        path = Path(spec.origin).parent / "evaluators_configs" / annotator
+    if path.is_dir():
+        path = path / "configs.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"benchmark 'alpaca_eval': annotator {annotator!r} is not an alpaca_eval annotator config "
+            f"({path} not found); use a name from alpaca_eval/evaluators_configs (e.g. {ANNOTATOR_AE1}, "
+            f"{ANNOTATOR_AE2}) or a path to a configs.yaml"
+        )
+    return path
+
+
+def load_annotator_configs(annotator: str) -> tuple[Path, dict[str, Any]]:
+    """(configs.yaml, {annotator name: config}), checked to call the judge through ``openai_completions``."""
+    import yaml
+
+    path = annotator_config_path(annotator)
+    try:
+        configs = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"benchmark 'alpaca_eval': annotator config {path}: {err}") from None
+    if not isinstance(configs, dict) or not configs or not all(isinstance(c, dict) for c in configs.values()):
+        raise ConfigError(f"benchmark 'alpaca_eval': annotator config {path} holds no annotator mapping")
+    for name, config in configs.items():
+        fn = config.get("fn_completions", "openai_completions")
+        if fn != "openai_completions":
+            raise ConfigError(
+                f"benchmark 'alpaca_eval': annotator {name!r} ({path}) calls its judge with {fn!r}; pairwise judging "
+                "serves the judge from an OpenAI-compatible endpoint, so it needs an annotator using openai_completions"
+            )
+    return path, configs
+
+
+def check_judging(judging: str, judge_name: str, annotator: str | None, subset: str) -> None:
+    """Plan check of the judging protocol against the judge and the annotator (nothing loaded)."""
+    if judging == "score":
+        if annotator is not None:
+            raise ConfigError(
+                "benchmark 'alpaca_eval': `annotator` applies to `judging: pairwise` only (score judging uses the "
+                "judge critic's own prompt)"
+            )
+        return
+    if judge_name not in PAIRWISE_JUDGES:
+        raise ConfigError(
+            f"benchmark 'alpaca_eval': judging: pairwise cannot use judge {judge_name!r}: critic plugins speak the "
+            "critique format only (one response per request), not alpaca_eval's pairwise prompt. Serve the judge "
+            "from an OpenAI-compatible endpoint (judge: {name: openai, model: ..., base_url: ...}) or use "
+            "judging: score"
+        )
+    load_annotator_configs(resolve_annotator(annotator, subset))
+
+
+# alpaca_eval's notes on the root logger that say nothing about this run: the client is built from
+# arguments (not a client config file), a local judge model has no price, and the cache file name
+# already holds everything that changes a judgement.
+_ALPACA_EVAL_NOISE = (
+    "wasn't found. We are using environment variables",
+    "for computing price per token",
+    "Saving_path is given but not 'auto'",
+)
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not any(note in str(record.msg) for note in _ALPACA_EVAL_NOISE)
+
+
+@contextlib.contextmanager
+def _root_log_level_kept() -> Iterator[None]:
+    """alpaca_eval's annotators module sets the root logger to INFO when imported: undo that; and
+    drop its per-request noise (:data:`_ALPACA_EVAL_NOISE`, logged on the root logger itself)."""
+    root = logging.getLogger()
+    level = root.level
+    root.addFilter(_not_noise)
+    try:
+        yield
+    finally:
+        root.removeFilter(_not_noise)
+        root.setLevel(level)
+
+
+def _preference(value: Any) -> float | None:
+    value = _plain(value)
+    return None if value is None else float(value)
+
+
+class PairwiseJudge:
+    """alpaca_eval's ``PairwiseAnnotator`` with its judge served by an OpenAI-compatible endpoint.
+
+    ``judge_settings``: the ``openai`` critic's settings (``model``, ``base_url``, ``api_key_env``,
+    ``max_concurrency``); the annotator config's decoding settings apply, its model name is replaced.
+    """
+
+    # openai critic settings that alpaca_eval's annotator does not use (the config decides them).
+    UNUSED = ("temperature", "max_tokens", "system_prompt", "extra_body", "max_retries", "timeout_s")
+
+    def __init__(self, annotator: str, judge_settings: dict[str, Any], cache_dir: Path | None):
+        from srt.secrets import register as register_secrets
+        from srt_builtin.critics.openai_critic import OpenAICritic, OpenAICriticSettings
+
+        settings = OpenAICriticSettings.model_validate(dict(judge_settings))
+        OpenAICritic.check_settings(settings)  # the key variable is set, no credential in the URL
+        self.config_path, configs = load_annotator_configs(annotator)
+        self.annotator = annotator
+        self.settings = settings
+        self.warnings = [
+            f"judge.{k} is not used by alpaca_eval's annotator (its config sets the decoding)"
+            for k in self.UNUSED
+            if k in settings.model_fields_set
+        ]
+        api_key = os.environ[settings.api_key_env].strip() if settings.api_key_env else "EMPTY"
+        if api_key != "EMPTY":
+            register_secrets([api_key])  # never in a log line, record or error message of this process
+
+        with _root_log_level_kept():
+            from alpaca_eval.annotators import PairwiseAnnotator
+
+        caching_path = None
+        if cache_dir is not None:
+            # alpaca_eval keys its cache by instruction, outputs and annotator name only: the file name
+            # holds everything else that changes a judgement (config, judge model, endpoint).
+            identity = {
+                "config": file_digest(self.config_path),
+                "model": settings.model,
+                "base_url": self._base_url(),
+            }
+            digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+            folder = Path(cache_dir) / "alpaca_eval_pairwise"
+            folder.mkdir(parents=True, exist_ok=True)
+            caching_path = folder / f"{self.config_path.parent.name}-{digest}.json"
+        with _root_log_level_kept():
+            self._annotator = PairwiseAnnotator(annotators_config=str(self.config_path), caching_path=caching_path)
+        cached = self._annotator.df_annotations
+        if cached is not None and "preference" in cached.columns:
+            # alpaca_eval stores failed judgements as -1 and never asks again: forget them, so they are retried.
+            self._annotator.df_annotations = cached[cached["preference"] != self._annotator.TMP_MISSING_ANNOTATION]
+        self.caching_path = caching_path
+        for single in self._annotator.annotators.values():
+            single.completions_kwargs = {
+                **single.completions_kwargs,
+                "model_name": settings.model,
+                "num_procs": settings.max_concurrency,
+                # alpaca_eval's client arguments (used unless OPENAI_CLIENT_CONFIG_PATH names a file): the key
+                # from the environment, the endpoint (None: OPENAI_BASE_URL, else the OpenAI API).
+                "openai_api_keys": [api_key],
+                "openai_api_base": settings.base_url,
+            }
+
+    def _base_url(self) -> str:
+        from srt.secrets import strip_url_credentials
+
+        url = self.settings.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        return strip_url_credentials(url).rstrip("/")
+
+    def describe(self) -> dict[str, Any]:
+        import importlib.metadata
+
+        return {
+            "name": "openai",
+            "protocol": "alpaca_eval PairwiseAnnotator",
+            "annotator": self.annotator,
+            "annotator_config": str(self.config_path),
+            "annotator_config_sha256": file_digest(self.config_path),
+            "model": self.settings.model,
+            "base_url": self._base_url(),
+            "alpaca_eval": importlib.metadata.version("alpaca_eval"),
+        }
+
+    def _shown_switched(self, row: dict[str, Any]) -> bool:
+        """Whether alpaca_eval showed ``output_2`` first for this row: its own seeded switch processor."""
+        import pandas as pd
+        from alpaca_eval.processors import RandomSwitchTwoColumnsProcessor
+
+        single = self._annotator.annotators.get(row.get("annotator"))
+        for processor in getattr(single, "processors", []):
+            if isinstance(processor, RandomSwitchTwoColumnsProcessor):
+                frame = pd.DataFrame([{k: row[k] for k in ("instruction", "output_1", "output_2")}])
+                return bool(processor.preprocess(frame)[processor._switch_column].iloc[0])
+        return False
+
+    def annotate(self, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """alpaca_eval's annotations of ``{instruction, output_1, output_2}`` rows, in order."""
+        with _root_log_level_kept():
+            annotated = self._annotator.annotate_pairs(rows)
+        by_key = {(a["instruction"], a["output_1"], a["output_2"]): a for a in annotated}
+        out = []
+        for row in rows:
+            got = by_key.get((row["instruction"], row["output_1"], row["output_2"]), {})
+            judged = row["output_1"] != row["output_2"]  # alpaca_eval ties identical outputs without asking
+            out.append(
+                {
+                    "preference": _preference(got.get("preference")),
+                    "switched": self._shown_switched({**row, "annotator": got.get("annotator")}) if judged else None,
+                    "judge_output": _plain(got.get("preference_raw_completion")) if judged else None,
+                }
+            )
+        return out
+
+    def judge(
+        self,
+        instructions: Sequence[str],
+        references: Sequence[str],
+        outputs: Sequence[str],
+        both_orders: bool,
+    ) -> list[dict[str, Any]]:
+        """Per pair: ``preference`` (1 = reference wins, 2 = model wins; the mean of both orders with
+        ``both_orders``), ``orders`` (each presentation: what was shown first, its preference in the same
+        encoding, the judge's raw output) and ``judge_failure``."""
+        n = len(instructions)
+        rows = [{"instruction": i, "output_1": r, "output_2": o} for i, r, o in zip(instructions, references, outputs)]
+        if both_orders:
+            rows += [
+                {"instruction": i, "output_1": o, "output_2": r} for i, r, o in zip(instructions, references, outputs)
+            ]
+        annotated = self.annotate(rows)
+        judged = []
+        for k in range(n):
+            orders = []
+            for model_is_output_1, got in ((False, annotated[k]), (True, annotated[n + k] if both_orders else None)):
+                if got is None:
+                    continue
+                pref = got["preference"]
+                if pref is not None and model_is_output_1:
+                    pref = 3.0 - pref  # alpaca_eval's own flip: 1 <-> 2, in-between values mirrored
+                if got["switched"] is None:
+                    shown_first = None  # identical outputs: a tie, the judge was not asked
+                else:
+                    shown_first = "model" if model_is_output_1 != got["switched"] else "reference"
+                orders.append({"shown_first": shown_first, "preference": pref, "judge_output": got["judge_output"]})
+            prefs = [o["preference"] for o in orders]
+            failed = [o["shown_first"] for o in orders if o["preference"] is None]
+            judged.append(
+                {
+                    "preference": None if failed else sum(prefs) / len(prefs),
+                    "orders": orders,
+                    "judge_failure": (
+                        f"alpaca_eval's parser found no preference (shown first: {', '.join(map(str, failed))})"
+                        if failed
+                        else None
+                    ),
+                }
+            )
+        return judged
+
+
 # -- the benchmark ---------------------------------------------------------------------------
 
 
@@ -387,13 +701,16 @@ class AlpacaEvalBenchmark:
 
     @classmethod
     def check_settings(cls, settings: AlpacaEvalSettings) -> None:
-        """Plan check, nothing loaded: a judge is named and the data file is readable (``file:line`` errors)."""
-        judge_spec(cls.name, settings.judge)
+        """Plan check, nothing loaded: a judge is named and the data file is readable (``file:line`` errors);
+        for pairwise judging, the judge can answer alpaca_eval's prompt and the annotator config exists."""
+        name, _ = judge_spec(cls.name, settings.judge)
+        check_judging(settings.judging, name, settings.annotator, settings.subset)
         check_data(settings.data)
 
     def __init__(self, settings: dict[str, Any]):
         self.settings = parse_settings(self.name, self.settings_model, settings)
         self.judge_name, self.judge_settings = judge_spec(self.name, self.settings["judge"])
+        check_judging(self.settings["judging"], self.judge_name, self.settings["annotator"], self.settings["subset"])
         self.items, self.data_identity = load_alpaca_items(
             self.settings["data"], self.settings["subset"], self.settings["limit"]
         )
@@ -403,9 +720,14 @@ class AlpacaEvalBenchmark:
         return cls(dict(settings))
 
     def describe(self) -> dict[str, Any]:
+        settings = dict(self.settings)
+        if settings["judging"] == "score":
+            # Score judging is described (and hashed) exactly as before these settings existed, so its
+            # finished runs and caches keep their meaning.
+            del settings["judging"], settings["annotator"]
         return {
             "benchmark": self.name,
-            **self.settings,
+            **settings,
             "data_identity": self.data_identity,
             "num_items": len(self.items),
         }
@@ -413,14 +735,21 @@ class AlpacaEvalBenchmark:
     def run(self, model: Any, ctx: EvalContext) -> BenchmarkResult:
         mode = self.settings["answer_mode"] or model.answer_mode
         answers = model.answers(self.items, "answers", mode=mode, n=self.settings["n"], cache_dir=ctx.cache_dir)
-        critic = ctx.make_critic(self.judge_name, self.judge_settings)
-        judged = judge_head_to_head(
-            critic,
-            [it["instruction"] for it in self.items],
-            [it["output"] for it in self.items],
-            [a["answer"] for a in answers],
-            [it["id"] for it in self.items],
-        )
+        instructions = [it["instruction"] for it in self.items]
+        references = [it["output"] for it in self.items]
+        outputs = [a["answer"] for a in answers]
+        if self.settings["judging"] == "pairwise":
+            judge = PairwiseJudge(
+                resolve_annotator(self.settings["annotator"], self.settings["subset"]),
+                self.judge_settings,
+                ctx.cache_dir,
+            )
+            judged = judge.judge(instructions, references, outputs, both_orders=self.settings["both_orders"])
+            judge_description = judge.describe()
+        else:
+            critic = ctx.make_critic(self.judge_name, self.judge_settings)
+            judged = judge_head_to_head(critic, instructions, references, outputs, [it["id"] for it in self.items])
+            judge_description = critic.describe()
 
         samples, annotations = [], []
         for item, answer, judgement in zip(self.items, answers, judged):
@@ -461,20 +790,33 @@ class AlpacaEvalBenchmark:
             warnings_.append(
                 f"{judge_failures}/{len(judged)} pairs have no judge preference (left out of the win rate)"
             )
-        if self.settings["both_orders"]:
+        pairwise = self.settings["judging"] == "pairwise"
+        if self.settings["both_orders"] and not pairwise:
             warnings_.append(
                 "both_orders does not apply: score-based judging scores each output on its own (no positions)"
             )
+        if pairwise:
+            warnings_.extend(judge.warnings)
+            how = "pairwise (alpaca_eval's annotator): each pair judged " + (
+                "twice, each output once shown first; the preference is the mean of the two"
+                if self.settings["both_orders"]
+                else "once, in alpaca_eval's seeded random order"
+            )
+        else:
+            how = "score-based: each output scored alone by the judge critic; higher score wins, equal = tie"
         meta = {
-            "judge": critic.describe(),
-            "judging": "score-based: each output scored alone by the judge critic; higher score wins, equal = tie",
+            "judge": judge_description,
+            "judging": how,
             "answer_mode": mode,
             "answer_stats": stats,
             "data": self.data_identity,
             "warnings": warnings_,
         }
-        plots = {
-            "judge_scores_model": [j["score_model"] for j in judged if j["score_model"] is not None],
-            "judge_scores_reference": [j["score_baseline"] for j in judged if j["score_baseline"] is not None],
-        }
+        if pairwise:
+            plots = {"preferences": [j["preference"] for j in judged if j["preference"] is not None]}
+        else:
+            plots = {
+                "judge_scores_model": [j["score_model"] for j in judged if j["score_model"] is not None],
+                "judge_scores_reference": [j["score_baseline"] for j in judged if j["score_baseline"] is not None],
+            }
         return BenchmarkResult(metrics=metrics, samples=samples, meta=meta, plots=plots)
