@@ -63,7 +63,7 @@ demo: $(STAMP)
 # The stage-2 signal options (README, "What was tried to give stage 2 a signal"), measured on the
 # demo's outputs (run `make demo` first): each option trains only what it changes, in a copy of
 # runs/demo (hard links; `--restart` moves the copied outputs of the redone steps to superseded/),
-# then configs/demo_options_eval.yaml scores them against the demo's models on the held-out set.
+# then configs/demo_eval_options.yaml scores them against the demo's models on the held-out set.
 OPTIONS := runs/demo_options
 DEMO_RUN := runs/demo
 define copy_demo
@@ -81,7 +81,10 @@ demo-options: $(STAMP)
 	rm -rf $(OPTIONS)/balanced
 	$(BIN)/srt-train stage1 --config configs/demo.yaml --set output_dir=$(OPTIONS)/balanced \
 		--set data.stage1.limit=48 --set generation.response.num_samples=3 --set filter.balance_scores=min_max
-	$(BIN)/srt-eval run --config configs/demo_options_eval.yaml
+	$(BIN)/srt-train run --config configs/demo.yaml --set output_dir=$(OPTIONS)/balanced \
+		--set data.stage1.limit=48 --set generation.response.num_samples=3 --set filter.balance_scores=min_max \
+		--set "stage2.refinement_vs_response='>'" --set stage2.answer_checker=word_problems
+	$(BIN)/srt-eval run --config configs/demo_eval_options.yaml
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -r benchmarks/requirements.txt

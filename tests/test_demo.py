@@ -538,3 +538,42 @@ def test_chatml_template_whose_bos_marks_every_turn(tiny_tokenizer):
     doubled.chat_template = "{{ bos_token }}" + tok.chat_template  # a BOS rendered twice at the start
     with pytest.raises(TemplateError, match="BOS"):
         SFTDataModule(doubled, SFTConfig(max_length=512), train_records=[rec]).setup()
+
+
+def test_demo_options_commands_and_eval_config_agree():
+    """`make demo-options`: every srt-train command of the recipe is a valid run config (its --set
+    overrides on configs/demo.yaml), and configs/demo_eval_options.yaml scores exactly the models
+    those commands write, next to the demo's own (read from the demo's answer cache)."""
+    import re
+    import shlex
+
+    from srt.eval.runner import load_eval_config
+
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\ndemo-options:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    variables = dict(re.findall(r"^(\w+) := (\S+)$", makefile, flags=re.M))
+    commands = [line.split("srt-train", 1)[1] for line in recipe.splitlines() if "srt-train" in line]
+    assert len(commands) == 4, commands
+    written = set()
+    for command in commands:
+        args = shlex.split(command.replace("$(OPTIONS)", variables["OPTIONS"]))
+        overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        cfg = load_config(REPO / "configs" / "demo.yaml", overrides)  # raises on a typo
+        stage2 = args[0] == "run"
+        written.add(f"{cfg.output_dir}/{'stage2/round1' if stage2 else 'stage1'}/model")
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    demo_eval = load_eval_config(DEMO_EVAL)
+    options = load_eval_config(REPO / "configs" / "demo_eval_options.yaml")
+    paths = {m.name: m.path for m in options.models}
+    assert set(paths.values()) - written == {
+        f"{demo.output_dir}/stage1/model",
+        f"{demo.output_dir}/stage2/round1/model",
+    }
+    assert written <= set(paths.values())
+    assert options.cache_dir == f"{demo_eval.output_dir}/cache"
+    # The demo's models keep their names and settings, so their answers come from the demo's cache.
+    for name in ("stage1", "stage2"):
+        mine = next(m for m in options.models if m.name == name)
+        theirs = next(m for m in demo_eval.models if m.name == name)
+        assert mine == theirs
+    assert {m for pair in options.compare for m in pair} <= set(paths)
