@@ -69,7 +69,7 @@ def worker(spec: dict) -> dict:
     dm.setup("fit")
     # The reference log-probs only enter the loss: zeros cost the same compute as real ones.
     dm.set_reference_logps({p["id"]: (0.0, 0.0) for p in pairs})
-    module = DPOModule(path, tokenizer, config=config)
+    module = DPOModule(path, tokenizer, config=config, model_config={"dtype": "float32"})  # CPU: fp32 matmuls
     module.configure_model()
     module.model.train()
     optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=1e-6)
