@@ -36,7 +36,7 @@ from pydantic import Field
 
 from srt.errors import ConfigError
 
-from .lm_eval_bridge import LmEvalBenchmark, LmEvalSettings, RenderedTasks, mean, render_tasks, resolve_data_file
+from .lm_eval_bridge import LmEvalBenchmark, LmEvalSettings, RenderedTasks, mean
 
 PREFIX = "bbh_cot_fewshot_"
 SUBTASKS = [
@@ -121,17 +121,8 @@ class BBHBenchmark(LmEvalBenchmark):
         return f"{PREFIX}{subtask}"
 
     def tasks(self, out_dir: Path) -> RenderedTasks:
-        files = self.settings["data_files"] or {}
-        named = {k.removeprefix(PREFIX): v for k, v in files.items()}
-        unknown = sorted(set(named) - set(self.subtasks))
-        if unknown and not self.settings["hub"]:
-            raise ConfigError(f"benchmark 'bbh': data_files for subtask(s) {unknown} not in subtasks {self.subtasks}")
-        given = {
-            self.task_name(sub): {"test": resolve_data_file(path, f"benchmark 'bbh' data_files.{sub}")}
-            for sub, path in named.items()
-        }
-        names = [self.task_name(sub) for sub in self.subtasks]
-        return render_tasks(self.template, out_dir, tasks=names, data_files=given, hub=self.settings["hub"])
+        files = {k.removeprefix(PREFIX): v for k, v in (self.settings["data_files"] or {}).items()}
+        return self.render_per_part(out_dir, self.subtasks, files, "subtask")
 
     def task_extra(self, task: str) -> dict[str, Any]:
         return {"subtask": task.removeprefix(PREFIX)}

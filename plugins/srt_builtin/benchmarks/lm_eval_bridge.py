@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -504,6 +504,24 @@ class LmEvalBenchmark:
         described["tasks_and_data_sha256"] = config_hash(rendered, {}, data_hashes)
         described["lm_eval_version"] = lm_eval_version()
         return described
+
+    def render_per_part(
+        self, out_dir: Path, parts: Sequence[str], files: Mapping[str, Any], what: str
+    ) -> RenderedTasks:
+        """One task per part (an MGSM language, a BBH subtask: ``self.task_name(part)``), each with its local
+        ``test`` file from ``files`` (keyed by part) where one is given; a file for a part not in ``parts`` is
+        a ConfigError unless the data come from the hub."""
+        unknown = sorted(set(files) - set(parts))
+        if unknown and not self.settings["hub"]:
+            raise ConfigError(
+                f"benchmark {self.name!r}: data_files for {what}(s) {unknown} not in {what}s {list(parts)}"
+            )
+        given = {
+            self.task_name(part): {"test": resolve_data_file(path, f"benchmark {self.name!r} data_files.{part}")}
+            for part, path in files.items()
+        }
+        names = [self.task_name(part) for part in parts]
+        return render_tasks(self.template, out_dir, tasks=names, data_files=given, hub=self.settings["hub"])
 
     # -- to override -------------------------------------------------------------------------
 

@@ -166,18 +166,7 @@ class MGSMBenchmark(LmEvalBenchmark):
         return f"mgsm_{self.settings['variant']}_{lang}"
 
     def tasks(self, out_dir: Path) -> RenderedTasks:
-        files = self.settings["data_files"] or {}
-        unknown = sorted(set(files) - set(self.languages))
-        if unknown and not self.settings["hub"]:
-            raise ConfigError(
-                f"benchmark 'mgsm': data_files for language(s) {unknown} not in languages {self.languages}"
-            )
-        given = {
-            self.task_name(lang): {"test": resolve_data_file(path, f"benchmark 'mgsm' data_files.{lang}")}
-            for lang, path in files.items()
-        }
-        names = [self.task_name(lang) for lang in self.languages]
-        return render_tasks(self.template, out_dir, tasks=names, data_files=given, hub=self.settings["hub"])
+        return self.render_per_part(out_dir, self.languages, self.settings["data_files"] or {}, "language")
 
     def task_extra(self, task: str) -> dict[str, Any]:
         return {"language": task.rsplit("_", 1)[1]}
