@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,16 +31,11 @@ HERE = Path(__file__).resolve().parent
 WORDS = "the apples cost each train hours total first then number sold price more half twice water".split()
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def worker(spec: dict) -> dict:
     import torch
+
+    # run.py's meters (this script's folder is on sys.path): the same accounting as its memory table
+    from run import SavedTensorMeter, current_rss_mb, peak_rss_mb
 
     from srt.config import DPOConfig, LoraConfig
     from srt.data import DPODataModule
@@ -73,36 +67,26 @@ def worker(spec: dict) -> dict:
     module.configure_model()
     module.model.train()
     optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=1e-6)
-    params = {p.untyped_storage().data_ptr() for p in module.model.parameters()}
-    baseline = rss_mb()
-    saved_peak, times = 0, []
+    meter = SavedTensorMeter(lambda: module.model)
+    compute_batch = meter.wrap(module.compute_batch)
+    baseline = current_rss_mb()
+    times = []
     for step, batch in enumerate(dm.train_dataloader()):
         if step == spec["warmup"] + spec["steps"]:
             break
-        seen: dict[int, int] = {}
-
-        def pack(t, seen=seen):
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in params:
-                seen[storage.data_ptr()] = storage.nbytes()
-            return t
-
         start = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = module.compute_batch(batch)
+        out = compute_batch(batch)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step >= spec["warmup"]:
             times.append(time.perf_counter() - start)
-        saved_peak = max(saved_peak, sum(seen.values()))
     labelled = int(out["chosen_tokens"].sum() + out["rejected_tokens"].sum())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "chunk": spec["chunk"],
         "step_s": statistics.median(times),
-        "saved_mb": saved_peak / 2**20,
-        "peak_above_model_mb": peak - baseline,
+        "saved_mb": meter.peak / 2**20,
+        "peak_above_model_mb": peak_rss_mb() - baseline,
         "labelled_last_step": labelled,
         "vocab": module.model.get_output_embeddings().weight.shape[0],
     }
