@@ -541,8 +541,7 @@ class PairwiseJudge:
     UNUSED = ("temperature", "max_tokens", "system_prompt", "extra_body", "max_retries", "timeout_s")
 
     def __init__(self, annotator: str, judge_settings: dict[str, Any], cache_dir: Path | None):
-        from srt.secrets import register as register_secrets
-        from srt_builtin.critics.openai_critic import OpenAICritic, OpenAICriticSettings
+        from srt_builtin.critics.openai_critic import OpenAICritic, OpenAICriticSettings, api_key_from_env
 
         settings = OpenAICriticSettings.model_validate(dict(judge_settings))
         OpenAICritic.check_settings(settings)  # the key variable is set, no credential in the URL
@@ -554,9 +553,7 @@ class PairwiseJudge:
             for k in self.UNUSED
             if k in settings.model_fields_set
         ]
-        api_key = os.environ[settings.api_key_env].strip() if settings.api_key_env else "EMPTY"
-        if api_key != "EMPTY":
-            register_secrets([api_key])  # never in a log line, record or error message of this process
+        api_key = api_key_from_env(settings)  # registered: never in a log line, record or error message
 
         with _root_log_level_kept():
             from alpaca_eval.annotators import PairwiseAnnotator

@@ -121,6 +121,16 @@ def _classify(err: Exception) -> tuple[bool, Mapping[str, str] | None, str]:
     return False, None, f"{type(err).__name__}: {err}"
 
 
+def api_key_from_env(settings: OpenAICriticSettings) -> str:
+    """The API key from the environment variable ``settings.api_key_env`` ("EMPTY" without one: OpenAI-compatible
+    local servers accept any key), registered as a secret so that no error message, log line, record or manifest of
+    this process holds it."""
+    api_key = os.environ[settings.api_key_env].strip() if settings.api_key_env else "EMPTY"
+    if api_key != "EMPTY":
+        register_secrets([api_key])
+    return api_key
+
+
 class OpenAICritic:
     name = "openai"
     settings_model = OpenAICriticSettings
@@ -178,11 +188,7 @@ class OpenAICritic:
     def __init__(self, settings: OpenAICriticSettings):
         self.settings = settings
         self.check_settings(settings)
-        # OpenAI-compatible local servers accept any key.
-        api_key = os.environ[settings.api_key_env].strip() if settings.api_key_env else "EMPTY"
-        # Registered, so that no error message, log line, record or manifest of this process holds it.
-        if api_key != "EMPTY":
-            register_secrets([api_key])
+        api_key = api_key_from_env(settings)
         self._client = openai.OpenAI(
             base_url=settings.base_url, api_key=api_key, max_retries=0, timeout=settings.timeout_s
         )
