@@ -217,6 +217,23 @@ def test_changed_settings_miss_the_cache(make_critic, server, change):
     assert all(r.usage["cached"] is False for r in replies)
 
 
+def test_servers_named_by_openai_base_url_do_not_share_the_cache(make_critic, monkeypatch):
+    # base_url null: the client sends to OPENAI_BASE_URL; the cache key must name that server, or
+    # answers cached from one server (a local model) would be served as another's (the API).
+    reqs = requests_for("One.", "One two.")
+    with ChatServer(responder=scripted_critic) as first, ChatServer(responder=scripted_critic) as second:
+        monkeypatch.setenv("OPENAI_BASE_URL", first.base_url)
+        assert [r.usage["cached"] for r in make_critic(base_url=None).critique(reqs)] == [False, False]
+        monkeypatch.setenv("OPENAI_BASE_URL", second.base_url)
+        critic = make_critic(base_url=None)
+        assert [r.usage["cached"] for r in critic.critique(reqs)] == [False, False]
+        assert (first.request_count, second.request_count) == (2, 2)
+        assert critic.describe()["base_url"] == second.base_url.rstrip("/")
+        monkeypatch.setenv("OPENAI_BASE_URL", first.base_url)  # back to the first: its answers are cached
+        assert [r.usage["cached"] for r in make_critic(base_url=None).critique(reqs)] == [True, True]
+        assert first.request_count == 2
+
+
 def test_identical_prompts_are_sent_once(make_critic, server):
     reqs = requests_for("Same answer.", "Same answer.")
     reqs.append(CritiqueRequest(id="s", instruction=reqs[0].instruction, response="Same answer.", mode="score"))

@@ -60,7 +60,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -541,13 +540,19 @@ class PairwiseJudge:
     UNUSED = ("temperature", "max_tokens", "system_prompt", "extra_body", "max_retries", "timeout_s")
 
     def __init__(self, annotator: str, judge_settings: dict[str, Any], cache_dir: Path | None):
-        from srt_builtin.critics.openai_critic import OpenAICritic, OpenAICriticSettings, api_key_from_env
+        from srt_builtin.critics.openai_critic import (
+            OpenAICritic,
+            OpenAICriticSettings,
+            api_key_from_env,
+            endpoint_url,
+        )
 
         settings = OpenAICriticSettings.model_validate(dict(judge_settings))
         OpenAICritic.check_settings(settings)  # the key variable is set, no credential in the URL
         self.config_path, configs = load_annotator_configs(annotator)
         self.annotator = annotator
         self.settings = settings
+        self.base_url = endpoint_url(settings.base_url)  # None: OPENAI_BASE_URL, else the OpenAI API
         self.warnings = [
             f"judge.{k} is not used by alpaca_eval's annotator (its config sets the decoding)"
             for k in self.UNUSED
@@ -565,7 +570,7 @@ class PairwiseJudge:
             identity = {
                 "config": file_digest(self.config_path),
                 "model": settings.model,
-                "base_url": self._base_url(),
+                "base_url": self.base_url,
             }
             digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             folder = Path(cache_dir) / "alpaca_eval_pairwise"
@@ -589,12 +594,6 @@ class PairwiseJudge:
                 "openai_api_base": settings.base_url,
             }
 
-    def _base_url(self) -> str:
-        from srt.secrets import strip_url_credentials
-
-        url = self.settings.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        return strip_url_credentials(url).rstrip("/")
-
     def describe(self) -> dict[str, Any]:
         import importlib.metadata
 
@@ -605,7 +604,7 @@ class PairwiseJudge:
             "annotator_config": str(self.config_path),
             "annotator_config_sha256": file_digest(self.config_path),
             "model": self.settings.model,
-            "base_url": self._base_url(),
+            "base_url": self.base_url,
             "alpaca_eval": importlib.metadata.version("alpaca_eval"),
         }
 

@@ -131,6 +131,14 @@ def api_key_from_env(settings: OpenAICriticSettings) -> str:
     return api_key
 
 
+def endpoint_url(base_url: str | None) -> str:
+    """The endpoint the official client sends to, as the client resolves it (``base_url``, else
+    ``OPENAI_BASE_URL``, else the OpenAI API), without credentials or a trailing slash: part of the
+    cache key (answers from one server are never served for another) and of the provenance."""
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    return strip_url_credentials(url).rstrip("/")
+
+
 class OpenAICritic:
     name = "openai"
     settings_model = OpenAICriticSettings
@@ -195,7 +203,7 @@ class OpenAICritic:
         self._cache = CompletionCache(settings.cache_dir) if settings.cache else None
         # Everything that changes the completion for a given prompt; the key is never part of it.
         self._cache_settings = {
-            "base_url": (settings.base_url or "https://api.openai.com/v1").rstrip("/"),
+            "base_url": endpoint_url(settings.base_url),
             "model": settings.model,
             "temperature": settings.temperature,
             "max_tokens": settings.max_tokens,
@@ -235,7 +243,7 @@ class OpenAICritic:
         return {
             "name": self.name,
             "model": s.model,
-            "base_url": strip_url_credentials(s.base_url) if s.base_url else None,
+            "base_url": endpoint_url(s.base_url),
             "api_key_env": s.api_key_env,  # the variable's name, never its value
             "temperature": s.temperature,
             "max_tokens": s.max_tokens,
