@@ -84,6 +84,14 @@ def run_options(f):
             "(default 1024 for answers, the whole SRT turn; 512 for self-scores) and lm-eval's max_gen_toks.",
         ),
         click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Models evaluated at once, each in its own process with 1/N of the CPU threads (CPU models "
+            "only). Config: workers.",
+        ),
+        click.option(
             "--judge",
             default=None,
             help="Critic plugin used as judge (replaces the config's judge). Judge settings: --set judge.KEY=VALUE.",

@@ -84,13 +84,21 @@ class Timings:
         """``with timings.step(name) as info:`` - set ``info["did_work"] = False`` when nothing was done."""
         info: dict[str, Any] = {"did_work": True}
         click.secho(f"\n== {name}", bold=True)
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         yield info
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
         self.record(name, wall, info["did_work"], cpu_s=round(cpu, 1))
         click.echo(
             f"   {name}: {wall:.0f} s wall, {cpu:.0f} s CPU" + ("" if info["did_work"] else " (already done, resumed)")
         )
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished child processes (srt-eval's workers), all threads."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def pipeline_step_times(output_dir: Path, since: float) -> dict[str, float]:
@@ -467,11 +475,11 @@ def results_markdown(
                 f"{_num(c['pairs'])} | {c['train_examples']} / {c['train_tokens']} | {_num(c['optimizer_steps'])} |"
             )
     lines += [f"\nNote: {note}" for note in notes]
-    lines += _timing_lines(timings, load)
+    lines += _timing_lines(timings, load, summary["run"].get("workers", 1))
     return "\n".join(lines)
 
 
-def _timing_lines(timings: Timings, load: dict[str, Any] | None) -> list[str]:
+def _timing_lines(timings: Timings, load: dict[str, Any] | None, workers: int = 1) -> list[str]:
     lines = [
         "",
         "## Time per step",
@@ -479,8 +487,8 @@ def _timing_lines(timings: Timings, load: dict[str, Any] | None) -> list[str]:
         "Wall seconds each step worked (`-` rows are parts of the step above: srt-train's pipeline steps, "
         "from `steps.json`; srt-eval's models, each loaded once, the first benchmark's time includes the load). "
         "A step that found its work done in this run shows the time it took when it did it (`earlier run`). "
-        "CPU s: this process's CPU time over all its threads (on a shared machine, wall time depends on the "
-        "load; CPU time much less).",
+        "CPU s: the CPU time of this process and its worker processes over all their threads (on a shared machine, "
+        "wall time depends on the load; CPU time much less).",
         "",
         "| step | wall s | CPU s (all threads) | |",
         "| --- | --- | --- | --- |",
@@ -505,12 +513,18 @@ def _timing_lines(timings: Timings, load: dict[str, Any] | None) -> list[str]:
     if load:
         lines.append(
             f"Load average (1, 5, 15 min) at the start: {load.get('start')}, at the end: {load.get('end')}; "
-            f"this run: {load.get('wall_s', 0):.0f} s wall; torch threads: {_threads()}."
+            f"this run: {load.get('wall_s', 0):.0f} s wall; torch threads: {_threads()}{_eval_workers(workers)}."
         )
     else:
-        lines.append(f"torch threads: {_threads()}.")
+        lines.append(f"torch threads: {_threads()}{_eval_workers(workers)}.")
     lines.append("")
     return lines
+
+
+def _eval_workers(workers: int) -> str:
+    if workers <= 1:
+        return ""
+    return f"; srt-eval: {workers} models at once, {max(1, _threads() // workers)} thread(s) each"
 
 
 def _threads() -> int:

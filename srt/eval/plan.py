@@ -9,7 +9,7 @@ line, exit status 2) at the first problem; it writes nothing:
 3. each model: its settings (answer mode, dtype, batch size, decoding keys) were accepted when it
    was built; it can be found without loading it (:func:`srt.models.check_model_reference`: a
    folder with ``config.json``, a built-in name, a hub id in the local cache when offline); its
-   device exists here (``cuda`` needs a GPU);
+   device exists here (``cuda`` needs a GPU); with ``workers`` > 1, every model runs on the CPU;
 4. each benchmark: the plugin is installed; its settings validate against the ``settings_model``
    it declares and its own ``check_settings`` passes (for the built-ins: every data file it names
    exists and is readable JSONL/JSON with the fields it needs, ``file:line`` errors; a judged
@@ -58,9 +58,12 @@ class EvalPlan:
     seed: int = 0
     judge: dict[str, Any] | None = None
     compare: list[tuple[str, str]] = field(default_factory=list)  # (model, baseline) for paired comparisons
+    workers: int = 1  # models evaluated at once, each in its own process
 
     def describe(self) -> str:
         lines = [f"plan for srt-eval run: output_dir {self.output_dir} (cache {self.cache_dir}), seed {self.seed}"]
+        if self.workers > 1:
+            lines.append(f"  {min(self.workers, len(self.models))} models at once, each in its own worker process")
         for m in self.models:
             # gated: the refinement's re-score is a second generation, with the self-score budget.
             rescore = f", re-score max_new_tokens {m.score_sampling.max_new_tokens}" if m.answer_mode == "gated" else ""
@@ -138,6 +141,7 @@ def plan_eval(
     judge: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
     compare: Sequence[Sequence[str]] = (),
+    workers: int = 1,
 ) -> EvalPlan:
     """Check everything the evaluation needs (module docstring) and build its benchmarks."""
     from srt.pipeline.plan import check_output_dir
@@ -169,6 +173,7 @@ def plan_eval(
 
     for model in models:
         check_model(model)
+    check_workers(workers, models)
 
     planned: list[PlannedBenchmark] = []
     judges_checked: dict[str, str] = {}
@@ -205,7 +210,20 @@ def plan_eval(
             "the run's judge %r is not used: no selected benchmark needs a judge (or each names its own)",
             judge.get("name"),
         )
-    return EvalPlan(models, planned, output, cache, seed, judge, pairs)
+    return EvalPlan(models, planned, output, cache, seed, judge, pairs, workers)
+
+
+def check_workers(workers: int, models: Sequence[EvalModel]) -> None:
+    """``workers`` > 1 splits the CPU threads between processes: every model must run on the CPU."""
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers: a whole number >= 1, got {workers!r}")
+    if workers > 1:
+        elsewhere = [f"{m.name!r} on {m.device}" for m in models if not m.device.startswith("cpu")]
+        if elsewhere:
+            raise ConfigError(
+                f"workers: {workers} evaluates models in parallel CPU processes, but model {elsewhere[0]} is not "
+                "on the CPU; set workers: 1 (a GPU decodes a model's whole batch at once)"
+            )
 
 
 def check_compare(compare: Sequence[Sequence[str]], names: Sequence[str]) -> list[tuple[str, str]]:

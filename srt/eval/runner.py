@@ -103,6 +103,12 @@ class EvalConfig(_Strict):
         description="[model, baseline] name pairs: on every benchmark with per-sample correctness, the problems "
         "the model gained and lost against the baseline, with an exact sign test",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Models evaluated at once, each in its own process with an equal share of the CPU threads "
+        "(CPU models only; on a small CPU two 1-thread decoders beat one 2-thread one)",
+    )
 
 
 def load_eval_config(path: str | Path | None, overrides: Sequence[str] = (), judge: str | None = None) -> EvalConfig:
@@ -234,83 +240,44 @@ def run_eval(
     cache_dir: str | Path | None = None,
     report: bool = True,
     compare: Sequence[Sequence[str]] = (),
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Evaluate every model on every benchmark (resumable); return the summary (also in summary.json).
 
     ``benchmarks``: benchmark name -> settings (see each plugin; ``plugin:`` picks the plugin when
     the name differs). ``judge``: the default judge critic ``{name: ..., <critic settings>}`` for
     benchmarks that need one. ``compare``: ``(model, baseline)`` name pairs for paired comparisons
-    (:func:`srt.eval.report.comparisons`). First :func:`srt.eval.plan.plan_eval` checks everything (nothing is
-    loaded or written when it fails); then the output directory is locked for the run's life, so a
-    second run there stops at once.
+    (:func:`srt.eval.report.comparisons`). ``workers``: models evaluated at once, each in its own
+    process (:func:`_evaluate_in_workers`). First :func:`srt.eval.plan.plan_eval` checks everything
+    (nothing is loaded or written when it fails); then the output directory is locked for the run's
+    life, so a second run there stops at once.
     """
     from srt.eval.plan import plan_eval
     from srt.pipeline.lock import RunLock
     from srt.secrets import register_env_secrets
 
     register_env_secrets({"judge": judge, "benchmarks": benchmarks})  # key values never reach a log or a file
-    plan = plan_eval(models, benchmarks, output_dir, seed=seed, judge=judge, cache_dir=cache_dir, compare=compare)
+    plan = plan_eval(
+        models, benchmarks, output_dir, seed=seed, judge=judge, cache_dir=cache_dir, compare=compare, workers=workers
+    )
     with RunLock(plan.output_dir, "srt-eval run"):
         return execute_plan(plan, report=report)
 
 
 def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
     """Run a checked plan (:func:`run_eval` plans and locks first; call that)."""
-    from srt.eval.report import comparisons, correctness_metrics, gate_metrics, metric_units, srt_answer_metrics
+    from srt.eval.report import comparisons
 
     output_dir, cache_dir, seed = plan.output_dir, plan.cache_dir, plan.seed
-    judges = _Judges()
     results: dict[str, dict[str, Any]] = {}
     model_records: dict[str, Any] = {}
-
+    evaluated = _evaluate_in_workers(plan) if plan.workers > 1 and len(plan.models) > 1 else {}
+    judges = _Judges()
     for model in plan.models:
-        model.cache_dir = model.cache_dir or cache_dir
-        record = model.describe()
-        model_records[model.name] = record
-        results[model.name] = {}
-        for bench in plan.benchmarks:
-            bench_dir = output_dir / _safe(model.name) / _safe(bench.name)
-            task_hash = _hash(bench.instance.describe())
-            config_hash = _hash({"task": task_hash, "model": record, "seed": seed})
-            metrics_path = bench_dir / "metrics.json"
-            previous = _read_json(metrics_path)
-            if previous is not None and previous.get("config_hash") == config_hash:
-                logger.info("%s / %s: finished earlier with the same config, skipped", model.name, bench.name)
-                results[model.name][bench.name] = {**previous, "resumed": True}
-                continue
-
-            logger.info("%s / %s: running", model.name, bench.name)
-            _seed_everything(seed)
-            ctx = EvalContext(output_dir=bench_dir, cache_dir=cache_dir, seed=seed, make_critic=judges.factory(model))
-            bench_dir.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            result = bench.instance.run(model, ctx)
-            if not isinstance(result, BenchmarkResult):
-                raise SrtError(f"benchmark {bench.name!r} returned {type(result).__name__}, not a BenchmarkResult")
-            # The plugin's own metrics win over the derived ones of the same name.
-            metrics = {
-                **correctness_metrics(result.samples),
-                **srt_answer_metrics(result.samples),
-                **gate_metrics(result.samples),
-                **result.metrics,
-            }
-            entry = {
-                "model": model.name,
-                "benchmark": bench.name,
-                "plugin": bench.plugin,
-                "config_hash": config_hash,
-                "task_config_hash": task_hash,
-                "task": bench.instance.describe(),
-                "metrics": metrics,
-                "units": metric_units(metrics, getattr(result, "units", None)),
-                "meta": result.meta,
-                "plots": result.plots,
-                "elapsed_s": round(time.perf_counter() - start, 2),
-            }
-            write_jsonl_atomic(bench_dir / "samples.jsonl", (json_safe(s) for s in result.samples))
-            _write_json_atomic(metrics_path, entry)  # written last: its presence marks the pair finished
-            results[model.name][bench.name] = json_safe({**entry, "resumed": False})
-        model.unload()  # free the weights before the next model
+        if model.name in evaluated:
+            model_records[model.name], results[model.name] = evaluated[model.name]
+        else:
+            model_records[model.name], results[model.name] = _evaluate_model(plan, model, judges)
 
     scored = {
         (model, bench): _read_samples(output_dir / _safe(model) / _safe(bench) / "samples.jsonl")
@@ -323,6 +290,7 @@ def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
             "seed": seed,
             "output_dir": str(output_dir),
             "cache_dir": str(cache_dir),
+            "workers": plan.workers,
             "judge": plan.judge,
             "benchmarks": {b.name: {"plugin": b.plugin, "settings": b.settings} for b in plan.benchmarks},
             "package_versions": package_versions(),
@@ -338,6 +306,144 @@ def execute_plan(plan: EvalPlan, report: bool = True) -> dict[str, Any]:
 
         write_report(json_safe(summary), output_dir)
     return json_safe(summary)
+
+
+def _evaluate_model(plan: EvalPlan, model: EvalModel, judges: _Judges) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One model on every benchmark of the plan, pair by pair (a finished pair with the same config
+    hash is skipped); returns the model's record and its entries by benchmark, and frees its weights."""
+    from srt.eval.report import correctness_metrics, gate_metrics, metric_units, srt_answer_metrics
+
+    output_dir, cache_dir, seed = plan.output_dir, plan.cache_dir, plan.seed
+    model.cache_dir = model.cache_dir or cache_dir
+    record = model.describe()
+    results: dict[str, Any] = {}
+    for bench in plan.benchmarks:
+        bench_dir = output_dir / _safe(model.name) / _safe(bench.name)
+        task_hash = _hash(bench.instance.describe())
+        config_hash = _hash({"task": task_hash, "model": record, "seed": seed})
+        metrics_path = bench_dir / "metrics.json"
+        previous = _read_json(metrics_path)
+        if previous is not None and previous.get("config_hash") == config_hash:
+            logger.info("%s / %s: finished earlier with the same config, skipped", model.name, bench.name)
+            results[bench.name] = {**previous, "resumed": True}
+            continue
+
+        logger.info("%s / %s: running", model.name, bench.name)
+        _seed_everything(seed)
+        ctx = EvalContext(output_dir=bench_dir, cache_dir=cache_dir, seed=seed, make_critic=judges.factory(model))
+        bench_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        result = bench.instance.run(model, ctx)
+        if not isinstance(result, BenchmarkResult):
+            raise SrtError(f"benchmark {bench.name!r} returned {type(result).__name__}, not a BenchmarkResult")
+        # The plugin's own metrics win over the derived ones of the same name.
+        metrics = {
+            **correctness_metrics(result.samples),
+            **srt_answer_metrics(result.samples),
+            **gate_metrics(result.samples),
+            **result.metrics,
+        }
+        entry = {
+            "model": model.name,
+            "benchmark": bench.name,
+            "plugin": bench.plugin,
+            "config_hash": config_hash,
+            "task_config_hash": task_hash,
+            "task": bench.instance.describe(),
+            "metrics": metrics,
+            "units": metric_units(metrics, getattr(result, "units", None)),
+            "meta": result.meta,
+            "plots": result.plots,
+            "elapsed_s": round(time.perf_counter() - start, 2),
+        }
+        write_jsonl_atomic(bench_dir / "samples.jsonl", (json_safe(s) for s in result.samples))
+        _write_json_atomic(metrics_path, entry)  # written last: its presence marks the pair finished
+        results[bench.name] = json_safe({**entry, "resumed": False})
+    model.unload()  # free the weights before the next model
+    return record, results
+
+
+# -- models in parallel processes --------------------------------------------------------------
+
+
+def _evaluate_in_workers(plan: EvalPlan) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Every model of the plan in a pool of ``plan.workers`` processes (``spawn``), each with
+    ``torch.get_num_threads() // workers`` threads (at least one): on a CPU, decoding steps are too
+    small for threads to share well, so two 1-thread decoders finish sooner than one 2-thread one.
+
+    A model is one job (its benchmarks run in order in one process), so no two processes ever write
+    the same generation cache (``<cache_dir>/<model>/``) or output folder; jobs start longest first
+    (by ``max_new_tokens``, a proxy for the decoding work: every model runs the same benchmarks), and
+    a model alone longer than the rest together sets the time. Each worker re-plans its model
+    with :func:`srt.eval.plan.plan_eval`, so it runs exactly the code of a 1-worker run, and leaves
+    its results on disk as that would; the caller assembles the summary. The first error in a worker
+    is raised here and the other workers are stopped (finished pairs stay finished); a signal to this
+    process stops them too, and a worker whose parent dies (SIGKILL) exits within a second.
+    """
+    import multiprocessing
+
+    import torch
+
+    workers = min(plan.workers, len(plan.models))
+    threads = max(1, torch.get_num_threads() // workers)
+    benchmarks = {b.name: {"plugin": b.plugin, **b.settings} for b in plan.benchmarks}  # the run's judge merged in
+    order = sorted(plan.models, key=lambda m: m.sampling.max_new_tokens, reverse=True)
+    jobs = [(model, benchmarks, str(plan.output_dir), plan.seed, str(plan.cache_dir)) for model in order]
+    logger.info("evaluating %d models in %d worker processes, %d thread(s) each", len(jobs), workers, threads)
+    level = logging.getLogger("srt").getEffectiveLevel()
+    done: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(threads, os.getpid(), level))
+    try:
+        for name, record, results in pool.imap_unordered(_evaluate_model_in_worker, jobs):
+            done[name] = (record, results)
+        pool.close()  # all done: let the workers exit on their own
+    except BaseException:
+        pool.terminate()  # an error or a signal: stop the other workers now (finished pairs stay on disk)
+        raise
+    finally:
+        pool.join()
+    return done
+
+
+def _init_worker(threads: int, parent_pid: int, log_level: int) -> None:
+    """A worker process: its share of the threads, srt's log handler and secret filter, SIGINT left to
+    the parent (which stops the pool), and an exit as soon as the parent is gone."""
+    import signal
+    import threading
+
+    import torch
+
+    from srt.quiet import quiet_known_noise
+    from srt.secrets import install_log_filter
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    install_log_filter()
+    quiet_known_noise()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(levelname)s %(name)s [worker {os.getpid()}]: %(message)s"))
+    srt_log = logging.getLogger("srt")
+    srt_log.addHandler(handler)
+    srt_log.setLevel(log_level)
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
+
+
+def _evaluate_model_in_worker(job: tuple) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    from srt.eval.plan import plan_eval
+    from srt.secrets import register_env_secrets
+
+    model, benchmarks, output_dir, seed, cache_dir = job
+    register_env_secrets({"benchmarks": benchmarks})  # this process's log filter knows the key values too
+    plan = plan_eval([model], benchmarks, output_dir, seed=seed, cache_dir=cache_dir)
+    record, results = _evaluate_model(plan, plan.models[0], _Judges())
+    return model.name, record, results
 
 
 def _seed_everything(seed: int) -> None:
@@ -390,6 +496,7 @@ def cli_inputs(
     device: str | None = None,
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """The command line merged with the YAML config: the keyword arguments of :func:`run_eval`.
 
@@ -405,6 +512,7 @@ def cli_inputs(
       that take one (lm-eval's plain-mode budget);
     * ``limit``: every selected benchmark's ``limit`` (replacing its own; a benchmark whose settings
       have no ``limit`` is an error);
+    * ``workers``: the config's ``workers`` (models evaluated at once, one process each);
     * ``benchmarks``: ``"a,b"`` or a list; selects benchmarks (with the config's settings for them);
     * ``judge``: a critic name replacing the config's judge; ``overrides``: ``--set KEY=VALUE`` on
       the config (``judge.model=gpt-4o``, ``benchmarks.gsm8k.limit=4``).
@@ -419,6 +527,8 @@ def cli_inputs(
         data["benchmarks"] = {b: configured.get(b) or {} for b in benchmarks}
     _apply_model_flags(data, answer_mode, modes, device, batch_size, max_new_tokens)
     _apply_benchmark_flags(data, limit, max_new_tokens)
+    if workers is not None:
+        data["workers"] = workers
     cfg = eval_config_from_data(data, str(config_path or "config"))
     inputs = run_inputs(cfg)
     inputs["output_dir"] = output_dir or cfg.output_dir
@@ -510,6 +620,7 @@ def run_inputs(cfg: EvalConfig) -> dict[str, Any]:
         "judge": cfg.judge,
         "cache_dir": cfg.cache_dir,
         "compare": [list(pair) for pair in cfg.compare],
+        "workers": cfg.workers,
     }
 
 
@@ -547,10 +658,43 @@ def generate_file(
     output are skipped. ``rerank`` self-scores with the SRT self-critique unless ``scoring`` is
     ``critic_prompt`` (for plain chat models). Returns the stats (also in ``<output>.stats.json``).
     """
-    from srt.records import JsonlWriter, existing_ids
+    from srt.pipeline.lock import RunLock
 
     items = plan_generate(model_path, input_path, output_path, mode)
-    output_path = Path(output_path)
+    # One run per output file: a second one would append the same answers again.
+    with RunLock.for_file(output_path, "srt-eval generate"):
+        return _generate_into(
+            items,
+            model_path,
+            Path(output_path),
+            mode,
+            n,
+            sampling,
+            batch_size,
+            dtype,
+            system_prompt,
+            scoring,
+            candidate_sampling,
+            score_sampling,
+        )
+
+
+def _generate_into(
+    items,
+    model_path,
+    output_path,
+    mode,
+    n,
+    sampling,
+    batch_size,
+    dtype,
+    system_prompt,
+    scoring,
+    candidate_sampling,
+    score_sampling,
+) -> dict[str, Any]:
+    from srt.records import JsonlWriter, existing_ids
+
     done = existing_ids(output_path)
     todo = [it for it in items if it["id"] not in done]
     model = EvalModel(
