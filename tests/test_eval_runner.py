@@ -1,6 +1,7 @@
 """The harness: two models side by side, report and plots, resume, the generation cache, generate_file."""
 
 import json
+import os
 
 import pytest
 from eval_helpers import single_thread
@@ -185,3 +186,19 @@ def test_hf_lm_wraps_the_loaded_model(tiny_model_dir):
     results = lm.loglikelihood(requests)
     assert len(results) == 2 and all(ll < 0 for ll, _ in results)
     assert results[0][0] != results[1][0]
+
+
+def test_generate_file_is_one_run_per_output_file(tiny_model_dir, tmp_path):
+    from srt.pipeline.lock import RunLock, RunLockedError
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a", "instruction": "Hi"}\n')
+    dst = tmp_path / "out.jsonl"
+    with RunLock.for_file(dst, "srt-eval generate"):  # as a second process would find it
+        with pytest.raises(RunLockedError, match=rf"output {dst} is in use by another run \(pid {os.getpid()}"):
+            generate_file(str(tiny_model_dir), src, dst, sampling={"max_new_tokens": 4})
+        assert not dst.exists()  # nothing generated or written
+        # Another output file in the same folder is another run.
+        other = generate_file(str(tiny_model_dir), src, tmp_path / "other.jsonl", sampling={"max_new_tokens": 4})
+        assert other["generated"] == 1
+    assert generate_file(str(tiny_model_dir), src, dst, sampling={"max_new_tokens": 4})["generated"] == 1

@@ -50,13 +50,23 @@ def _describe(holder: dict) -> str:
 
 
 class RunLock:
-    """``with RunLock(output_dir, "srt-train"):`` - raises RunLockedError if another run holds it."""
+    """``with RunLock(output_dir, "srt-train"):`` - raises RunLockedError if another run holds it.
 
-    def __init__(self, output_dir: str | os.PathLike, what: str = "srt"):
+    ``RunLock.for_file(path, what)`` locks one output file instead (``<dir>/.<name>.srt.lock``), for a
+    command that appends to a file the user names (``srt-eval generate --output``), so two runs on
+    different files of one folder do not stop each other."""
+
+    def __init__(self, output_dir: str | os.PathLike, what: str = "srt", lock_file: str = LOCK_FILE, label: str = ""):
         self.dir = Path(output_dir)
-        self.path = self.dir / LOCK_FILE
+        self.path = self.dir / lock_file
         self.what = what
+        self.label = label or f"output_dir {self.dir}"
         self._fd: int | None = None
+
+    @classmethod
+    def for_file(cls, path: str | os.PathLike, what: str = "srt") -> RunLock:
+        path = Path(path)
+        return cls(path.parent, what, lock_file=f".{path.name}{LOCK_FILE}", label=f"output {path}")
 
     def _read_holder(self) -> dict:
         try:
@@ -74,8 +84,8 @@ class RunLock:
         except BlockingIOError:
             os.close(fd)
             raise RunLockedError(
-                f"output_dir {self.dir} is in use by another run ({_describe(self._read_holder())}); wait for it "
-                "to finish, stop it, or give this run another output_dir"
+                f"{self.label} is in use by another run ({_describe(self._read_holder())}); wait for it "
+                f"to finish, stop it, or give this run another {self.label.split()[0]}"
             ) from None
         except OSError as err:  # no flock on this filesystem: fall back to the pid in the file
             if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
@@ -88,7 +98,7 @@ class RunLock:
             pid = holder.get("pid")
             if not flock_ok and same_host and isinstance(pid, int) and pid != os.getpid() and _alive(pid):
                 os.close(fd)
-                raise RunLockedError(f"output_dir {self.dir} is in use by another run ({_describe(holder)})")
+                raise RunLockedError(f"{self.label} is in use by another run ({_describe(holder)})")
             log.warning(
                 "%s: taking over a stale lock left by a run that is no longer running (%s)", self.dir, _describe(holder)
             )
