@@ -659,78 +659,48 @@ def generate_file(
     ``critic_prompt`` (for plain chat models). Returns the stats (also in ``<output>.stats.json``).
     """
     from srt.pipeline.lock import RunLock
-
-    items = plan_generate(model_path, input_path, output_path, mode)
-    # One run per output file: a second one would append the same answers again.
-    with RunLock.for_file(output_path, "srt-eval generate"):
-        return _generate_into(
-            items,
-            model_path,
-            Path(output_path),
-            mode,
-            n,
-            sampling,
-            batch_size,
-            dtype,
-            system_prompt,
-            scoring,
-            candidate_sampling,
-            score_sampling,
-        )
-
-
-def _generate_into(
-    items,
-    model_path,
-    output_path,
-    mode,
-    n,
-    sampling,
-    batch_size,
-    dtype,
-    system_prompt,
-    scoring,
-    candidate_sampling,
-    score_sampling,
-) -> dict[str, Any]:
     from srt.records import JsonlWriter, existing_ids
 
-    done = existing_ids(output_path)
-    todo = [it for it in items if it["id"] not in done]
-    model = EvalModel(
-        name=Path(str(model_path).rstrip("/")).name or str(model_path),
-        path=model_path,
-        answer_mode=mode if writes_srt_turn(mode) else "plain",
-        dtype=dtype,
-        batch_size=batch_size,
-        sampling=sampling,
-        candidate_sampling=candidate_sampling,
-        score_sampling=score_sampling,
-        system_prompt=system_prompt,
-    )
-    stats = {"items": len(items), "already_done": len(items) - len(todo), "generated": 0}
-    chunk = batch_size * 4  # append every few batches: an interruption loses little
-    from tqdm.auto import tqdm
+    items = plan_generate(model_path, input_path, output_path, mode)
+    output_path = Path(output_path)
+    # One run per output file: a second one would append the same answers again.
+    with RunLock.for_file(output_path, "srt-eval generate"):
+        done = existing_ids(output_path)
+        todo = [it for it in items if it["id"] not in done]
+        model = EvalModel(
+            name=Path(str(model_path).rstrip("/")).name or str(model_path),
+            path=model_path,
+            answer_mode=mode if writes_srt_turn(mode) else "plain",
+            dtype=dtype,
+            batch_size=batch_size,
+            sampling=sampling,
+            candidate_sampling=candidate_sampling,
+            score_sampling=score_sampling,
+            system_prompt=system_prompt,
+        )
+        stats = {"items": len(items), "already_done": len(items) - len(todo), "generated": 0}
+        chunk = batch_size * 4  # append every few batches: an interruption loses little
+        from tqdm.auto import tqdm
 
-    with JsonlWriter(output_path) as writer:
-        for start in tqdm(range(0, len(todo), chunk), desc="generate", unit="chunk"):
-            batch = todo[start : start + chunk]
-            results = model.answers(batch, "generate", mode=mode, n=n, scoring=scoring or "srt", cache_dir=None)
-            for item, result in zip(batch, results):
-                writer.write(
-                    {
-                        "id": item["id"],
-                        "instruction": item["instruction"],
-                        "answer": result["answer"],
-                        "mode": mode,
-                        "trace": result["trace"],
-                    }
-                )
-                stats["generated"] += 1
-    stats.update(_trace_stats(output_path, mode))
-    stats["model"] = model.describe()
-    _write_json_atomic(Path(f"{output_path}.stats.json"), stats)
-    return stats
+        with JsonlWriter(output_path) as writer:
+            for start in tqdm(range(0, len(todo), chunk), desc="generate", unit="chunk"):
+                batch = todo[start : start + chunk]
+                results = model.answers(batch, "generate", mode=mode, n=n, scoring=scoring or "srt", cache_dir=None)
+                for item, result in zip(batch, results):
+                    writer.write(
+                        {
+                            "id": item["id"],
+                            "instruction": item["instruction"],
+                            "answer": result["answer"],
+                            "mode": mode,
+                            "trace": result["trace"],
+                        }
+                    )
+                    stats["generated"] += 1
+        stats.update(_trace_stats(output_path, mode))
+        stats["model"] = model.describe()
+        _write_json_atomic(Path(f"{output_path}.stats.json"), stats)
+        return stats
 
 
 def plan_generate(model_path: str, input_path: str | Path, output_path: str | Path, mode: str) -> list[dict[str, Any]]:
