@@ -371,6 +371,20 @@ def test_stage2_report_states_pair_precision(tmp_path, tiny_model_dir):
     assert pairs["n"] == report["pairs"] > 0 and pairs["precision"] == 1.0 and pairs["inverted"] == 0
     assert "## Pair precision against gold answers (word_problems" in (rd / "report.md").read_text()
 
+    # Reported only, so not in the round's fingerprint: unsetting it, or setting it again, on a finished round
+    # re-trains nothing and brings the report up to date.
+    done = (rd / "model" / "srt_done.json").read_bytes()
+    run_stage2(
+        _stage2_config(tmp_path, tiny_model_dir, **{"stage2.answer_checker": "null"}), start_model=str(tiny_model_dir)
+    )
+    without = json.loads((rd / "report.json").read_text())
+    assert "pair_precision" not in without and without["counters"] == report["counters"]
+    assert "Pair precision" not in (rd / "report.md").read_text()
+    run_stage2(cfg, start_model=str(tiny_model_dir))
+    assert json.loads((rd / "report.json").read_text()) == report
+    assert "## Pair precision against gold answers (word_problems" in (rd / "report.md").read_text()
+    assert (rd / "model" / "srt_done.json").read_bytes() == done
+
 
 # -- dpo.pair_format: turn -----------------------------------------------------------------------------
 

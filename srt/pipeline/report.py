@@ -45,6 +45,15 @@ def write_stage_report(
     return report
 
 
+def rewrite_stage_report(step_dir: Path, report: dict) -> None:
+    """Write an updated ``report`` (as :func:`write_stage_report` returned it, or as read back from its
+    report.json, whose histogram keys JSON made strings) again: json and markdown."""
+    for part in report["scores"].values():
+        part["histogram"] = {int(score): n for score, n in part["histogram"].items()}
+    atomic_write_json(step_dir / "report.json", report)
+    atomic_write_text(step_dir / "report.md", _markdown(report))
+
+
 def _markdown(report: dict) -> str:
     lines = [f"# {report['title']}", "", "| outcome | count |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report["counters"].items())]

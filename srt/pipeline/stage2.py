@@ -123,6 +123,9 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
     prefix = f"stage2.round{r}"
     step_dir = round_dir(cfg, r)
     model_dir = step_dir / "model"
+    finished = is_done(model_dir) or (step_dir / NO_PAIRS_FILE).exists()
+    if finished and is_rank_zero():
+        _report_pair_precision(cfg, step_dir)
     if is_done(model_dir):
         log.info("stage 2 round %d already finished: %s", r, model_dir)
         return model_dir
@@ -165,11 +168,6 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
         fb.save_outcome(step_dir, outcome)  # records.jsonl = the self-feedback records that won
         pairs = pairs_from(outcome.kept, r)
         write_jsonl_atomic(pairs_path, pairs)
-        extra: dict = {"pairs": len(pairs)}
-        if cfg.stage2.answer_checker is not None:  # reported only: gold never chooses a pair
-            from srt.pipeline.pair_precision import pair_precision
-
-            extra["pair_precision"] = pair_precision(cfg.stage2.answer_checker, outcome.kept, outcome.rejects)
         report = write_stage_report(
             step_dir,
             title=title,
@@ -177,13 +175,15 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
             response_scores=outcome.response_scores,
             refinement_scores=outcome.refinement_scores,
             usage=usage,
-            extra=extra,
+            extra={"pairs": len(pairs)},
         )
         ctx.finished(f"{prefix}.critic")
         log.info("stage 2 round %d data: %s", r, report["counters"])
+    if is_rank_zero():
+        _report_pair_precision(cfg, step_dir)
     if cfg.dpo.pair_format == "turn":  # built from the critic step's outputs, each time (cheap, deterministic)
         records = list(read_jsonl(step_dir / "records.jsonl", FeedbackRecord))
-        rejects = [json.loads(line) for line in (step_dir / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+        rejects = _read_rejects(step_dir)
         turns, counts = turn_pairs(records, rejects, r)
         pairs_path = step_dir / "turn_pairs.jsonl"
         if is_rank_zero():
@@ -210,6 +210,36 @@ def stage2_round(ctx: RunContext, r: int, start_model: str) -> Path:
     model = train_dpo(cfg, start_model=start_model, pairs_path=pairs_path, step_dir=step_dir)
     ctx.finished(f"{prefix}.dpo")
     return model
+
+
+def _read_rejects(step_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (step_dir / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _report_pair_precision(cfg: RunConfig, step_dir: Path) -> None:
+    """The round report's ``pair_precision`` as ``stage2.answer_checker`` asks now (reported only: gold
+    never chooses a pair, so the setting is not part of the round's fingerprint and changing it re-runs
+    nothing). Computed from the round's records and rejects on disk (cheap, deterministic) whenever the
+    report holds another checker's figures or none; removed when the setting is unset."""
+    from srt.pipeline.report import rewrite_stage_report
+
+    report_path = step_dir / "report.json"
+    if not report_path.is_file():  # a round finished by hand or by an older srt: nothing to bring up to date
+        return
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    name = cfg.stage2.answer_checker
+    if (report.get("pair_precision") or {}).get("checker") == name:
+        return
+    if name is None:
+        report.pop("pair_precision")
+    else:
+        from srt.pipeline.pair_precision import pair_precision
+
+        kept = list(read_jsonl(step_dir / "records.jsonl", FeedbackRecord))
+        rejects = _read_rejects(step_dir)
+        report["pair_precision"] = pair_precision(name, kept, rejects)
+        log.info("stage 2: pair precision against gold answers (%s): %s", name, report["pair_precision"]["pairs"])
+    rewrite_stage_report(step_dir, report)
 
 
 def run_stage2(
