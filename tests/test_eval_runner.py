@@ -195,8 +195,9 @@ def test_generate_file_is_one_run_per_output_file(tiny_model_dir, tmp_path):
     src.write_text('{"id": "a", "instruction": "Hi"}\n')
     dst = tmp_path / "out.jsonl"
     with RunLock.for_file(dst, "srt-eval generate"):  # as a second process would find it
-        with pytest.raises(RunLockedError, match=rf"output {dst} is in use by another run \(pid {os.getpid()}"):
+        with pytest.raises(RunLockedError, match=rf"output {dst} is in use by another run \(pid {os.getpid()}") as err:
             generate_file(str(tiny_model_dir), src, dst, sampling={"max_new_tokens": 4})
+        assert str(err.value).endswith("or give this run another output"), err.value  # the flag's name
         assert not dst.exists()  # nothing generated or written
         # Another output file in the same folder is another run.
         other = generate_file(str(tiny_model_dir), src, tmp_path / "other.jsonl", sampling={"max_new_tokens": 4})

@@ -56,17 +56,31 @@ class RunLock:
     command that appends to a file the user names (``srt-eval generate --output``), so two runs on
     different files of one folder do not stop each other."""
 
-    def __init__(self, output_dir: str | os.PathLike, what: str = "srt", lock_file: str = LOCK_FILE, label: str = ""):
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        what: str = "srt",
+        lock_file: str = LOCK_FILE,
+        *,
+        setting: str = "output_dir",
+        target: str | os.PathLike | None = None,
+    ):
         self.dir = Path(output_dir)
         self.path = self.dir / lock_file
         self.what = what
-        self.label = label or f"output_dir {self.dir}"
+        # What the messages name: the setting the user gives a run's outputs with, and its value.
+        self.setting = setting
+        self.target = Path(target) if target is not None else self.dir
         self._fd: int | None = None
 
     @classmethod
     def for_file(cls, path: str | os.PathLike, what: str = "srt") -> RunLock:
         path = Path(path)
-        return cls(path.parent, what, lock_file=f".{path.name}{LOCK_FILE}", label=f"output {path}")
+        return cls(path.parent, what, lock_file=f".{path.name}{LOCK_FILE}", setting="output", target=path)
+
+    @property
+    def label(self) -> str:
+        return f"{self.setting} {self.target}"
 
     def _read_holder(self) -> dict:
         try:
@@ -85,7 +99,7 @@ class RunLock:
             os.close(fd)
             raise RunLockedError(
                 f"{self.label} is in use by another run ({_describe(self._read_holder())}); wait for it "
-                f"to finish, stop it, or give this run another {self.label.split()[0]}"
+                f"to finish, stop it, or give this run another {self.setting}"
             ) from None
         except OSError as err:  # no flock on this filesystem: fall back to the pid in the file
             if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
