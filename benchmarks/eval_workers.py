@@ -11,8 +11,10 @@ one batch per benchmark, float32), in a fresh output folder with a cold generati
 alternate (1 then 2 workers, reversed every other repeat). The parent process has torch's default
 thread count (one per core), so 1 worker decodes on all cores and 2 workers on half of them each.
 
-Roofline: the machine's FP32 matmul peak (``[2048, 2048] @ [2048, 2048]``, median of 9) with 1 thread
-and with all threads, measured at the start and the end in fresh processes. The work of an arm is
+Roofline: the machine's FP32 matmul peak (``[2048, 2048] @ [2048, 2048]``; the median of
+``benchmarks/run.py``'s ``run_roofline``, 7 tries; the committed results files were measured before it
+was shared, as the median of 9 tries in a process per thread count) with 1 thread and with all
+threads, measured at the start and the end. The work of an arm is
 ``2 * linear weights * (prompt tokens + generated tokens)`` FLOPs summed over every answer (the
 tokenizer counts both; attention and the prefill's shared system prompt are left out, so it is a
 lower bound); achieved GFLOP/s is that over the arm's wall time, and its fraction of the all-thread
@@ -38,22 +40,14 @@ BASE = "smollm2-135m-instruct"
 
 
 def peaks() -> dict:
-    """FP32 matmul GFLOP/s with 1 thread and with all threads, each in a fresh process."""
-    code = (
-        "import json, sys, time, torch\n"
-        "torch.set_num_threads(int(sys.argv[1]))\n"
-        "a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)\n"
-        "a @ b\n"
-        "ts = []\n"
-        "for _ in range(9):\n"
-        "    t = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t)\n"
-        "print(json.dumps(2 * 2048**3 / sorted(ts)[len(ts) // 2] / 1e9))\n"
-    )
-    out = {}
-    for threads in (1, os.cpu_count() or 1):
-        run = subprocess.run([sys.executable, "-c", code, str(threads)], capture_output=True, text=True, check=True)
-        out[str(threads)] = round(float(run.stdout.strip()), 1)
-    return out
+    """FP32 matmul GFLOP/s with 1 thread and with all threads (the medians of ``benchmarks/run.py``'s
+    roofline, the project's one measurement of it), in a fresh process so that this driver stays light."""
+    code = f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from run import run_roofline; "
+    code += "print(json.dumps(run_roofline(quick=False)))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    roofline = json.loads(run.stdout.strip().splitlines()[-1])
+    cores = roofline["threads_all"]
+    return {str(t): round(roofline[f"matmul_gflops_{t}t_median"], 1) for t in sorted({1, cores})}
 
 
 def eval_config(
