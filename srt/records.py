@@ -22,6 +22,9 @@ else is a bad line like any other.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -586,6 +589,12 @@ class JsonlWriter:
     additionally every ``fsync_every`` records when that is set (``None``: only on close). A record
     holding text that is not valid Unicode (a lone surrogate) is refused with a RecordError naming
     the field, before anything is written.
+
+    ``shared=True`` (appending only) is for a file that other processes append to at the same time
+    (a generation cache that several runs share): the tail repair on open and every write hold an
+    exclusive ``flock`` on the file, so a line another process is writing is never taken for a
+    crash's fragment and cut, and no two lines interleave. Without ``flock`` (some network
+    filesystems) it writes unlocked, as a single-process writer does.
     """
 
     def __init__(
@@ -595,17 +604,40 @@ class JsonlWriter:
         *,
         fsync: bool = True,
         fsync_every: int | None = None,
+        shared: bool = False,
     ):
         if mode not in ("a", "w"):
             raise ValueError(f"JsonlWriter mode must be 'a' or 'w', got {mode!r}")
+        if shared and mode != "a":
+            raise ValueError("JsonlWriter(shared=True) appends: mode must be 'a'")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.fsync_every = fsync_every
         self.written = 0
-        if mode == "a" and self.path.exists():
-            _repair_tail(self.path)
         self._file = open(self.path, "ab" if mode == "a" else "wb")
+        self._shared = shared
+        if mode == "a":
+            with self._locked():
+                _repair_tail(self.path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._shared:
+            yield
+            return
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        except OSError as err:  # no flock on this filesystem
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            self._shared = False
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
 
     def write(self, record: BaseModel | dict[str, Any]) -> None:
         try:
@@ -620,8 +652,9 @@ class JsonlWriter:
                 raise
             raise RecordError(f"{self.path}: cannot write a record: {problem}") from e
         # JSON escapes newlines inside strings, so this is exactly one line.
-        self._file.write(data)
-        self._file.flush()
+        with self._locked():
+            self._file.write(data)
+            self._file.flush()
         self.written += 1
         if self.fsync_every and self.written % self.fsync_every == 0:
             os.fsync(self._file.fileno())

@@ -273,6 +273,37 @@ def test_writer_partial_only_line_and_long_tail(tmp_path):
     assert path2.read_bytes() == b'{"id": "ok"}\n'
 
 
+def test_shared_writer_waits_for_a_line_another_process_is_writing(tmp_path):
+    """Runs sharing a generation cache append to one file: a line another writer is half-way through is not cut
+    as a crash's fragment (the unshared writer would cut it), and every line ends up whole."""
+    import fcntl
+
+    path = tmp_path / "cache.jsonl"
+    path.write_text('{"key": "a"}\n')
+    other = open(path, "ab")  # another process's writer, mid-line, holding the lock as a shared writer does
+    fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+    other.write(b'{"key": ')
+    other.flush()
+    opened = threading.Event()
+
+    def second_writer() -> None:
+        with JsonlWriter(path, shared=True) as w:
+            opened.set()
+            w.write({"key": "c"})
+
+    thread = threading.Thread(target=second_writer)
+    thread.start()
+    assert not opened.wait(0.5)  # it waits for the lock instead of repairing the tail under the other writer
+    other.write(b'"b"}\n')
+    other.flush()
+    fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+    other.close()
+    thread.join(10)
+    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="appends"):
+        JsonlWriter(path, mode="w", shared=True)
+
+
 def test_writer_modes_dicts_unicode_and_one_line_per_record(tmp_path):
     path = tmp_path / "a" / "b.jsonl"  # parent dirs are created
     with JsonlWriter(path, fsync_every=1) as w:
