@@ -38,8 +38,9 @@ class ModelConfig(_Strict):
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) when `path` is a hub id.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto",
-        "dtype the weights are loaded in (`auto`: the checkpoint's). Trainable weights are kept as fp32 "
-        "master weights whatever this is; frozen ones and exports keep it.",
+        "dtype the weights are loaded in (`auto`: the checkpoint's; a bf16/fp16 checkpoint on the CPU then logs a "
+        "warning, since most CPUs run float32 much faster). Trainable weights are kept as fp32 master weights "
+        "whatever this is; frozen ones and exports keep it.",
     )
     system_prompt: str | None = _f(None, "System message for every conversation (generation and training).")
     trust_remote_code: bool = _f(False, "Allow model code from the hub (transformers' trust_remote_code).")
@@ -362,7 +363,8 @@ class Stage2Config(_Strict):
         "declares `check_answer(text, reference)`; e.g. `word_problems`). With it, and `data.stage2.fields` mapping "
         "`reference`, each round's report states the precision of its DPO pairs (chosen right and rejected wrong), "
         "the inverted ones, and the same counts over every candidate the self-critic ranked, for comparison. "
-        "Reported only: gold answers never choose or filter pairs. Unset: no precision.",
+        "Reported only: gold answers never choose or filter pairs, and setting or changing it on a finished round "
+        "re-runs nothing (the report is brought up to date from the round's files). Unset: no precision.",
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ from pathlib import Path
 import torch
 
 from srt.errors import SrtError
+
+log = logging.getLogger(__name__)
 
 TINY_NAMES = ("tiny", "srt:tiny")
 SMOLLM2_NAMES = ("smollm2-135m-instruct", "srt:smollm2-135m-instruct")
@@ -162,6 +165,19 @@ def load_model_and_tokenizer(
             tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs)
         except OSError as err:  # hub id that cannot be found offline, or a folder without weights
             raise SrtError(f"cannot load model {str(name_or_path)!r} (resolved to {path!r}): {err}") from err
+    if dtype == "auto" and torch.device(device).type == "cpu" and model.dtype in (torch.bfloat16, torch.float16):
+        # The checkpoint's dtype is a GPU choice: most CPUs have no native bf16/fp16 matmul.
+        loaded = str(model.dtype).removeprefix("torch.")
+        log.warning(
+            "%s: dtype auto loaded the checkpoint's %s weights on the CPU, where most CPUs (those without "
+            "AVX512-BF16 or AMX) compute much more slowly in %s than in float32 (SmolLM2-135M decodes 2-4x "
+            "slower, batch 8-48, on a 2-core AMD EPYC); set dtype float32 for speed (twice the memory), or "
+            "dtype %s to keep it and silence this warning",
+            name_or_path,
+            loaded,
+            loaded,
+            loaded,
+        )
     return model.to(device).eval(), tokenizer
 
 

@@ -67,3 +67,19 @@ def quiet_known_noise() -> bool:
     # transformers reads this when it is imported, so the CLIs call this first.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return True
+
+
+def setup_console_logging(level: int | str, format: str = "%(levelname)s %(name)s: %(message)s") -> None:
+    """What a process of srt's shows on its terminal: the secret filter on every log record
+    (:func:`srt.secrets.install_log_filter`), the known noise quietened (:func:`quiet_known_noise`), and
+    one handler on srt's own logger (Lightning and transformers keep theirs: no duplicate lines).
+    The CLIs call it once at start-up; ``srt-eval run --workers`` calls it in each worker process."""
+    from srt.secrets import install_log_filter
+
+    install_log_filter()
+    quiet_known_noise()  # SRT_VERBOSE=1 shows Lightning's, transformers' and lm-eval's notices again
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(format))
+    srt_log = logging.getLogger("srt")
+    srt_log.addHandler(handler)
+    srt_log.setLevel(level)

@@ -1,4 +1,4 @@
-"""srt-eval's smoke-test flags (issue 14): --limit, --device, --batch-size, --max-new-tokens, --mode
+"""srt-eval's smoke-test flags (issue 14): --limit, --device, --dtype, --batch-size, --max-new-tokens, --mode
 NAME=MODE and judge settings through --set judge.KEY=VALUE map onto the eval config's fields; a bad
 flag is one `Error:` line, exit 2; the report shows each benchmark with its units, `±` and SRT rates.
 (The README's smoke command runs for real in tests/test_eval_readme.py.)"""
@@ -29,6 +29,7 @@ def test_flags_map_onto_the_config_fields(tmp_path):
         modes=["srt=srt"],
         limit=2,
         device="auto",
+        dtype="float32",
         batch_size=3,
         max_new_tokens=16,
     )
@@ -36,6 +37,7 @@ def test_flags_map_onto_the_config_fields(tmp_path):
     assert (base.answer_mode, srt.answer_mode) == ("plain", "srt")
     assert base.device == srt.device == "cpu"  # auto without a GPU (the CPU test host)
     assert base.batch_size == srt.batch_size == 3
+    assert base.dtype == srt.dtype == "float32"
     for m in (base, srt):
         assert m.sampling.max_new_tokens == m.candidate_sampling.max_new_tokens == m.score_sampling.max_new_tokens == 16
     assert base.sampling.temperature == 0.5  # the rest of the config's decoding is kept
@@ -51,6 +53,7 @@ def test_flags_map_onto_the_config_fields(tmp_path):
     plain = cli_inputs(config_path=config)
     assert plain["benchmarks"]["gsm8k"] == {"limit": 50, "max_gen_toks": 256}
     assert plain["models"][0].sampling.max_new_tokens == 900 and plain["models"][0].batch_size == 2
+    assert plain["models"][0].dtype == "auto"
 
     # --model NAME=PATH with --answer-mode for all, then --mode for one (in that order).
     cli = cli_inputs(

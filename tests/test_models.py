@@ -1,6 +1,7 @@
 """Model name resolution, caching, loading and revision ids."""
 
 import importlib.util
+import logging
 import shutil
 
 import pytest
@@ -131,3 +132,22 @@ def test_smollm2_converts_from_gguf_and_answers():
     [answer] = generator.chat(["What is the capital of France?"], SamplingConfig(max_new_tokens=20))
     assert "Paris" in answer.text and answer.finish_reason == "eos"
     assert model_revision(path).startswith("sha256:")
+
+
+def test_auto_dtype_warns_when_a_half_precision_checkpoint_lands_on_the_cpu(tmp_path, tiny_model_dir, caplog):
+    """dtype auto keeps the checkpoint's bf16 on the CPU, where it is many times slower than float32: a warning
+    says so and names the setting; an explicit dtype, or a float32 checkpoint, loads without one."""
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir, dtype="bfloat16")
+    bf16_dir = tmp_path / "bf16"
+    model.save_pretrained(bf16_dir)
+    tokenizer.save_pretrained(bf16_dir)
+    with caplog.at_level(logging.WARNING, logger="srt.models"):
+        model, _ = load_model_and_tokenizer(bf16_dir, dtype="auto")
+    assert model.dtype == torch.bfloat16
+    warnings = [r.getMessage() for r in caplog.records if r.name == "srt.models"]
+    assert len(warnings) == 1 and "bfloat16" in warnings[0] and "set dtype float32" in warnings[0], warnings
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="srt.models"):
+        load_model_and_tokenizer(bf16_dir, dtype="bfloat16")
+        load_model_and_tokenizer(tiny_model_dir, dtype="auto")  # a float32 checkpoint
+    assert not [r for r in caplog.records if r.name == "srt.models"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -22,17 +21,10 @@ def run_cli(group: click.Group) -> None:
     Nothing printed or logged can hold a registered secret (:func:`srt.secrets.install_log_filter`).
     """
     from srt import interrupt
-    from srt.quiet import quiet_known_noise
-    from srt.secrets import install_log_filter, scrub_text
+    from srt.quiet import setup_console_logging
+    from srt.secrets import scrub_text
 
-    install_log_filter()
-    quiet_known_noise()  # SRT_VERBOSE=1 shows Lightning's, transformers' and lm-eval's notices again
-    # Only srt's own logger gets a handler: Lightning and transformers keep theirs (no duplicates).
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    srt_log = logging.getLogger("srt")
-    srt_log.addHandler(handler)
-    srt_log.setLevel(os.environ.get("SRT_LOG_LEVEL", "INFO"))
+    setup_console_logging(os.environ.get("SRT_LOG_LEVEL", "INFO"))
     try:
         with interrupt.handle_signals():
             group.main(standalone_mode=False)

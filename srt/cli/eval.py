@@ -69,6 +69,13 @@ def run_options(f):
             "(an hf judge's: --set judge.device=...).",
         ),
         click.option(
+            "--dtype",
+            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+            default=None,
+            help="Every model's load dtype (auto: the checkpoint's; on a CPU float32 is usually much faster than "
+            "bfloat16). Config: models[].dtype.",
+        ),
+        click.option(
             "--batch-size",
             type=click.IntRange(min=1),
             default=None,

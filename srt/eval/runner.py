@@ -65,7 +65,10 @@ class ModelSpec(_Strict):
         "gated: that pass, then the refinement only when the model's own re-score of it beats its response's score, "
         "else the response",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Load dtype")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Load dtype (auto: the checkpoint's; bf16/fp16 on the CPU logs a warning: float32 is faster)",
+    )
     batch_size: int = Field(8, ge=1, description="Prompts per generate call")
     sampling: dict[str, Any] = Field(
         default_factory=dict,
@@ -371,8 +374,9 @@ def _evaluate_in_workers(plan: EvalPlan) -> dict[str, tuple[dict[str, Any], dict
     ``torch.get_num_threads() // workers`` threads (at least one): on a CPU, decoding steps are too
     small for threads to share well, so two 1-thread decoders finish sooner than one 2-thread one.
 
-    A model is one job (its benchmarks run in order in one process), so no two processes ever write
-    the same generation cache (``<cache_dir>/<model>/``) or output folder; jobs start longest first
+    A model is one job (its benchmarks run in order in one process): it is loaded once, and no two
+    processes write its output folder (its generation cache, ``<cache_dir>/<model>/``, would be safe
+    to share: another run with the same ``cache_dir`` may append to it at once); jobs start longest first
     (by ``max_new_tokens``, a proxy for the decoding work: every model runs the same benchmarks), and
     a model alone longer than the rest together sets the time. Each worker re-plans its model
     with :func:`srt.eval.plan.plan_eval`, so it runs exactly the code of a 1-worker run, and leaves
@@ -414,18 +418,11 @@ def _init_worker(threads: int, parent_pid: int, log_level: int) -> None:
 
     import torch
 
-    from srt.quiet import quiet_known_noise
-    from srt.secrets import install_log_filter
+    from srt.quiet import setup_console_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    install_log_filter()
-    quiet_known_noise()
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(f"%(levelname)s %(name)s [worker {os.getpid()}]: %(message)s"))
-    srt_log = logging.getLogger("srt")
-    srt_log.addHandler(handler)
-    srt_log.setLevel(log_level)
+    setup_console_logging(log_level, f"%(levelname)s %(name)s [worker {os.getpid()}]: %(message)s")
 
     def exit_with_parent() -> None:
         while os.getppid() == parent_pid:
@@ -494,6 +491,7 @@ def cli_inputs(
     modes: Sequence[str] = (),
     limit: int | None = None,
     device: str | None = None,
+    dtype: str | None = None,
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
     workers: int | None = None,
@@ -506,7 +504,7 @@ def cli_inputs(
     * ``models``: ``PATH`` or ``NAME=PATH`` entries; they replace the config's ``models``;
     * ``answer_mode``: every model's ``answer_mode``; ``modes``: ``NAME=MODE`` for one model each
       (after ``answer_mode``); a name that is no model of the run, or an unknown mode, is an error;
-    * ``device``, ``batch_size``: every model's ``device`` / ``batch_size``;
+    * ``device``, ``dtype``, ``batch_size``: every model's ``device`` / ``dtype`` / ``batch_size``;
     * ``max_new_tokens``: every model's ``sampling``, ``candidate_sampling`` and ``score_sampling``
       ``max_new_tokens`` (the budget of every generation), and ``max_gen_toks`` of the benchmarks
       that take one (lm-eval's plain-mode budget);
@@ -525,7 +523,8 @@ def cli_inputs(
     if benchmarks:
         configured = data.get("benchmarks") if isinstance(data.get("benchmarks"), dict) else {}
         data["benchmarks"] = {b: configured.get(b) or {} for b in benchmarks}
-    _apply_model_flags(data, answer_mode, modes, device, batch_size, max_new_tokens)
+    _apply_model_flags(data, answer_mode, modes, {"device": device, "dtype": dtype, "batch_size": batch_size})
+    _apply_max_new_tokens(data, max_new_tokens)
     _apply_benchmark_flags(data, limit, max_new_tokens)
     if workers is not None:
         data["workers"] = workers
@@ -545,29 +544,32 @@ def _cli_model(value: str) -> dict[str, Any]:
     return {"name": name, "path": path}
 
 
+def _model_entries(data: dict[str, Any]) -> list[dict[str, Any]]:
+    models = data.get("models")
+    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+
+def _apply_max_new_tokens(data: dict[str, Any], max_new_tokens: int | None) -> None:
+    if max_new_tokens is None:
+        return
+    for entry in _model_entries(data):
+        for key in ("sampling", "candidate_sampling", "score_sampling"):
+            current = entry.get(key) if isinstance(entry.get(key), dict) else {}
+            entry[key] = {**current, "max_new_tokens": max_new_tokens}
+
+
 def _apply_model_flags(
-    data: dict[str, Any],
-    answer_mode: str | None,
-    modes: Sequence[str],
-    device: str | None,
-    batch_size: int | None,
-    max_new_tokens: int | None,
+    data: dict[str, Any], answer_mode: str | None, modes: Sequence[str], every_model: dict[str, Any]
 ) -> None:
-    entries = (
-        [m for m in data.get("models") or [] if isinstance(m, dict)] if isinstance(data.get("models"), list) else []
-    )
+    """``answer_mode`` and the ``every_model`` settings (``device``, ``dtype``, ``batch_size``: None = not
+    given) on every model, then ``modes`` (``NAME=MODE``) on one model each."""
+    entries = _model_entries(data)
     names = [model_name(m.get("name"), str(m.get("path", ""))) for m in entries]
+    given = {key: value for key, value in every_model.items() if value is not None}
     for entry in entries:
         if answer_mode is not None:
             entry["answer_mode"] = answer_mode
-        if device is not None:
-            entry["device"] = device
-        if batch_size is not None:
-            entry["batch_size"] = batch_size
-        if max_new_tokens is not None:
-            for key in ("sampling", "candidate_sampling", "score_sampling"):
-                current = entry.get(key) if isinstance(entry.get(key), dict) else {}
-                entry[key] = {**current, "max_new_tokens": max_new_tokens}
+        entry.update(given)
     choices = ModelSpec.model_fields["answer_mode"].annotation.__args__  # ("plain", "srt", "gated")
     for value in modes:
         name, sep, mode = value.partition("=")
