@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast lint docs wheel-check demo demo-options tiny bench clean
+.PHONY: install test test-fast lint docs wheel-check demo demo-options demo-balanced8 tiny bench clean
 
 install: $(STAMP)
 
@@ -85,6 +85,24 @@ demo-options: $(STAMP)
 		--set data.stage1.limit=48 --set generation.response.num_samples=3 --set filter.balance_scores=min_max \
 		--set "stage2.refinement_vs_response='>'" --set stage2.answer_checker=word_problems
 	$(BIN)/srt-eval run --config configs/demo_eval_options.yaml
+
+# Balanced stage-1 data from 8 answers per problem (README, "What was tried to give stage 2 a signal"), after
+# `make demo`: stage 1 on each of the 96 problems' lowest- and highest-scored of 8 answers at T=0.7 (192 records,
+# the demo's 48 optimizer steps); stage 2 from it with the paper's strict `>` and 3 self-answers per problem
+# (stage 1 of that output tree is done, so only stage 2 runs); the same stage 2 with an NLL term on the chosen
+# side (a hard-linked copy, only DPO redone); then configs/demo_eval_balanced8.yaml. About an hour on 2 cores.
+BALANCED8 := --set output_dir=$(OPTIONS)/balanced8 --set filter.balance_scores=min_max --set sft.max_steps=48
+BALANCED8_STAGE2 := $(BALANCED8) --set generation.response.num_samples=3 --set "stage2.refinement_vs_response='>'" \
+	--set stage2.answer_checker=word_problems --model $(OPTIONS)/balanced8/stage1/model
+demo-balanced8: $(STAMP)
+	test -f $(DEMO_RUN)/stage1/model/srt_done.json || { echo "run make demo first"; exit 2; }
+	$(BIN)/srt-train stage1 --config configs/demo.yaml $(BALANCED8) --set generation.response.num_samples=8
+	$(BIN)/srt-train stage2 --config configs/demo.yaml $(BALANCED8_STAGE2)
+	rm -rf $(OPTIONS)/balanced8_rpo && cp -al $(OPTIONS)/balanced8 $(OPTIONS)/balanced8_rpo
+	rm -f $(OPTIONS)/balanced8_rpo/.srt.lock
+	$(BIN)/srt-train stage2 --config configs/demo.yaml $(BALANCED8_STAGE2) --set output_dir=$(OPTIONS)/balanced8_rpo \
+		--set dpo.rpo_alpha=1.0 --restart stage2.round1.dpo
+	$(BIN)/srt-eval run --config configs/demo_eval_balanced8.yaml
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -r benchmarks/requirements.txt

@@ -577,3 +577,50 @@ def test_demo_options_commands_and_eval_config_agree():
         theirs = next(m for m in demo_eval.models if m.name == name)
         assert mine == theirs
     assert {m for pair in options.compare for m in pair} <= set(paths)
+
+
+def test_demo_balanced8_commands_and_eval_config_agree():
+    """`make demo-balanced8`: every srt-train command of the recipe (its make variables expanded) is a valid run
+    config, and configs/demo_eval_balanced8.yaml scores exactly the stage models those commands write, next to the
+    demo's stage 1 and refinement-only baseline with the demo's own settings (so their answers come from its cache)."""
+    import re
+    import shlex
+
+    from srt.eval.runner import load_eval_config
+
+    makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    variables = dict(re.findall(r"^(\w+) := (.+)$", makefile, flags=re.M))
+
+    def expand(text: str) -> str:
+        while "$(" in text:
+            text = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), text)
+            if all(f"$({name})" not in text for name in variables):
+                break
+        return text
+
+    recipe = makefile.split("\ndemo-balanced8:", 1)[1].split("\n\n", 1)[0]
+    commands = [expand(line.split("srt-train", 1)[1]) for line in recipe.splitlines() if "srt-train" in line]
+    assert len(commands) == 3, commands
+    written = set()
+    for command in commands:
+        args = shlex.split(command)
+        overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        cfg = load_config(REPO / "configs" / "demo.yaml", overrides)  # raises on a typo; the last --set wins
+        written.add(f"{cfg.output_dir}/{'stage2/round1' if args[0] == 'stage2' else 'stage1'}/model")
+        if args[0] == "stage2":
+            assert cfg.stage2.refinement_vs_response == ">" and cfg.generation.response.num_samples == 3
+            assert args[args.index("--model") + 1] == f"{variables['OPTIONS']}/balanced8/stage1/model"
+    assert len(written) == 3
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    demo_eval = load_eval_config(DEMO_EVAL)
+    balanced = load_eval_config(REPO / "configs" / "demo_eval_balanced8.yaml")
+    paths = {m.name: m.path for m in balanced.models}
+    assert set(paths.values()) - written == {
+        f"{demo.output_dir}/stage1/model",
+        f"{demo.output_dir}/baselines/refinement_only/stage1/model",
+    }
+    assert written <= set(paths.values())
+    assert balanced.cache_dir == f"{demo_eval.output_dir}/cache"
+    for name in ("stage1", "refinement_only"):
+        assert next(m for m in balanced.models if m.name == name) == next(m for m in demo_eval.models if m.name == name)
+    assert {m for pair in balanced.compare for m in pair} <= set(paths)
