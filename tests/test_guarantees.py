@@ -307,6 +307,12 @@ def test_changed_settings_refuse_a_finished_step_and_restart_redoes_it(tmp_path,
     ):
         execute(config(tmp_path, tiny_model_dir, **{"sft.epochs": 1, "filter.refinement_vs_response": ">"}))
 
+    # A --restart that would keep a drifted earlier step in place is refused before it moves anything.
+    upstream = config(tmp_path, tiny_model_dir, **{"sft.epochs": 2, "filter.refinement_vs_response": ">"})
+    with pytest.raises(DriftError, match=r"stage1.critic finished earlier with other settings"):
+        execute(upstream, restart="stage1.sft")
+    assert not (out / "superseded").exists() and json.loads((model / "srt_done.json").read_text()) == done
+
     assert execute(changed, restart="stage1.sft") == model
     redone = json.loads((model / "srt_done.json").read_text())
     assert redone["global_step"] == 2 * done["global_step"]

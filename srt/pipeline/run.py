@@ -4,7 +4,8 @@
 
 1. :func:`srt.pipeline.plan.plan_run` checks every component the command needs (nothing loaded yet);
 2. rank 0 takes the output directory's lock (:mod:`srt.pipeline.lock`): a second run there stops;
-3. ``--restart STEP`` moves that step's outputs and every later step's aside; then
+3. ``--restart STEP`` moves that step's outputs and every later step's aside (refused, before anything
+   moves, when a step before STEP disagrees with the config); then
    :func:`srt.pipeline.steps.check_drift` refuses a config that disagrees with what already ran;
 4. the stages run; finished steps are skipped, unfinished ones resume.
 """

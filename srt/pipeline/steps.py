@@ -268,7 +268,21 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def check_drift(steps: list[Step], record: StepRecord) -> None:
-    """Raise DriftError for the first step whose recorded fingerprint differs from the config's."""
+    """Raise DriftError for the first step whose recorded fingerprint differs from the config's; warn
+    about outputs without a record."""
+    _refuse_drift(steps, record)
+    unrecorded = [s for s in steps if s.name not in record.steps and any(p.exists() for p in s.outputs())]
+    if unrecorded:
+        log.warning(
+            "%s has outputs of %s but no record of their settings (%s missing: made by an older srt?); "
+            "they are assumed to match this config",
+            steps[0].dir.parent,
+            ", ".join(s.name for s in unrecorded),
+            STEPS_FILE,
+        )
+
+
+def _refuse_drift(steps: list[Step], record: StepRecord) -> None:
     for step in steps:
         entry = record.steps.get(step.name)
         if entry is None or entry["fingerprint"] == step.fingerprint:
@@ -285,22 +299,15 @@ def check_drift(steps: list[Step], record: StepRecord) -> None:
             f"match this config. To keep them, use another output_dir; to redo {step.name} and every step after it, "
             f"run again with --restart {step.name}"
         )
-    unrecorded = [s for s in steps if s.name not in record.steps and any(p.exists() for p in s.outputs())]
-    if unrecorded:
-        log.warning(
-            "%s has outputs of %s but no record of their settings (%s missing: made by an older srt?); "
-            "they are assumed to match this config",
-            steps[0].dir.parent,
-            ", ".join(s.name for s in unrecorded),
-            STEPS_FILE,
-        )
 
 
 def restart(steps: list[Step], record: StepRecord, name: str) -> Path | None:
-    """Move the outputs of step ``name`` and every later step aside; forget their records."""
+    """Move the outputs of step ``name`` and every later step aside; forget their records. A step before
+    ``name`` (kept in place) that no longer matches the config is refused first, before anything moves."""
     names = [s.name for s in steps]
     if name not in names:
         raise ConfigError(f"--restart {name}: no such step in this run; steps: {', '.join(names)}")
+    _refuse_drift(steps[: names.index(name)], record)
     later = steps[names.index(name) :]
     out_dir = Path(record.path).parent
     aside = out_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S")
