@@ -547,8 +547,6 @@ def test_demo_options_commands_and_eval_config_agree():
     import re
     import shlex
 
-    from srt.eval.runner import load_eval_config
-
     makefile = (REPO / "Makefile").read_text()
     recipe = makefile.split("\ndemo-options:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
     variables = dict(re.findall(r"^(\w+) := (\S+)$", makefile, flags=re.M))
@@ -562,20 +560,27 @@ def test_demo_options_commands_and_eval_config_agree():
         stage2 = args[0] == "run"
         written.add(f"{cfg.output_dir}/{'stage2/round1' if stage2 else 'stage1'}/model")
     demo = load_config(REPO / "configs" / "demo.yaml")
+    _assert_scores_exactly(
+        "demo_eval_options.yaml",
+        written,
+        {"stage1": f"{demo.output_dir}/stage1/model", "stage2": f"{demo.output_dir}/stage2/round1/model"},
+    )
+
+
+def _assert_scores_exactly(eval_config: str, written: set[str], demo_models: dict[str, str]) -> None:
+    """configs/<eval_config> scores exactly the models a recipe writes plus the demo's ``demo_models`` (name ->
+    path), and those keep the demo evaluation's names and settings, so their answers come from the demo's cache."""
+    from srt.eval.runner import load_eval_config
+
     demo_eval = load_eval_config(DEMO_EVAL)
-    options = load_eval_config(REPO / "configs" / "demo_eval_options.yaml")
+    options = load_eval_config(REPO / "configs" / eval_config)
     paths = {m.name: m.path for m in options.models}
-    assert set(paths.values()) - written == {
-        f"{demo.output_dir}/stage1/model",
-        f"{demo.output_dir}/stage2/round1/model",
-    }
+    assert set(paths.values()) - written == set(demo_models.values())
     assert written <= set(paths.values())
     assert options.cache_dir == f"{demo_eval.output_dir}/cache"
-    # The demo's models keep their names and settings, so their answers come from the demo's cache.
-    for name in ("stage1", "stage2"):
+    for name, path in demo_models.items():
         mine = next(m for m in options.models if m.name == name)
-        theirs = next(m for m in demo_eval.models if m.name == name)
-        assert mine == theirs
+        assert mine == next(m for m in demo_eval.models if m.name == name) and mine.path == path
     assert {m for pair in options.compare for m in pair} <= set(paths)
 
 
@@ -585,8 +590,6 @@ def test_demo_balanced8_commands_and_eval_config_agree():
     demo's stage 1 and refinement-only baseline with the demo's own settings (so their answers come from its cache)."""
     import re
     import shlex
-
-    from srt.eval.runner import load_eval_config
 
     makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
     variables = dict(re.findall(r"^(\w+) := (.+)$", makefile, flags=re.M))
@@ -612,15 +615,11 @@ def test_demo_balanced8_commands_and_eval_config_agree():
             assert args[args.index("--model") + 1] == f"{variables['OPTIONS']}/balanced8/stage1/model"
     assert len(written) == 3
     demo = load_config(REPO / "configs" / "demo.yaml")
-    demo_eval = load_eval_config(DEMO_EVAL)
-    balanced = load_eval_config(REPO / "configs" / "demo_eval_balanced8.yaml")
-    paths = {m.name: m.path for m in balanced.models}
-    assert set(paths.values()) - written == {
-        f"{demo.output_dir}/stage1/model",
-        f"{demo.output_dir}/baselines/refinement_only/stage1/model",
-    }
-    assert written <= set(paths.values())
-    assert balanced.cache_dir == f"{demo_eval.output_dir}/cache"
-    for name in ("stage1", "refinement_only"):
-        assert next(m for m in balanced.models if m.name == name) == next(m for m in demo_eval.models if m.name == name)
-    assert {m for pair in balanced.compare for m in pair} <= set(paths)
+    _assert_scores_exactly(
+        "demo_eval_balanced8.yaml",
+        written,
+        {
+            "stage1": f"{demo.output_dir}/stage1/model",
+            "refinement_only": f"{demo.output_dir}/baselines/refinement_only/stage1/model",
+        },
+    )
